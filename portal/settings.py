@@ -1,0 +1,442 @@
+"""Stackport settings: one module, read from the environment.
+
+Every value comes from an environment variable through a strict helper; a bad value stops
+the process at start with a message naming the variable. ``DJANGO_ENV`` selects the
+defaults: ``development`` (embedded SQLite, filesystem broker, console e-mail), ``test``
+and ``production`` (no embedded defaults for secrets; refuses weak keys).
+See docs/configuration.md for the full list.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import ipaddress
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import environ
+import structlog
+from django.core.exceptions import ImproperlyConfigured
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+env = environ.Env()
+
+# An optional .env file next to manage.py, for operators who prefer one.
+if (BASE_DIR / ".env").is_file():
+    env.read_env(str(BASE_DIR / ".env"))
+
+DJANGO_ENV = env.str("DJANGO_ENV", default="development")
+if DJANGO_ENV not in {"development", "test", "production"}:
+    raise ImproperlyConfigured(
+        f"DJANGO_ENV must be one of development, test, production; got {DJANGO_ENV!r}."
+    )
+PRODUCTION = DJANGO_ENV == "production"
+VAR_DIR = Path(env.str("STACKPORT_VAR_DIR", default=str(BASE_DIR / "var")))
+
+# --- keys ---------------------------------------------------------------------------------
+# Development keys are public (they are in this file): production refuses them.
+_DEV_SECRET_KEY = "stackport-development-only-secret-key-0123456789-abcdefghijklmnopqrstuvwxyz"
+_DEV_ENCRYPTION_KEY = "c3RhY2twb3J0LWRldmVsb3BtZW50LW9ubHkta2V5ISE="
+
+
+def _require_strong_secret_key(value: str) -> str:
+    if not value:
+        raise ImproperlyConfigured("SECRET_KEY must be set in production.")
+    if (
+        value == _DEV_SECRET_KEY
+        or value.startswith("django-insecure")
+        or len(value) < 50
+        or len(set(value)) < 5
+    ):
+        raise ImproperlyConfigured(
+            "SECRET_KEY is too weak for production: use at least 50 random characters "
+            "(for example: python -c 'import secrets; print(secrets.token_urlsafe(64))')."
+        )
+    return value
+
+
+def _parse_encryption_keys(raw: str, secret_key: str) -> list[str]:
+    keys = [k.strip() for k in raw.split(",") if k.strip()]
+    if not keys:
+        raise ImproperlyConfigured("STACKPORT_ENCRYPTION_KEYS must be set in production.")
+    for key in keys:
+        try:
+            decoded = base64.urlsafe_b64decode(key.encode())
+        except (binascii.Error, ValueError):
+            decoded = b""
+        if len(decoded) != 32:
+            raise ImproperlyConfigured(
+                "STACKPORT_ENCRYPTION_KEYS holds a value that is not a Fernet key "
+                "(32 url-safe base64-encoded bytes; make one with "
+                "python -c 'from cryptography.fernet import Fernet; print(Fernet.generate_key().decode())')."
+            )
+        if PRODUCTION and (key == _DEV_ENCRYPTION_KEY or key == secret_key):
+            raise ImproperlyConfigured(
+                "STACKPORT_ENCRYPTION_KEYS must not be the development key or the SECRET_KEY."
+            )
+    return keys
+
+
+if PRODUCTION:
+    SECRET_KEY = _require_strong_secret_key(env.str("SECRET_KEY", default=""))
+    ENCRYPTION_KEYS = _parse_encryption_keys(env.str("STACKPORT_ENCRYPTION_KEYS", default=""), SECRET_KEY)
+else:
+    SECRET_KEY = env.str("SECRET_KEY", default=_DEV_SECRET_KEY)
+    ENCRYPTION_KEYS = _parse_encryption_keys(
+        env.str("STACKPORT_ENCRYPTION_KEYS", default=_DEV_ENCRYPTION_KEY), SECRET_KEY
+    )
+
+DEBUG = env.bool("DJANGO_DEBUG", default=DJANGO_ENV == "development")
+if PRODUCTION and DEBUG:
+    raise ImproperlyConfigured("DJANGO_DEBUG must be off in production.")
+
+ALLOWED_HOSTS = env.list(
+    "ALLOWED_HOSTS", default=[] if PRODUCTION else ["127.0.0.1", "localhost", "[::1]", "testserver"]
+)
+if PRODUCTION and not ALLOWED_HOSTS:
+    raise ImproperlyConfigured("ALLOWED_HOSTS must list the portal's host names in production.")
+CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
+
+# Absolute URL of the portal, for links in e-mails sent by the worker (no request there).
+STACKPORT_BASE_URL = env.url("STACKPORT_BASE_URL", default="http://127.0.0.1:8000").geturl().rstrip("/")
+
+# --- applications --------------------------------------------------------------------------
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "django.contrib.humanize",
+    "allauth",
+    "allauth.account",
+    "allauth.mfa",
+    "allauth.usersessions",
+    "django_htmx",
+    "template_partials",
+    "django_prometheus",
+    "django_structlog",
+    "rules.apps.AutodiscoverRulesConfig",
+    "csp",
+    "portal",
+    "projects",
+    "stacks",
+    "billing",
+]
+
+MIDDLEWARE = [
+    "django_prometheus.middleware.PrometheusBeforeMiddleware",
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "csp.middleware.CSPMiddleware",
+    "django_htmx.middleware.HtmxMiddleware",
+    "allauth.account.middleware.AccountMiddleware",
+    "allauth.usersessions.middleware.UserSessionsMiddleware",
+    "django_structlog.middlewares.RequestMiddleware",
+    "django_prometheus.middleware.PrometheusAfterMiddleware",
+]
+
+ROOT_URLCONF = "portal.urls"
+WSGI_APPLICATION = "portal.wsgi.application"
+AUTH_USER_MODEL = "projects.User"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+                "projects.context_processors.organizations",
+            ],
+        },
+    },
+]
+
+# --- data ----------------------------------------------------------------------------------
+DATABASES = {"default": env.db_url("DATABASE_URL", default=f"sqlite:///{VAR_DIR / 'stackport.sqlite3'}")}
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    # The web process and the worker share the file: wait for locks instead of failing.
+    DATABASES["default"]["OPTIONS"] = {
+        "timeout": 20,
+        "transaction_mode": "IMMEDIATE",
+        "init_command": "PRAGMA journal_mode=WAL;",
+    }
+else:
+    DATABASES["default"]["CONN_MAX_AGE"] = env.int("DATABASE_CONN_MAX_AGE", default=60)
+    DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+# A real, shared cache: login throttling counts failures in it across processes.
+CACHES = {
+    "default": env.cache_url(
+        "CACHE_URL",
+        default=f"filecache://{VAR_DIR / 'cache'}",
+        backend=None,
+    )
+}
+if CACHES["default"]["BACKEND"].endswith("LocMemCache") and not DEBUG:
+    raise ImproperlyConfigured(
+        "CACHE_URL points at a per-process memory cache; login throttling needs a shared one "
+        "(redis://... or filecache://...)."
+    )
+
+# --- accounts (django-allauth) --------------------------------------------------------------
+AUTHENTICATION_BACKENDS = [
+    "rules.permissions.ObjectPermissionBackend",
+    "django.contrib.auth.backends.ModelBackend",
+    "allauth.account.auth_backends.AuthenticationBackend",
+]
+ACCOUNT_ADAPTER = "projects.adapters.AccountAdapter"
+ACCOUNT_LOGIN_METHODS = {"email"}
+ACCOUNT_SIGNUP_FIELDS = ["email*", "password1*", "password2*"]
+ACCOUNT_UNIQUE_EMAIL = True
+ACCOUNT_EMAIL_VERIFICATION = "mandatory"
+ACCOUNT_CONFIRM_EMAIL_ON_GET = False
+ACCOUNT_LOGIN_ON_EMAIL_CONFIRMATION = True
+ACCOUNT_LOGOUT_ON_PASSWORD_CHANGE = False
+# A customer signing up with a taken address is told so (the issue asks for a clear
+# message); hosters who prefer enumeration protection set this to true.
+ACCOUNT_PREVENT_ENUMERATION = env.bool("ACCOUNT_PREVENT_ENUMERATION", default=False)
+ACCOUNT_RATE_LIMITS = {
+    "login_failed": env.str("LOGIN_FAILED_RATE_LIMIT", default="10/m/ip,5/5m/key"),
+    "signup": "20/m/ip",
+    "confirm_email": "1/3m/key",
+    "reset_password": "20/m/ip,5/m/key",
+}
+ACCOUNT_EMAIL_SUBJECT_PREFIX = "[Stackport] "
+LOGIN_URL = "account_login"
+LOGIN_REDIRECT_URL = "portal:dashboard"
+ACCOUNT_LOGOUT_REDIRECT_URL = "account_login"
+
+MFA_SUPPORTED_TYPES = ["totp", "recovery_codes", "webauthn"]
+MFA_TOTP_ISSUER = env.str("MFA_TOTP_ISSUER", default="Stackport")
+MFA_PASSKEY_LOGIN_ENABLED = False
+# WebAuthn needs a secure origin; plain http on loopback is allowed outside production.
+MFA_WEBAUTHN_ALLOW_INSECURE_ORIGIN = not PRODUCTION
+USERSESSIONS_TRACK_ACTIVITY = True
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator", "OPTIONS": {"min_length": 10}},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+
+# --- tenancy -------------------------------------------------------------------------------
+INVITATION_TTL_DAYS = env.int("INVITATION_TTL_DAYS", default=7)
+# Client address for the audit log: how many reverse proxies in front of the portal.
+TRUSTED_PROXY_COUNT = env.int("TRUSTED_PROXY_COUNT", default=0)
+
+# --- e-mail --------------------------------------------------------------------------------
+_email = env.email_url("EMAIL_URL", default="smtp://localhost:25" if PRODUCTION else "consolemail://")
+EMAIL_BACKEND = _email["EMAIL_BACKEND"]
+for _key in (
+    "EMAIL_HOST",
+    "EMAIL_PORT",
+    "EMAIL_HOST_USER",
+    "EMAIL_HOST_PASSWORD",
+    "EMAIL_USE_TLS",
+    "EMAIL_USE_SSL",
+    "EMAIL_FILE_PATH",
+):
+    if _key in _email:
+        globals()[_key] = _email[_key]
+if "EMAIL_FILE_PATH" in _email and not str(_email["EMAIL_FILE_PATH"]).startswith("/"):
+    # django-environ drops the leading slash of filemail:///abs/path; the path is absolute.
+    EMAIL_FILE_PATH = "/" + str(_email["EMAIL_FILE_PATH"])
+DEFAULT_FROM_EMAIL = env.str("DEFAULT_FROM_EMAIL", default="Stackport <noreply@stackport.localhost>")
+SERVER_EMAIL = DEFAULT_FROM_EMAIL
+
+# --- catalog images ------------------------------------------------------------------------
+# Where curated images are built (a Docker engine) and published (a registry, API v2).
+STACKPORT_BUILD_DOCKER_URL = env.str("STACKPORT_BUILD_DOCKER_URL", default="unix:///var/run/docker.sock")
+STACKPORT_REGISTRY = env.str("STACKPORT_REGISTRY", default="127.0.0.1:5000")
+STACKPORT_IMAGE_NAMESPACE = env.str("STACKPORT_IMAGE_NAMESPACE", default="stackport")
+
+# --- running stacks -------------------------------------------------------------------------
+# Backends by region backend key (dotted paths, resolved lazily by stacks.backends.get_backend).
+STACKPORT_BACKENDS = {
+    "docker": env.str("STACKPORT_DOCKER_BACKEND", default="stacks.backends.docker.DockerBackend"),
+}
+# The edge router (Caddy) admin API on loopback, its listen address and the apps domain
+# under which every environment gets a default host name (env-<id>.<domain>).
+STACKPORT_EDGE_ADMIN_URL = env.str("STACKPORT_EDGE_ADMIN_URL", default="http://127.0.0.1:2019")
+STACKPORT_EDGE_LISTEN = env.str("STACKPORT_EDGE_LISTEN", default="127.0.0.1:8080")
+STACKPORT_APPS_DOMAIN = env.str("STACKPORT_APPS_DOMAIN", default="apps.localhost")
+# The port customers reach the edge on (in front of it a load balancer may listen on 80/443).
+STACKPORT_EDGE_PUBLIC_PORT = env.int(
+    "STACKPORT_EDGE_PUBLIC_PORT", default=int(STACKPORT_EDGE_LISTEN.rsplit(":", 1)[1])
+)
+# Docker hosts created on first use when the inventory of a Docker region is empty (make run).
+STACKPORT_DEFAULT_DOCKER_URL = env.str("STACKPORT_DEFAULT_DOCKER_URL", default="unix:///var/run/docker.sock")
+# Customer content limits.
+STACKPORT_UPLOAD_MAX_BYTES = env.int("STACKPORT_UPLOAD_MAX_BYTES", default=50 * 1024 * 1024)
+STACKPORT_CONTENT_MAX_BYTES = env.int("STACKPORT_CONTENT_MAX_BYTES", default=200 * 1024 * 1024)
+STACKPORT_CONTENT_MAX_FILES = env.int("STACKPORT_CONTENT_MAX_FILES", default=20_000)
+STACKPORT_MAX_REPLICAS = 10
+# Every object on the hosts is named <prefix>-<environment id>-...: installations (and test
+# runs) sharing an engine keep apart, and the reconciler touches only its own prefix.
+STACKPORT_STACK_PREFIX = env.str(
+    "STACKPORT_STACK_PREFIX", default=f"t{os.getpid()}" if DJANGO_ENV == "test" else "env"
+)
+if not re.fullmatch(r"[a-z][a-z0-9]{0,15}", STACKPORT_STACK_PREFIX):
+    raise ImproperlyConfigured("STACKPORT_STACK_PREFIX: 1-16 lower-case letters and digits, a letter first.")
+# git sources: file:// repositories only where the operator allows them (tests, demos).
+STACKPORT_GIT_ALLOW_FILE = env.bool("STACKPORT_GIT_ALLOW_FILE", default=DJANGO_ENV != "production")
+# A running operation whose worker sent no heartbeat for this long is run again.
+STACKPORT_OPERATION_STALE_SECONDS = env.int("STACKPORT_OPERATION_STALE_SECONDS", default=60)
+
+# --- background work (Celery) ---------------------------------------------------------------
+CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default="filesystem://")
+if CELERY_BROKER_URL.startswith("filesystem://"):
+    _broker_dir = VAR_DIR / "broker"
+    CELERY_BROKER_TRANSPORT_OPTIONS = {
+        "data_folder_in": str(_broker_dir / "queue"),
+        "data_folder_out": str(_broker_dir / "queue"),
+        "processed_folder": str(_broker_dir / "processed"),
+        "control_folder": str(_broker_dir / "control"),
+        "store_processed": False,
+    }
+CELERY_RESULT_BACKEND = env.str("CELERY_RESULT_BACKEND", default="") or None
+CELERY_TASK_SERIALIZER = "json"
+CELERY_RESULT_SERIALIZER = "json"
+CELERY_ACCEPT_CONTENT = ["json"]
+CELERY_TASK_ALWAYS_EAGER = env.bool("CELERY_TASK_ALWAYS_EAGER", default=False)
+CELERY_TASK_EAGER_PROPAGATES = True
+CELERY_WORKER_HIJACK_ROOT_LOGGER = False
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
+CELERY_BEAT_SCHEDULE = {
+    "heartbeat": {"task": "portal.heartbeat_task", "schedule": 60.0},
+    "reconcile": {"task": "stacks.reconcile_task", "schedule": 30.0},
+    "samples": {"task": "stacks.record_samples_task", "schedule": 60.0},
+    "prune-images": {"task": "stacks.prune_images_task", "schedule": 6 * 3600.0},
+}
+
+# --- static files --------------------------------------------------------------------------
+STATIC_URL = "/static/"
+STATICFILES_DIRS = [BASE_DIR / "static"]
+STATIC_ROOT = Path(env.str("STATIC_ROOT", default=str(VAR_DIR / "staticfiles")))
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {
+        "BACKEND": "whitenoise.storage.CompressedManifestStaticFilesStorage"
+        if PRODUCTION
+        else "django.contrib.staticfiles.storage.StaticFilesStorage"
+    },
+}
+
+# --- web security --------------------------------------------------------------------------
+SESSION_COOKIE_HTTPONLY = True
+CSRF_COOKIE_HTTPONLY = False  # htmx reads the token from the page, not the cookie
+X_FRAME_OPTIONS = "DENY"
+SECURE_CONTENT_TYPE_NOSNIFF = True
+SECURE_REFERRER_POLICY = "same-origin"
+if PRODUCTION:
+    SECURE_SSL_REDIRECT = env.bool("SECURE_SSL_REDIRECT", default=True)
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+    SESSION_COOKIE_SECURE = True
+    CSRF_COOKIE_SECURE = True
+    SECURE_HSTS_SECONDS = env.int("SECURE_HSTS_SECONDS", default=31536000)
+    SECURE_HSTS_INCLUDE_SUBDOMAINS = True
+    SECURE_HSTS_PRELOAD = True
+    SECURE_REDIRECT_EXEMPT = [r"^healthz$"]
+
+CONTENT_SECURITY_POLICY = {
+    "DIRECTIVES": {
+        "default-src": ["'self'"],
+        "script-src": ["'self'"],
+        "style-src": ["'self'"],
+        "img-src": ["'self'", "data:"],
+        "font-src": ["'self'"],
+        "connect-src": ["'self'"],
+        "object-src": ["'none'"],
+        "base-uri": ["'self'"],
+        "form-action": ["'self'"],
+        "frame-ancestors": ["'none'"],
+    }
+}
+
+
+# --- metrics -------------------------------------------------------------------------------
+def _networks(values: list[str]) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+    try:
+        return [ipaddress.ip_network(v, strict=False) for v in values]
+    except ValueError as exc:
+        raise ImproperlyConfigured(f"METRICS_ALLOWED_NETWORKS: {exc}") from exc
+
+
+METRICS_ALLOWED_NETWORKS = _networks(
+    env.list("METRICS_ALLOWED_NETWORKS", default=["127.0.0.1/32", "::1/128"])
+)
+METRICS_TOKEN = env.str("METRICS_TOKEN", default="")
+
+# --- logging (structlog for web and worker) -------------------------------------------------
+LOG_LEVEL = env.str("LOG_LEVEL", default="INFO").upper()
+LOG_FORMAT = env.str("LOG_FORMAT", default="json" if PRODUCTION else "console")
+if LOG_FORMAT not in {"json", "console"}:
+    raise ImproperlyConfigured("LOG_FORMAT must be json or console.")
+
+_shared_processors: list[Any] = [
+    structlog.contextvars.merge_contextvars,
+    structlog.stdlib.add_logger_name,
+    structlog.stdlib.add_log_level,
+    structlog.processors.TimeStamper(fmt="iso", utc=True),
+]
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {
+        "structured": {
+            "()": structlog.stdlib.ProcessorFormatter,
+            "processors": [
+                structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                structlog.processors.JSONRenderer()
+                if LOG_FORMAT == "json"
+                else structlog.dev.ConsoleRenderer(colors=False),
+            ],
+            "foreign_pre_chain": _shared_processors,
+        },
+    },
+    "handlers": {"default": {"class": "logging.StreamHandler", "formatter": "structured"}},
+    "root": {"handlers": ["default"], "level": LOG_LEVEL},
+    "loggers": {
+        "django.db.backends": {"level": "WARNING"},
+        "django.server": {"level": "WARNING"},
+    },
+}
+structlog.configure(
+    processors=[
+        structlog.stdlib.filter_by_level,
+        *_shared_processors,
+        structlog.stdlib.PositionalArgumentsFormatter(),
+        structlog.processors.StackInfoRenderer(),
+        structlog.processors.format_exc_info,
+        structlog.processors.UnicodeDecoder(),
+        structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
+    ],
+    logger_factory=structlog.stdlib.LoggerFactory(),
+    wrapper_class=structlog.stdlib.BoundLogger,
+    cache_logger_on_first_use=True,
+)
+DJANGO_STRUCTLOG_CELERY_ENABLED = True
+
+# --- i18n ----------------------------------------------------------------------------------
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True

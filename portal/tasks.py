@@ -1,0 +1,20 @@
+"""Portal-wide tasks: liveness of the worker and beat."""
+
+import socket
+
+from celery import shared_task
+from django.core.cache import cache
+from django.utils import timezone
+
+HEARTBEAT_KEY = "stackport:worker-heartbeat"
+
+
+@shared_task(name="portal.ping_task")
+def ping_task() -> dict[str, str]:
+    """Answer from the worker: proves a task crossed the broker and ran."""
+    return {"pong": socket.gethostname(), "at": timezone.now().isoformat()}
+
+
+@shared_task(name="portal.heartbeat_task", ignore_result=True)
+def heartbeat_task() -> None:
+    cache.set(HEARTBEAT_KEY, timezone.now().isoformat(), timeout=None)

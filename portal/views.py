@@ -1,0 +1,80 @@
+"""The signed-in shell's dashboard, and the endpoints machines call: health and metrics."""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+
+from allauth.mfa.models import Authenticator
+from django.conf import settings
+from django.contrib.auth.decorators import login_required
+from django.core.cache import cache
+from django.db import connection
+from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
+from django.shortcuts import render
+from django.views.decorators.cache import never_cache
+from django.views.decorators.http import require_GET
+from django_prometheus.exports import ExportToDjangoView
+
+from projects.access import AuthedRequest, current_membership, pending_invitations_for
+from projects.services import client_ip, invitation_token
+
+
+@login_required
+@require_GET
+def dashboard(request: AuthedRequest) -> HttpResponse:
+    membership = current_membership(request)
+    invitations = [(inv, invitation_token(inv)) for inv in pending_invitations_for(request.user)]
+    return render(
+        request,
+        "portal/dashboard.html",
+        {
+            "membership": membership,
+            "invitations": invitations,
+            "mfa_enabled": Authenticator.objects.filter(user=request.user).exists(),
+            "member_count": membership.organization.memberships.count() if membership else 0,
+        },
+    )
+
+
+@never_cache
+@require_GET
+def healthz(request: HttpRequest) -> JsonResponse:
+    """For load balancers: 200 when the database and the cache answer, 503 otherwise."""
+    checks: dict[str, str] = {}
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT 1")
+        checks["database"] = "ok"
+    except Exception as exc:  # noqa: BLE001 - any failure is "down" for a health check
+        checks["database"] = f"error: {type(exc).__name__}"
+    try:
+        cache.set("stackport:healthz", "1", timeout=10)
+        checks["cache"] = "ok" if cache.get("stackport:healthz") == "1" else "error: no read-back"
+    except Exception as exc:  # noqa: BLE001
+        checks["cache"] = f"error: {type(exc).__name__}"
+    healthy = all(v == "ok" for v in checks.values())
+    return JsonResponse(
+        {"status": "ok" if healthy else "error", "checks": checks}, status=200 if healthy else 503
+    )
+
+
+def _metrics_allowed(request: HttpRequest) -> bool:
+    token = settings.METRICS_TOKEN
+    auth = request.META.get("HTTP_AUTHORIZATION", "")
+    if token and auth.startswith("Bearer ") and hmac.compare_digest(auth[7:], token):
+        return True
+    try:
+        address = ipaddress.ip_address(client_ip(request) or "")
+    except ValueError:
+        return False
+    return any(address in net for net in settings.METRICS_ALLOWED_NETWORKS)
+
+
+@never_cache
+@require_GET
+def metrics(request: HttpRequest) -> HttpResponse:
+    """Prometheus metrics, for the monitoring network only: others get 404."""
+    if not _metrics_allowed(request):
+        raise Http404
+    return ExportToDjangoView(request)

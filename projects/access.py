@@ -1,0 +1,99 @@
+"""Access helpers: every view reaches tenancy data through these.
+
+Someone else's organization answers 404 (never 403), so ids do not leak what exists.
+A member whose role is too low gets 403: they can see the organization, not change it.
+"""
+
+from __future__ import annotations
+
+from django.core.exceptions import PermissionDenied
+from django.http import Http404, HttpRequest
+from django_htmx.middleware import HtmxDetails
+
+from projects.models import Invitation, Membership, Role, User
+
+
+class AuthedRequest(HttpRequest):
+    """A request behind ``login_required``, with django-htmx's details (for type checking)."""
+
+    user: User
+    htmx: HtmxDetails
+
+
+SESSION_KEY = "stackport_organization_id"
+
+
+def get_membership_for_user(request: HttpRequest, org_id: int, *, role: str = Role.VIEWER) -> Membership:
+    """The signed-in user's membership in ``org_id``: 404 if none, 403 if the role is too low."""
+    if not request.user.is_authenticated:
+        raise Http404
+    membership = (
+        Membership.objects.select_related("organization")
+        .filter(organization_id=org_id, user=request.user)
+        .first()
+    )
+    if membership is None:
+        raise Http404
+    if not membership.has_role(role):
+        raise PermissionDenied(f"This needs the {Role(role).label.lower()} role.")
+    return membership
+
+
+def get_member_of_org(membership: Membership, member_id: int) -> Membership:
+    """Another membership in the same organization as ``membership``; 404 otherwise."""
+    other = (
+        Membership.objects.select_related("user", "organization")
+        .filter(organization_id=membership.organization_id, pk=member_id)
+        .first()
+    )
+    if other is None:
+        raise Http404
+    return other
+
+
+def get_invitation_of_org(membership: Membership, invitation_id: int) -> Invitation:
+    invitation = (
+        Invitation.objects.select_related("organization")
+        .filter(organization_id=membership.organization_id, pk=invitation_id)
+        .first()
+    )
+    if invitation is None:
+        raise Http404
+    return invitation
+
+
+def current_membership(request: HttpRequest) -> Membership | None:
+    """The organization the user is working in (session choice, else their first)."""
+    if hasattr(request, "_stackport_membership"):
+        return request._stackport_membership  # type: ignore[attr-defined,no-any-return]
+    membership = None
+    if request.user.is_authenticated:
+        memberships = Membership.objects.select_related("organization").filter(user=request.user)
+        chosen = request.session.get(SESSION_KEY)
+        membership = (chosen and memberships.filter(organization_id=chosen).first()) or memberships.order_by(
+            "created_at", "id"
+        ).first()
+    request._stackport_membership = membership  # type: ignore[attr-defined]
+    return membership
+
+
+def set_current_organization(request: HttpRequest, membership: Membership) -> None:
+    request.session[SESSION_KEY] = membership.organization_id
+    request._stackport_membership = membership  # type: ignore[attr-defined]
+
+
+def pending_invitations_for(user: User) -> list[Invitation]:
+    """Open invitations to any of the user's verified addresses (case-insensitive), to
+    organizations they are not in yet."""
+    from allauth.account.models import EmailAddress
+    from django.db.models import Q
+
+    addresses = Q(pk__in=[])
+    for address in EmailAddress.objects.filter(user=user, verified=True).values_list("email", flat=True):
+        addresses |= Q(email__iexact=address)
+    return list(
+        Invitation.objects.pending()
+        .select_related("organization", "invited_by")
+        .filter(addresses)
+        .exclude(organization__memberships__user=user)
+    )

@@ -1,0 +1,19 @@
+"""E-mails about tenancy, rendered from templates/projects/email/."""
+
+from django.conf import settings
+from django.core.mail import send_mail
+from django.template.loader import render_to_string
+from django.urls import reverse
+
+from projects.models import Invitation
+from projects.services import invitation_token
+
+
+def send_invitation_email(invitation: Invitation) -> None:
+    url = settings.STACKPORT_BASE_URL + reverse(
+        "projects:invitation", kwargs={"token": invitation_token(invitation)}
+    )
+    context = {"invitation": invitation, "url": url}
+    subject = render_to_string("projects/email/invitation_subject.txt", context).strip()
+    body = render_to_string("projects/email/invitation_message.txt", context)
+    send_mail(subject, body, None, [invitation.email])

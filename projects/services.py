@@ -1,0 +1,373 @@
+"""Every write to tenancy data: one function each, one transaction, one audit row.
+
+Views, tasks, admin actions, the API and commands call these; none of them writes a
+membership, an invitation or an audit row itself. Failures raise ``ServiceError`` with a
+message fit to show the customer; nothing is written when one is raised.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
+
+from django.conf import settings
+from django.core import signing
+from django.db import IntegrityError, transaction
+from django.http import HttpRequest
+from django.utils import timezone
+
+from projects.models import AuditEvent, Invitation, Membership, Organization, Role
+
+if TYPE_CHECKING:
+    from projects.models import User
+
+INVITATION_SALT = "stackport.invitation"
+
+
+class ServiceError(Exception):
+    """A refused change. ``message`` is shown to the user; ``status`` is the HTTP status."""
+
+    def __init__(self, message: str, *, field: str | None = None, status: int = 400) -> None:
+        super().__init__(message)
+        self.message = message
+        self.field = field
+        self.status = status
+
+
+@dataclass(frozen=True)
+class Origin:
+    """Where a request came from, for the audit log."""
+
+    ip: str | None = None
+    user_agent: str = ""
+
+    @classmethod
+    def from_request(cls, request: HttpRequest | None) -> Origin:
+        if request is None:
+            return cls()
+        return cls(ip=client_ip(request), user_agent=request.META.get("HTTP_USER_AGENT", "")[:300])
+
+
+def client_ip(request: HttpRequest) -> str | None:
+    """The client's address, trusting exactly ``TRUSTED_PROXY_COUNT`` proxies in front."""
+    proxies = settings.TRUSTED_PROXY_COUNT
+    if proxies > 0:
+        forwarded = [a.strip() for a in request.META.get("HTTP_X_FORWARDED_FOR", "").split(",")]
+        forwarded = [a for a in forwarded if a]
+        if len(forwarded) >= proxies:
+            return forwarded[-proxies]
+    return request.META.get("REMOTE_ADDR") or None
+
+
+# --- audit -------------------------------------------------------------------------------------
+def record_audit_event(
+    *,
+    action: str,
+    actor: User | None = None,
+    actor_email: str = "",
+    organization: Organization | None = None,
+    target: str = "",
+    data: dict[str, Any] | None = None,
+    origin: Origin | None = None,
+) -> AuditEvent:
+    origin = origin or Origin()
+    return AuditEvent.objects.create(
+        action=action,
+        actor=actor,
+        actor_email=actor_email or (actor.email if actor else ""),
+        organization=organization,
+        target=target[:200],
+        data=data or {},
+        ip_address=origin.ip,
+        user_agent=origin.user_agent,
+    )
+
+
+# --- organizations -----------------------------------------------------------------------------
+def _clean_name(name: str) -> str:
+    name = " ".join((name or "").split())
+    if not name:
+        raise ServiceError("Give the organization a name.", field="name")
+    if len(name) > 100:
+        raise ServiceError("Keep the name to 100 characters or fewer.", field="name")
+    return name
+
+
+@transaction.atomic
+def create_organization(*, name: str, owner: User, origin: Origin | None = None) -> Organization:
+    org = Organization.objects.create(name=_clean_name(name))
+    Membership.objects.create(organization=org, user=owner, role=Role.OWNER)
+    record_audit_event(
+        action="organization.created", actor=owner, organization=org, target=org.name, origin=origin
+    )
+    return org
+
+
+def create_personal_organization(*, user: User, origin: Origin | None = None) -> Organization:
+    """Every new user gets an organization of their own, named after them."""
+    local = (user.email or user.get_username()).split("@")[0]
+    return create_organization(name=f"{local}'s organization", owner=user, origin=origin)
+
+
+def _membership_of(user: User, organization: Organization) -> Membership:
+    membership = Membership.objects.filter(organization=organization, user=user).first()
+    if membership is None:
+        raise ServiceError("You are not a member of this organization.", status=404)
+    return membership
+
+
+def _require_role(user: User, organization: Organization, role: str) -> Membership:
+    membership = _membership_of(user, organization)
+    if not membership.has_role(role):
+        raise ServiceError(
+            f"This needs the {Role(role).label.lower()} role or higher; you are "
+            f"{Role(membership.role).label.lower()}.",
+            status=403,
+        )
+    return membership
+
+
+@transaction.atomic
+def rename_organization(
+    *, organization: Organization, name: str, actor: User, origin: Origin | None = None
+) -> Organization:
+    _require_role(actor, organization, Role.ADMIN)
+    old = organization.name
+    organization.name = _clean_name(name)
+    organization.save(update_fields=["name"])
+    record_audit_event(
+        action="organization.renamed",
+        actor=actor,
+        organization=organization,
+        target=organization.name,
+        data={"from": old},
+        origin=origin,
+    )
+    return organization
+
+
+# --- members -----------------------------------------------------------------------------------
+def _owner_count(organization: Organization) -> int:
+    return Membership.objects.filter(organization=organization, role=Role.OWNER).count()
+
+
+def _lock_memberships(organization: Organization) -> None:
+    # Serialise changes to one organization's members, so two concurrent demotions
+    # cannot both see "another owner is left".
+    Organization.objects.select_for_update().filter(pk=organization.pk).first()
+
+
+@transaction.atomic
+def change_member_role(
+    *, membership: Membership, role: str, actor: User, origin: Origin | None = None
+) -> Membership:
+    if role not in Role.values:
+        raise ServiceError("Choose one of the listed roles.", field="role")
+    organization = membership.organization
+    _lock_memberships(organization)
+    membership.refresh_from_db()
+    acting = _require_role(actor, organization, Role.ADMIN)
+    if Role.OWNER in (role, membership.role) and not acting.has_role(Role.OWNER):
+        raise ServiceError("Only an owner can grant or take away the owner role.", status=403)
+    if membership.role == role:
+        return membership
+    if membership.role == Role.OWNER and _owner_count(organization) <= 1:
+        raise ServiceError("This is the last owner. Make someone else an owner first.", status=409)
+    old = membership.role
+    membership.role = role
+    membership.save(update_fields=["role"])
+    record_audit_event(
+        action="member.role_changed",
+        actor=actor,
+        organization=organization,
+        target=membership.user.email,
+        data={"from": old, "to": role},
+        origin=origin,
+    )
+    return membership
+
+
+@transaction.atomic
+def remove_member(*, membership: Membership, actor: User, origin: Origin | None = None) -> None:
+    organization = membership.organization
+    _lock_memberships(organization)
+    if not Membership.objects.filter(pk=membership.pk).exists():
+        return  # already gone: removing twice is not an error
+    membership.refresh_from_db()
+    if membership.user_id != actor.pk:
+        acting = _require_role(actor, organization, Role.ADMIN)
+        if membership.role == Role.OWNER and not acting.has_role(Role.OWNER):
+            raise ServiceError("Only an owner can remove an owner.", status=403)
+    if membership.role == Role.OWNER and _owner_count(organization) <= 1:
+        raise ServiceError("The last owner cannot be removed. Make someone else an owner first.", status=409)
+    email = membership.user.email
+    membership.delete()
+    record_audit_event(
+        action="member.left" if membership.user_id == actor.pk else "member.removed",
+        actor=actor,
+        organization=organization,
+        target=email,
+        origin=origin,
+    )
+
+
+def leave_organization(*, organization: Organization, user: User, origin: Origin | None = None) -> None:
+    remove_member(membership=_membership_of(user, organization), actor=user, origin=origin)
+
+
+# --- invitations -------------------------------------------------------------------------------
+def invitation_token(invitation: Invitation) -> str:
+    return signing.dumps(invitation.pk, salt=INVITATION_SALT)
+
+
+def invitation_from_token(token: str) -> Invitation | None:
+    try:
+        pk = signing.loads(token, salt=INVITATION_SALT)
+    except signing.BadSignature:
+        return None
+    return Invitation.objects.select_related("organization").filter(pk=pk).first()
+
+
+def _normalize_email(email: str) -> str:
+    from django.core.exceptions import ValidationError
+    from django.core.validators import validate_email
+
+    email = (email or "").strip()
+    try:
+        validate_email(email)
+    except ValidationError:
+        raise ServiceError("Enter a valid e-mail address.", field="email") from None
+    local, _, domain = email.rpartition("@")
+    return f"{local}@{domain.lower()}"
+
+
+@transaction.atomic
+def invite_member(
+    *, organization: Organization, email: str, role: str, actor: User, origin: Origin | None = None
+) -> Invitation:
+    from projects.tasks import send_invitation_email_task
+
+    acting = _require_role(actor, organization, Role.ADMIN)
+    email = _normalize_email(email)
+    if role not in Role.values:
+        raise ServiceError("Choose one of the listed roles.", field="role")
+    if role == Role.OWNER and not acting.has_role(Role.OWNER):
+        raise ServiceError("Only an owner can invite another owner.", field="role", status=403)
+    if Membership.objects.filter(organization=organization, user__email__iexact=email).exists():
+        raise ServiceError(f"{email} is already a member of this organization.", field="email", status=409)
+    now = timezone.now()
+    # A new invitation to the same address replaces the pending one.
+    Invitation.objects.pending().filter(organization=organization, email__iexact=email).update(revoked_at=now)
+    invitation = Invitation.objects.create(
+        organization=organization,
+        email=email,
+        role=role,
+        invited_by=actor,
+        expires_at=now + timedelta(days=settings.INVITATION_TTL_DAYS),
+    )
+    record_audit_event(
+        action="invitation.sent",
+        actor=actor,
+        organization=organization,
+        target=email,
+        data={"role": role, "invitation": invitation.pk},
+        origin=origin,
+    )
+    transaction.on_commit(lambda: send_invitation_email_task.delay(invitation.pk))
+    return invitation
+
+
+@transaction.atomic
+def revoke_invitation(*, invitation: Invitation, actor: User, origin: Origin | None = None) -> None:
+    _require_role(actor, invitation.organization, Role.ADMIN)
+    changed = Invitation.objects.filter(
+        pk=invitation.pk, accepted_at__isnull=True, revoked_at__isnull=True
+    ).update(revoked_at=timezone.now())
+    if changed:
+        record_audit_event(
+            action="invitation.revoked",
+            actor=actor,
+            organization=invitation.organization,
+            target=invitation.email,
+            origin=origin,
+        )
+
+
+def _verified_emails(user: User) -> set[str]:
+    from allauth.account.models import EmailAddress
+
+    return {
+        e.lower()
+        for e in EmailAddress.objects.filter(user=user, verified=True).values_list("email", flat=True)
+    }
+
+
+@transaction.atomic
+def accept_invitation(*, invitation: Invitation, user: User, origin: Origin | None = None) -> Membership:
+    status = invitation.status
+    if status == "accepted":
+        raise ServiceError("This invitation has already been used.", status=410)
+    if status == "revoked":
+        raise ServiceError("This invitation was withdrawn. Ask for a new one.", status=410)
+    if status == "expired":
+        raise ServiceError("This invitation has expired. Ask for a new one.", status=410)
+    if invitation.email.lower() not in _verified_emails(user):
+        raise ServiceError(
+            f"This invitation was sent to {invitation.email}. Sign in with that address "
+            "(verified) to accept it.",
+            status=403,
+        )
+    if Membership.objects.filter(organization=invitation.organization, user=user).exists():
+        raise ServiceError("You are already a member of this organization.", status=409)
+    # Claim the invitation with a filtered update: exactly one acceptance wins.
+    claimed = Invitation.objects.filter(
+        pk=invitation.pk, accepted_at__isnull=True, revoked_at__isnull=True
+    ).update(accepted_at=timezone.now(), accepted_by=user)
+    if claimed != 1:
+        raise ServiceError("This invitation has already been used.", status=410)
+    try:
+        with transaction.atomic():
+            membership = Membership.objects.create(
+                organization=invitation.organization, user=user, role=invitation.role
+            )
+    except IntegrityError:
+        raise ServiceError("You are already a member of this organization.", status=409) from None
+    record_audit_event(
+        action="invitation.accepted",
+        actor=user,
+        organization=invitation.organization,
+        target=user.email,
+        data={"role": invitation.role, "invitation": invitation.pk},
+        origin=origin,
+    )
+    return membership
+
+
+# --- users ------------------------------------------------------------------------------------
+@transaction.atomic
+def ensure_verified_user(
+    *, email: str, password: str, is_staff: bool = False, origin: Origin | None = None
+) -> tuple[User, bool]:
+    """Find or create a user with a verified address (for seeding and operator commands).
+
+    Returns ``(user, created)``. A new user gets a personal organization like any sign-up.
+    """
+    from allauth.account.models import EmailAddress
+    from django.contrib.auth import get_user_model
+
+    email = _normalize_email(email)
+    existing = EmailAddress.objects.filter(email__iexact=email).select_related("user").first()
+    if existing:
+        return existing.user, False
+    user = get_user_model().objects.create_user(
+        username=email.split("@")[0][:30] + f"-{get_user_model().objects.count() + 1}",
+        email=email,
+        password=password,
+        is_staff=is_staff,
+        is_superuser=is_staff,
+    )
+    EmailAddress.objects.create(user=user, email=email, verified=True, primary=True)
+    record_audit_event(action="account.created_by_operator", actor=None, target=email, origin=origin)
+    create_personal_organization(user=user, origin=origin)
+    return user, True

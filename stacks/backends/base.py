@@ -1,0 +1,160 @@
+"""The backend interface: how Stackport makes stacks run, whatever runs them.
+
+A backend is declarative. It is handed the desired spec of one stack (a project
+environment) and converges to it; it reports what it observes; it destroys a stack; it
+streams logs and samples resource use. It never reads the database: its bookkeeping
+(container ids, object names, slot assignments) is returned to the caller as opaque JSON
+and handed back on the next call. Every call is safe to repeat: names derive from our
+ids, create means find-or-create, delete treats "not found" as success. Vendor errors
+become one ``BackendError`` with a ``permanent`` flag.
+
+Concrete backends are named by dotted path in ``settings.STACKPORT_BACKENDS`` and
+resolved lazily (``stacks.backends.get_backend``), like Django's e-mail backends.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+
+class BackendError(Exception):
+    """Anything the engine refused or failed at. ``permanent`` errors are not retried."""
+
+    def __init__(self, message: str, *, permanent: bool = False) -> None:
+        super().__init__(message)
+        self.message = message
+        self.permanent = permanent
+
+
+@dataclass(frozen=True)
+class VolumeSpec:
+    name: str  # server-generated, e.g. "data"
+    path: str
+
+
+@dataclass(frozen=True)
+class ComponentSpec:
+    """One component of a stack as it should run. Every value here is validated already."""
+
+    name: str  # the service name others reach it by ("db", "web")
+    image: str  # pinned by digest: registry/repo@sha256:...
+    replicas: int
+    cpus: float
+    memory_mb: int
+    pids: int
+    user: str
+    read_only: bool
+    capabilities: tuple[str, ...] = ()
+    tmpfs: tuple[str, ...] = ()
+    ports: tuple[int, ...] = ()
+    volumes: tuple[VolumeSpec, ...] = ()
+    env: tuple[tuple[str, str], ...] = ()
+    health: tuple[str, ...] = ()  # exec-form health check command
+    content_path: str | None = None  # where the release content volume is mounted
+    public_port: int | None = None  # the port the edge routes to, if public
+    stateful: bool = False  # keeps data in its volumes: replaced in place, never two at once
+    data_generation: int = 0  # bumped by a data migration: new volumes, the old ones kept
+    version: str = ""  # the catalog version, for labels and logs
+
+
+@dataclass(frozen=True)
+class StackSpec:
+    """The desired state of one project environment's stack."""
+
+    key: str  # server-generated, e.g. "env-42": prefix of every object name
+    number: int  # server-generated, unique per stack (chooses its network)
+    region: str
+    kernel_line: str
+    components: tuple[ComponentSpec, ...]
+    content_release: str | None = None  # id of the content volume to mount, if any
+    running: bool = True
+
+
+@dataclass
+class ReplicaState:
+    component: str
+    index: int
+    host: str
+    status: str  # running / starting / unhealthy / exited / missing
+    address: str | None = None  # ip:port the edge can reach
+    version: str = ""
+    spec_hash: str = ""
+
+
+@dataclass
+class Observed:
+    replicas: list[ReplicaState] = field(default_factory=list)
+
+    def healthy(self) -> bool:
+        return bool(self.replicas) and all(r.status == "running" for r in self.replicas)
+
+
+@dataclass
+class ResourceSample:
+    component: str
+    index: int
+    cpu_percent: float
+    memory_bytes: int
+
+
+class Backend:
+    """Base class of every backend. Subclasses implement each method; all are idempotent."""
+
+    def apply(self, spec: StackSpec, state: dict[str, Any], log: Any = print) -> dict[str, Any]:
+        """Converge the engine to ``spec``; return the new opaque state. Safe to repeat."""
+        raise NotImplementedError
+
+    def observe(self, spec: StackSpec, state: dict[str, Any]) -> Observed:
+        """What actually runs for this stack, in one call per host."""
+        raise NotImplementedError
+
+    def destroy(self, key: str, state: dict[str, Any]) -> None:
+        """Remove every object of the stack: containers, networks, volumes. Missing is fine."""
+        raise NotImplementedError
+
+    def logs(self, key: str, state: dict[str, Any], component: str, tail: int = 200) -> Iterator[str]:
+        """Recent log lines of a component's replicas."""
+        raise NotImplementedError
+
+    def samples(self, key: str, state: dict[str, Any]) -> list[ResourceSample]:
+        """One CPU/memory sample per replica."""
+        raise NotImplementedError
+
+    def put_content(
+        self, key: str, state: dict[str, Any], release: str, archive: bytes, image: str | None = None
+    ) -> None:
+        """Store a release's content (an uncompressed tar) once, where the stack mounts it;
+        ``image`` (one of the stack's) may be used to unpack it."""
+        raise NotImplementedError
+
+    def migrate_data(
+        self, spec: StackSpec, state: dict[str, Any], old: ComponentSpec, new: ComponentSpec, log: Any = print
+    ) -> None:
+        """Copy a stateful component's data from ``old`` (running) into ``new``'s fresh
+        volumes (``new.data_generation`` > ``old.data_generation``); the old volumes stay."""
+        raise NotImplementedError
+
+    def upstreams(self, spec: StackSpec, state: dict[str, Any]) -> list[str]:
+        """The fixed ``ip:port`` slots the edge routes the public component to."""
+        raise NotImplementedError
+
+    def stacks(self) -> dict[str, list[ReplicaState]]:
+        """Every stack's replicas on every host, by stack key (one call per host)."""
+        raise NotImplementedError
+
+    def prune_images(self, keep: set[str]) -> list[str]:
+        """Remove catalog images no container uses and ``keep`` does not name."""
+        raise NotImplementedError
+
+
+def get_backend(path: str, **options: Any) -> Backend:
+    """Instantiate the backend class at the dotted ``path``."""
+    from django.utils.module_loading import import_string
+
+    cls = import_string(path)
+    backend = cls(**options)
+    if not isinstance(backend, Backend):
+        raise BackendError(f"{path} is not a Backend", permanent=True)
+    return backend

@@ -1,0 +1,433 @@
+"""Customer application content (an uploaded archive or a git branch) made into one safe tar.
+
+The tar holds regular files and folders only, owned by root, normalized modes, a fixed mtime,
+sorted: the same content always hashes the same. It is what ``put_archive`` gets. No database,
+no settings; every refusal is a ``ContentError`` whose message can be shown to the customer.
+"""
+
+from __future__ import annotations
+
+import bz2
+import contextlib
+import gzip
+import hashlib
+import io
+import lzma
+import os
+import re
+import signal
+import stat
+import subprocess
+import tarfile
+import tempfile
+import time
+import zipfile
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Protocol, cast
+from urllib.parse import urlsplit
+
+MAX_ARCHIVE_BYTES = 100 * 2**20  # compressed upload
+MAX_UNPACKED_BYTES = 512 * 2**20  # sum of file sizes after unpacking
+MAX_FILES = 20_000  # files and folders
+GIT_TIMEOUT = 120.0  # seconds for the whole fetch
+
+_MTIME = 315_532_800  # 1980-01-01, the zip epoch: fixed so equal content hashes equally
+_CHUNK = 64 * 1024
+_FORMATS = "zip, tar, tar.gz, tar.bz2 or tar.xz"
+_BAD_CHARS = re.compile(r"[\x00-\x1f\x7f-\x9f\\]")
+_SCP_URL = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]*@[A-Za-z0-9][A-Za-z0-9.-]*:(?!//)\S+$")
+# git check-ref-format: no leading "-" or "/", no trailing "/" or ".", not "@", no "..", "@{",
+# "//", no control characters, space or ~^:?*[\, no part starting with "." or ending in ".lock".
+_BAD_BRANCH = re.compile(r"^[-/]|[/.]$|^@$|\.\.|@\{|//|[\x00-\x20\x7f~^:?*\[\\]|(^|/)\.|\.lock(/|$)")
+_ZIP_KINDS = {0: "file", stat.S_IFREG: "file", stat.S_IFDIR: "dir", stat.S_IFLNK: "link"}
+_PROXY_VARS = ("http_proxy", "https_proxy", "no_proxy", "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY")
+
+
+class ContentError(Exception):
+    """Content was refused. ``message`` is fit for the customer; ``field`` names the form field
+    it belongs to: "archive", "git_url" or "branch"."""
+
+    def __init__(self, message: str, field: str = "archive") -> None:
+        super().__init__(message)
+        self.message = message
+        self.field = field
+
+
+@dataclass(frozen=True)
+class Content:
+    """A normalized, uncompressed tar ready for ``put_archive``, and facts about it."""
+
+    tar: bytes
+    sha256: str
+    files: int  # regular files
+    size: int  # bytes of file data
+    root_stripped: str | None = None
+    commit: str | None = None
+
+
+class Readable(Protocol):
+    def read(self, size: int, /) -> bytes: ...
+
+
+def _show(name: str) -> str:
+    """A name fit for a message: control characters and undecodable bytes escaped, length capped."""
+    escaped = (
+        name.encode("unicode_escape") if _BAD_CHARS.search(name) else name.encode("utf-8", "backslashreplace")
+    )
+    shown = escaped.decode("utf-8")
+    return shown if len(shown) <= 200 else shown[:200] + "…"
+
+
+def _human(n: int) -> str:
+    return f"{n / 2**20:.0f} MB" if n >= 2**20 else f"{n / 1024:.0f} KB" if n >= 1024 else f"{n} bytes"
+
+
+def _chunks(src: Readable) -> Iterator[bytes]:
+    while chunk := src.read(_CHUNK):
+        yield chunk
+
+
+def _kind(*, link: bool, folder: bool, file: bool) -> str:
+    return "link" if link else "dir" if folder else "file" if file else "other"
+
+
+class _Tree:
+    """Collects checked entries of one archive or work tree, then writes the normalized tar."""
+
+    def __init__(self, source: str, field: str, max_files: int, max_unpacked_bytes: int) -> None:
+        self.source, self.field = source, field  # "archive" / "repository"
+        self.max_files, self.max_unpacked_bytes = max_files, max_unpacked_bytes
+        self.files: dict[str, tuple[bytes, bool]] = {}
+        self.dirs: set[str] = set()
+        self.parents: set[str] = set()
+        self.size = 0
+
+    def refuse(self, what: str) -> ContentError:
+        return ContentError(f"The {self.source} {what}", self.field)
+
+    def clean(self, name: str) -> str:
+        """The relative, normalized form of an entry name; refuses anything that could escape."""
+        if _BAD_CHARS.search(name):
+            raise self.refuse(f"contains a name with a backslash or a control character: {_show(name)}.")
+        if name.startswith("/"):
+            raise self.refuse(f"contains an absolute path: {_show(name)}. Paths must be relative.")
+        parts = [part for part in name.split("/") if part not in ("", ".")]
+        if ".." in parts:
+            raise self.refuse(f"contains a path that points outside of it: {_show(name)}.")
+        if len(name) > 4096 or any(len(part.encode("utf-8", "surrogateescape")) > 255 for part in parts):
+            raise self.refuse(f"contains a name that is too long: {_show(name)}.")
+        try:
+            name.encode("utf-8")
+        except UnicodeEncodeError:
+            raise self.refuse(f"contains a name that is not valid UTF-8: {_show(name)}.") from None
+        return "/".join(parts)
+
+    def _claim(self, path: str, *, is_dir: bool) -> None:
+        ancestors = ["/".join(path.split("/")[:i]) for i in range(1, path.count("/") + 1)]
+        if path in self.files or path in self.dirs:
+            raise self.refuse(f"contains {_show(path)} more than once.")
+        if any(a in self.files for a in ancestors) or (not is_dir and path in self.parents):
+            raise self.refuse(f"contains {_show(path)} both as a file and as a folder.")
+        if len(self.files) + len(self.dirs) >= self.max_files:
+            raise self.refuse(f"contains more than {self.max_files} files and folders.")
+        self.parents.update(ancestors)
+
+    def add(self, name: str, kind: str, src: Readable | None = None, mode: int = 0, target: str = "") -> None:
+        """Add one entry of ``kind`` "file", "dir", "link" or anything else (refused)."""
+        path = self.clean(name)
+        if kind == "link":
+            raise self.refuse(f"contains a link: {_show(name)} -> {_show(target)}. Links are not allowed.")
+        if kind not in ("file", "dir"):
+            raise self.refuse(
+                f"contains a device or pipe: {_show(name)}. Only files and folders are allowed."
+            )
+        if kind == "dir":
+            if path:  # "./" names the root itself
+                self._claim(path, is_dir=True)
+                self.dirs.add(path)
+            return
+        if not path or src is None:
+            raise self.refuse(f"contains a file without a name: {_show(name)}.")
+        self._claim(path, is_dir=False)
+        parts = []
+        for chunk in _chunks(src):  # count what really comes out, never what a header claims
+            self.size += len(chunk)
+            if self.size > self.max_unpacked_bytes:
+                raise self.refuse(f"is larger than {_human(self.max_unpacked_bytes)} when unpacked.")
+            parts.append(chunk)
+        self.files[path] = (b"".join(parts), bool(mode & 0o111))
+
+    def build(self, *, strip: bool, commit: str | None = None) -> Content:
+        if not self.files:
+            raise self.refuse("is empty." if not self.dirs else "contains no files, only folders.")
+        dirs = self.dirs | self.parents
+        root = None
+        tops = {path.split("/", 1)[0] for path in dirs | self.files.keys()}
+        if strip and len(tops) == 1 and (top := tops.pop()) in dirs:
+            root, cut = top, len(top) + 1
+            dirs = {d[cut:] for d in dirs if d != top}
+            self.files = {path[cut:]: entry for path, entry in self.files.items()}
+        buffer = io.BytesIO()
+        with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as tar:
+            for path in sorted(dirs | self.files.keys()):
+                info = tarfile.TarInfo(path)
+                info.mtime, info.uid, info.gid, info.uname, info.gname = _MTIME, 0, 0, "", ""
+                if path in dirs:
+                    info.type, info.mode = tarfile.DIRTYPE, 0o755
+                    tar.addfile(info)
+                else:
+                    data, executable = self.files[path]
+                    info.size, info.mode = len(data), 0o755 if executable else 0o644
+                    tar.addfile(info, io.BytesIO(data))
+        data = buffer.getvalue()
+        digest = hashlib.sha256(data).hexdigest()
+        return Content(data, digest, len(self.files), self.size, root, commit)
+
+
+# --- uploaded archives -------------------------------------------------------------------------
+
+
+class _Limited:
+    """A stream that refuses to yield more than ``limit`` bytes: decompression bombs stop here,
+    including those hidden in tar headers, which tarfile reads into memory whole."""
+
+    def __init__(self, raw: Readable, limit: int, error: ContentError) -> None:
+        self.raw, self.limit, self.error, self.count = raw, limit, error, 0
+
+    def read(self, size: int = -1) -> bytes:
+        left = self.limit + 1 - self.count
+        data = self.raw.read(left if size < 0 else min(size, left))
+        self.count += len(data)
+        if self.count > self.limit:
+            raise self.error
+        return data
+
+
+def normalize_archive(
+    fileobj: Readable,
+    filename: str,
+    *,
+    max_bytes: int = MAX_ARCHIVE_BYTES,
+    max_files: int = MAX_FILES,
+    max_unpacked_bytes: int = MAX_UNPACKED_BYTES,
+) -> Content:
+    """Check an uploaded archive (format told by its content) and return it as a normalized tar."""
+    tree = _Tree("archive", "archive", max_files, max_unpacked_bytes)
+    with tempfile.SpooledTemporaryFile(max_size=16 * 2**20) as spool:
+        for chunk in _chunks(fileobj):
+            spool.write(chunk)
+            if spool.tell() > max_bytes:
+                raise tree.refuse(f"is larger than {_human(max_bytes)}.")
+        spool.seek(0)
+        head = spool.read(512)
+        spool.seek(0)
+        if not head:
+            raise tree.refuse("is empty.")
+        try:
+            if head.startswith((b"PK\x03\x04", b"PK\x05\x06")):
+                _read_zip(spool, tree)
+            elif (stream := _decompressed(head, spool)) is not None:
+                bomb = tree.refuse(f"is larger than {_human(max_unpacked_bytes)} when unpacked.")
+                _read_tar(_Limited(stream, max_unpacked_bytes + 8192 * (max_files + 2), bomb), tree)
+            else:
+                name = _show(os.path.basename(filename)) or "The file"
+                raise ContentError(f"{name} is not a supported archive; upload a {_FORMATS} file.")
+        except (tarfile.TarError, zipfile.BadZipFile, EOFError, OSError, zlib.error, lzma.LZMAError) as exc:
+            raise tree.refuse("could not be read; it is damaged or not a valid archive.") from exc
+        except NotImplementedError as exc:  # zip compression methods zipfile does not know
+            raise tree.refuse("uses a compression method that is not supported.") from exc
+    return tree.build(strip=True)
+
+
+def _decompressed(head: bytes, raw: IO[bytes]) -> Readable | None:
+    """The tar stream inside an upload, told by magic bytes; None if it is no tar we know."""
+    if head.startswith(b"\x1f\x8b"):
+        return gzip.GzipFile(fileobj=raw, mode="rb")
+    if head.startswith(b"BZh"):
+        return bz2.BZ2File(raw)
+    if head.startswith(b"\xfd7zXZ\x00"):
+        return lzma.LZMAFile(raw)
+    return raw if head[257:262] == b"ustar" or not head.strip(b"\0") else None
+
+
+def _read_zip(raw: IO[bytes], tree: _Tree) -> None:
+    with zipfile.ZipFile(raw) as archive:
+        if len(archive.infolist()) > tree.max_files:
+            raise tree.refuse(f"contains more than {tree.max_files} files and folders.")
+        for info in archive.infolist():
+            if info.flag_bits & 0x1:
+                raise tree.refuse(f"contains an encrypted file: {_show(info.filename)}. Remove the password.")
+            mode = info.external_attr >> 16  # unix mode, when the zip was made on unix
+            with archive.open(info) as src:
+                target = src.read(4096).decode("utf-8", "replace") if stat.S_ISLNK(mode) else ""
+                kind = "dir" if info.is_dir() else _ZIP_KINDS.get(stat.S_IFMT(mode), "other")
+                tree.add(info.filename, kind, src, mode, target)
+
+
+def _read_tar(stream: _Limited, tree: _Tree) -> None:
+    # "r|": one forward pass, no seeking, nothing read that we do not count.
+    with tarfile.open(fileobj=cast(IO[bytes], stream), mode="r|") as archive:
+        for m in archive:
+            kind = _kind(link=m.issym() or m.islnk(), folder=m.isdir(), file=m.isreg())
+            tree.add(m.name, kind, archive.extractfile(m) if kind == "file" else None, m.mode, m.linkname)
+
+
+# --- git repositories --------------------------------------------------------------------------
+
+# Only the transports we name may run (no ext::, fd::, ...). Links are checked out as links so
+# the walk below sees and refuses them; core.symlinks=false would silently turn them into files.
+_GIT_CONFIG = (
+    "protocol.allow=never protocol.https.allow=always protocol.http.allow=always protocol.ssh.allow=always"
+    " core.symlinks=true core.hooksPath=/dev/null core.fsmonitor=false submodule.recurse=false"
+).split()
+_GIT_ENV = {
+    "LC_ALL": "C",
+    "GIT_TERMINAL_PROMPT": "0",
+    "GIT_CONFIG_NOSYSTEM": "1",
+    "GIT_CONFIG_GLOBAL": os.devnull,
+    "GIT_PROTOCOL_FROM_USER": "0",
+    "GIT_SSH_COMMAND": "ssh -o BatchMode=yes",
+    "GIT_LFS_SKIP_SMUDGE": "1",
+}
+_AUTH_FAILED = re.compile(
+    r"terminal prompts disabled|Authentication failed|could not read (Username|Password)"
+    r"|Permission denied|Host key verification failed"
+)
+
+
+def fetch_git(
+    url: str,
+    branch: str,
+    *,
+    max_unpacked_bytes: int = MAX_UNPACKED_BYTES,
+    max_files: int = MAX_FILES,
+    timeout: float = GIT_TIMEOUT,
+    allow_file: bool = False,
+) -> Content:
+    """Shallow-clone one branch (or tag) of a repository and return its files as a normalized tar.
+
+    ``allow_file`` admits file:// URLs: for tests and trusted local mirrors, never customer input.
+    """
+    _check_url(url, allow_file=allow_file)
+    _check_branch(branch)
+    tree = _Tree("repository", "git_url", max_files, max_unpacked_bytes)
+    deadline = time.monotonic() + timeout
+    with tempfile.TemporaryDirectory(prefix="stackport-git-") as home:
+        # A clean environment: nothing from the worker's own git setup, only PATH and proxies.
+        env = {name: os.environ[name] for name in ("PATH", *_PROXY_VARS) if name in os.environ}
+        env.update(_GIT_ENV, HOME=home)
+        work = _clone(url, branch, env, deadline, allow_file=allow_file)
+        commit = _git(["rev-parse", "HEAD"], env, deadline, cwd=work)[1].strip() or None
+        for entry in _git(["ls-files", "--stage", "-z"], env, deadline, cwd=work)[1].split("\0"):
+            if entry.startswith("160000 "):
+                path = entry.partition("\t")[2]
+                raise tree.refuse(f"uses a submodule ({_show(path)}). Submodules are not supported.")
+        _read_worktree(work, tree)
+    return tree.build(strip=False, commit=commit)
+
+
+def _clone(url: str, branch: str, env: dict[str, str], deadline: float, *, allow_file: bool) -> Path:
+    config = [*_GIT_CONFIG, f"protocol.file.allow={'always' if allow_file else 'never'}"]
+    work = Path(env["HOME"], "work")
+    args = [a for c in config for a in ("-c", c)] + ["clone", "--depth", "1", "--single-branch", "--no-tags"]
+    code, _, err = _git([*args, "--branch", branch, "--template=", "--", url, str(work)], env, deadline)
+    if code != 0:
+        raise _git_error(err, url, branch)
+    return work
+
+
+def validate_git_source(url: str, branch: str, *, allow_file: bool) -> None:
+    """Check a repository address and branch without running anything (for the request)."""
+    _check_url(url, allow_file=allow_file)
+    _check_branch(branch)
+
+
+def redact_url(url: str) -> str:
+    return _redact(url)
+
+
+def _check_url(url: str, *, allow_file: bool) -> None:
+    bad = ContentError(
+        f"{_show(_redact(url))} is not a repository address we can fetch. "
+        "Use https://host/path, ssh://host/path or git@host:path.",
+        "git_url",
+    )
+    if not url or len(url) > 2048 or url.startswith("-") or _BAD_CHARS.search(url) or re.search(r"\s", url):
+        raise bad
+    match = re.match(r"^([A-Za-z][A-Za-z0-9+.-]*)://", url)
+    scheme = match[1].lower() if match else None
+    if scheme is None and not _SCP_URL.match(url):  # also refuses transports such as ext::command
+        raise bad
+    if scheme == "file" and not allow_file:
+        raise ContentError("Repositories on this server's disk (file://) are not allowed.", "git_url")
+    if scheme in (None, "file"):
+        return
+    try:
+        parts = urlsplit(url)
+        host, user = parts.hostname or "", parts.username or ""
+    except ValueError:
+        raise bad from None
+    if scheme not in ("https", "http", "ssh") or not host or host.startswith("-") or user.startswith("-"):
+        raise bad
+
+
+def _check_branch(branch: str) -> None:
+    """The rules of ``git check-ref-format --branch``, checked here so no process sees bad input."""
+    if not branch or len(branch) > 255 or _BAD_BRANCH.search(branch):
+        raise ContentError(f"{_show(branch) or 'An empty name'} is not a valid branch name.", "branch")
+
+
+def _redact(url: str) -> str:
+    """The URL without the credentials a customer may have put in it (a plain git@ user stays)."""
+    url = re.sub(r"^([A-Za-z][A-Za-z0-9+.-]*://)[^/@]*@", r"\1***@", url)
+    return re.sub(r"^[^/@:]*:[^/@]*@", "***@", url)
+
+
+def _git_error(stderr: str, url: str, branch: str) -> ContentError:
+    shown = _show(_redact(url))
+    if re.search(r"Remote branch .* not found", stderr):
+        return ContentError(f"The branch {_show(branch)} does not exist in {shown}.", "branch")
+    if _AUTH_FAILED.search(stderr):
+        return ContentError(f"The repository {shown} asks for credentials or refused them.", "git_url")
+    return ContentError(f"The repository {shown} could not be fetched. Check the address.", "git_url")
+
+
+def _git(
+    args: list[str], env: dict[str, str], deadline: float, cwd: Path | None = None
+) -> tuple[int, str, str]:
+    # Its own session: on timeout we kill git with its helpers (ssh, git-remote-https) at once.
+    proc = subprocess.Popen(  # noqa: S603 - an argument list, no shell; url and branch checked above
+        ["git", *args],  # noqa: S607 - the server's git, found on its PATH
+        cwd=cwd,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
+    try:
+        out, err = proc.communicate(timeout=max(deadline - time.monotonic(), 0.01))
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        raise ContentError("Fetching the repository took too long.", "git_url") from None
+    return proc.returncode, out.decode("utf-8", "replace"), err.decode("utf-8", "replace")
+
+
+def _read_worktree(root: Path, tree: _Tree) -> None:
+    for dirpath, dirnames, filenames in os.walk(root):  # never follows links: they are refused
+        if dirpath == str(root):
+            dirnames[:] = [d for d in dirnames if d != ".git"]
+        for name in sorted(dirnames + filenames):
+            full = Path(dirpath, name)
+            rel, mode = full.relative_to(root).as_posix(), full.lstat().st_mode
+            if stat.S_ISREG(mode):
+                with full.open("rb") as src:
+                    tree.add(rel, "file", src, mode)
+            else:
+                kind = _kind(link=stat.S_ISLNK(mode), folder=stat.S_ISDIR(mode), file=False)
+                tree.add(rel, kind, target=os.readlink(full) if kind == "link" else "")

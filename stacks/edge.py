@@ -1,0 +1,528 @@
+"""A small client for the edge router: Debian's Caddy 2.6, started by ``scripts/caddy.sh``
+and driven only through its admin API on loopback.
+
+Each public component of an environment gets one route: its host names (and, for a path
+route, a path prefix) reverse-proxied to a fixed set of upstream *slots*, addresses that
+do not change across upgrades. A blue/green upgrade therefore never writes config: the
+new container starts in a free slot, Caddy's active health check finds it, the old one
+stops, and Caddy retries the requests that hit it on another slot. (Not requests with a
+body that reach the old slot before the health check sees it gone: Caddy 2.6 cannot retry
+those, see below. A container that fails its health check for a moment before it stops
+gets none of them.) Only domain and path changes write config, and every write reloads
+Caddy's servers, which closes idle client keep-alive connections (a few client errors
+under load), so a write that would change nothing is never sent.
+
+Config is built as Python data and sent as JSON; host names, paths and addresses are
+validated first. Every failure is an ``EdgeError`` whose ``permanent`` flag tells a
+caller (a Celery task) whether a retry can help.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import random
+import re
+import time
+from collections.abc import Sequence
+from types import TracebackType
+from typing import Any, Self
+from urllib.parse import urlsplit
+
+import idna  # a dependency of requests
+import requests
+
+ROUTE_ID_RE = re.compile(r"[a-z0-9-]{1,64}")
+SERVER_NAME_RE = re.compile(r"[a-z0-9_-]{1,64}")
+# The final route answers every request no other route matched. Its id is outside
+# ROUTE_ID_RE, so no caller's route can replace or remove it.
+CATCH_ALL_ID = "stackport_catch_all"
+NOT_FOUND_BODY = "No site is configured for this address\n"
+
+HOST_MAX_LENGTH = 253
+LABEL_RE = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
+# Path prefixes and health-check paths: plain segments, no wildcards, escapes or dot
+# segments; Caddy's path matcher would give "*" and "%" meanings of their own.
+SEGMENT_RE = re.compile(r"[A-Za-z0-9._~-]+")
+HEALTH_PATH_RE = re.compile(r"/[A-Za-z0-9._~/-]*(?:\?[A-Za-z0-9._~=&-]*)?")
+PATH_MAX_LENGTH = 256
+PORT_RE = re.compile(r"[1-9][0-9]{0,4}")
+
+# Health checks and retries. An empty slot fails its active check and gets no traffic; a
+# new container in it gets traffic within HEALTH_INTERVAL of answering. A request that
+# finds a slot's container gone is retried every TRY_INTERVAL for up to
+# TRY_DURATION, which also holds requests while no slot is healthy: always when nothing
+# was sent yet (refused, silent), and for safe methods also when the connection broke
+# after sending (a POST may already have been processed).
+# Random, not round_robin: with one slot down, 2.6's round_robin can return no upstream
+# under concurrency (other requests advance its counter between its two looks), which
+# a request with a body gets as an immediate 503; least_conn would favour a dead slot,
+# which has no requests in flight.
+SELECTION_POLICY = "random"
+HEALTH_INTERVAL = "1s"
+HEALTH_TIMEOUT = "1s"
+TRY_DURATION = "5s"
+TRY_INTERVAL = "100ms"
+RETRY_METHODS = ["GET", "HEAD", "OPTIONS"]
+# A slot whose container is gone may not refuse but stay silent (an unassigned address on
+# a bridge network): give up on it quickly so the retry still fits in TRY_DURATION.
+DIAL_TIMEOUT = "300ms"
+# No passive health checks (fail_duration/max_fails), on purpose. Caddy 2.6 cannot retry a
+# request with a body after a dial error (its transport has closed the body: "invalid Read
+# on closed Body", caddyserver/caddy#5454, fixed upstream only in 2026, #7547 and #7715)
+# and counts that failure against the *healthy* slot it retried on. With max_fails 1 the
+# live slot was then out for fail_duration: measured here, 1,100-1,600 of ~2,500 POSTs of
+# a slot switch failed (2 runs of 3), against ~50 without passive checks (the POSTs that
+# reached the old slot in the second before the active check saw it gone).
+
+# Read-modify-write of the route list is guarded by Caddy's ETag; a concurrent writer
+# makes us wait a random moment (up to CONFLICT_BACKOFF seconds) and read again.
+WRITE_ATTEMPTS = 8
+CONFLICT_BACKOFF = 0.2
+TRANSIENT_CLIENT_STATUSES = frozenset({408, 429})
+
+
+class EdgeError(Exception):
+    """The edge router could not do what was asked.
+
+    ``permanent`` is False when the same call may succeed later (Caddy is down or
+    restarting, a 5xx, the config kept changing under us) and True when it will not (an
+    invalid host name, route id or address, a config Caddy refuses).
+    """
+
+    def __init__(self, message: str, permanent: bool) -> None:
+        super().__init__(message)
+        self.message = message
+        self.permanent = permanent
+
+    def __repr__(self) -> str:
+        return f"EdgeError({self.message!r}, permanent={self.permanent})"
+
+
+def validate_route_id(route_id: str) -> None:
+    """Raise a permanent ``EdgeError`` unless ``route_id`` matches ``[a-z0-9-]{1,64}``."""
+    if not isinstance(route_id, str) or not ROUTE_ID_RE.fullmatch(route_id):
+        raise EdgeError(f"invalid route id {route_id!r}", permanent=True)
+
+
+def normalize_host(host: str) -> str:
+    """The ASCII (punycode, lowercase) form of the host name ``host``.
+
+    Raises a permanent ``EdgeError`` for wildcards, ports, IP addresses, empty labels
+    (also a trailing dot), labels over 63 or names over 253 characters, and anything
+    IDNA (UTS #46 mapping, STD3 rules) refuses.
+    """
+    if not isinstance(host, str) or not host or len(host) > HOST_MAX_LENGTH:
+        raise EdgeError(f"invalid host name {host!r}", permanent=True)
+    try:
+        ascii_host = idna.encode(host, uts46=True, std3_rules=True).decode("ascii")
+    except (idna.IDNAError, UnicodeError) as exc:
+        raise EdgeError(f"invalid host name {host!r}: {exc}", permanent=True) from exc
+    labels = ascii_host.split(".")
+    if (
+        len(ascii_host) > HOST_MAX_LENGTH
+        or len(labels) < 2
+        or not all(LABEL_RE.fullmatch(label) for label in labels)
+        or labels[-1].isdigit()  # an IPv4 address, or a top-level domain that cannot exist
+    ):
+        raise EdgeError(f"invalid host name {host!r}", permanent=True)
+    return ascii_host
+
+
+def normalize_upstream(upstream: str) -> str:
+    """The canonical ``ip:port`` (``[ip6]:port``) form of an upstream slot address.
+
+    Raises a permanent ``EdgeError`` for host names, a missing or invalid port, and
+    unspecified, multicast or scoped addresses.
+    """
+    if not isinstance(upstream, str):
+        raise EdgeError(f"invalid upstream address {upstream!r}", permanent=True)
+    bracketed = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\]:([0-9]+)", upstream)
+    plain = re.fullmatch(r"([0-9.]+):([0-9]+)", upstream)
+    match = bracketed or plain
+    if not match or not PORT_RE.fullmatch(match[2]) or int(match[2]) > 65535:
+        raise EdgeError(f"invalid upstream address {upstream!r} (expected ip:port)", permanent=True)
+    try:
+        ip = ipaddress.IPv6Address(match[1]) if bracketed else ipaddress.IPv4Address(match[1])
+    except ValueError as exc:
+        raise EdgeError(f"invalid upstream address {upstream!r}: {exc}", permanent=True) from exc
+    if ip.is_unspecified or ip.is_multicast:
+        raise EdgeError(f"invalid upstream address {upstream!r}", permanent=True)
+    return f"[{ip}]:{match[2]}" if bracketed else f"{ip}:{match[2]}"
+
+
+def normalize_path_prefix(path_prefix: str) -> str:
+    """``path_prefix`` without a trailing slash: ``/api`` matches ``/api`` and ``/api/...``.
+
+    Raises a permanent ``EdgeError`` unless it is one or more plain segments (letters,
+    digits, ``._~-``; no ``.`` or ``..``). ``/`` alone is refused: that is a host route.
+    """
+    if not isinstance(path_prefix, str) or len(path_prefix) > PATH_MAX_LENGTH:
+        raise EdgeError(f"invalid path prefix {path_prefix!r}", permanent=True)
+    stripped = path_prefix.removesuffix("/")
+    segments = stripped.split("/")
+    if (
+        len(segments) < 2
+        or segments[0] != ""
+        or not all(SEGMENT_RE.fullmatch(s) and s not in (".", "..") for s in segments[1:])
+    ):
+        raise EdgeError(f"invalid path prefix {path_prefix!r}", permanent=True)
+    return stripped
+
+
+def validate_health_path(health_path: str) -> None:
+    """Raise a permanent ``EdgeError`` unless ``health_path`` is a plain absolute path."""
+    if (
+        not isinstance(health_path, str)
+        or len(health_path) > PATH_MAX_LENGTH
+        or not HEALTH_PATH_RE.fullmatch(health_path)
+    ):
+        raise EdgeError(f"invalid health-check path {health_path!r}", permanent=True)
+
+
+def catch_all_route() -> dict[str, Any]:
+    """The last route of the edge server: 404 with a short text (never Caddy's empty 200)."""
+    return {
+        "@id": CATCH_ALL_ID,
+        "handle": [
+            {
+                "handler": "static_response",
+                "status_code": 404,
+                "headers": {"Content-Type": ["text/plain; charset=utf-8"]},
+                "body": NOT_FOUND_BODY,
+            }
+        ],
+        "terminal": True,
+    }
+
+
+def proxy_route(
+    route_id: str, hosts: list[str], upstreams: list[str], path_prefix: str | None, health_path: str
+) -> dict[str, Any]:
+    """The Caddy route for already validated and normalized arguments."""
+    match: dict[str, Any] = {"host": hosts}
+    if path_prefix is not None:
+        # The request path reaches the upstream unchanged (nothing is stripped).
+        match["path"] = [path_prefix, f"{path_prefix}/*"]
+    proxy = {
+        "handler": "reverse_proxy",
+        "upstreams": [{"dial": upstream} for upstream in upstreams],
+        "transport": {"protocol": "http", "dial_timeout": DIAL_TIMEOUT},
+        "load_balancing": {
+            "selection_policy": {"policy": SELECTION_POLICY},
+            "try_duration": TRY_DURATION,
+            "try_interval": TRY_INTERVAL,
+            "retry_match": [{"method": RETRY_METHODS}],
+        },
+        "health_checks": {
+            "active": {
+                "uri": health_path,
+                "interval": HEALTH_INTERVAL,
+                "timeout": HEALTH_TIMEOUT,
+                # Apps that check the Host header (Django's ALLOWED_HOSTS) would refuse
+                # Caddy's default, the upstream address, and never count as healthy.
+                "headers": {"Host": [hosts[0]]},
+            },
+        },
+    }
+    return {"@id": route_id, "match": [match], "handle": [proxy], "terminal": True}
+
+
+def ordered_routes(routes: list[Any]) -> list[Any]:
+    """``routes`` in the order the edge server needs: longer path prefixes first (so
+    ``/api/v2`` wins over ``/api``, and both over the host's route), then routes without
+    a prefix, the catch-all last; by id within each group, so the order is canonical."""
+
+    def key(route: Any) -> tuple[int, int, str]:
+        if not isinstance(route, dict):
+            return (0, 0, "")
+        if route.get("@id") == CATCH_ALL_ID:
+            return (1, 0, "")
+        longest = 0
+        for matcher in route.get("match") or []:
+            paths = matcher.get("path") if isinstance(matcher, dict) else None
+            for path in paths if isinstance(paths, list) else []:
+                if isinstance(path, str):
+                    longest = max(longest, len(path.removesuffix("/*")))
+        return (0, -longest, str(route.get("@id", "")))
+
+    return sorted(routes, key=key)
+
+
+def _etag(path: str, body: bytes) -> str:
+    """Caddy's ETag for the config at ``path`` whose GET answered ``body``.
+
+    Caddy 2.6 sends the ETag only as an HTTP trailer, which ``requests`` does not expose;
+    it is the FNV-1a (32 bit) hash of the answer (admin.go, ``etagHasher``), so we compute
+    it. Should that ever differ, writes fail with 412 and then a transient ``EdgeError``.
+    """
+    digest = 0x811C9DC5
+    for byte in body:
+        digest = ((digest ^ byte) * 0x01000193) & 0xFFFFFFFF
+    return f'"{path} {digest:08x}"'
+
+
+class EdgeRouter:
+    """Talks to one Caddy admin API, e.g. ``EdgeRouter("http://127.0.0.1:2019")``, and
+    manages the routes of one of its HTTP servers (``server``, "edge" by default).
+
+    ``listen`` is only used when ``ensure_server()`` has to create that server. Holds a
+    ``requests`` session; use it as a context manager or call ``close()``. ``timeout``
+    (seconds) applies to connecting and to each read; a config write waits for Caddy's
+    reload.
+    """
+
+    def __init__(
+        self,
+        admin_url: str,
+        server: str = "edge",
+        *,
+        listen: Sequence[str] = ("127.0.0.1:8080",),
+        timeout: float = 10.0,
+    ) -> None:
+        parts = urlsplit(admin_url)
+        if parts.scheme not in ("http", "https") or not parts.netloc or parts.path not in ("", "/"):
+            raise EdgeError(f"invalid admin API URL {admin_url!r}", permanent=True)
+        if not SERVER_NAME_RE.fullmatch(server):
+            raise EdgeError(f"invalid server name {server!r}", permanent=True)
+        self.admin_url = admin_url.rstrip("/")
+        self.admin_netloc = parts.netloc
+        self.server = server
+        self.listen = list(listen)
+        self.timeout = timeout
+        self.session = requests.Session()
+        # The admin API is ours and on loopback: no proxy or .netrc from the environment.
+        self.session.trust_env = False
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"EdgeRouter({self.admin_url!r}, {self.server!r})"
+
+    @property
+    def _server_path(self) -> str:
+        return f"/config/apps/http/servers/{self.server}"
+
+    @property
+    def _routes_path(self) -> str:
+        return f"{self._server_path}/routes"
+
+    def close(self) -> None:
+        """Close the pooled connections."""
+        self.session.close()
+
+    def ping(self) -> bool:
+        """True when the admin API answers; never raises."""
+        try:
+            response = self._send("GET", "/config/admin")  # small, unlike the whole config
+        except EdgeError:
+            return False
+        return response.status_code == 200
+
+    def ensure_server(self) -> bool:
+        """Find or create the edge server: automatic HTTPS off (Caddy must never ask an
+        ACME CA for our customers' names) and the 404 catch-all as its last route.
+
+        An existing server keeps its listen addresses and routes; a new one listens on
+        ``listen``. Returns True when the config was written, False when it was already
+        right (then nothing is reloaded).
+        """
+        for _ in range(WRITE_ATTEMPTS):
+            server, etag = self._get(self._server_path)
+            if server is None:
+                if self._create_server():
+                    return True
+                continue
+            if not isinstance(server, dict):
+                raise EdgeError(f"{self._server_path} is not a server object", permanent=True)
+            desired = dict(server)
+            desired["automatic_https"] = {**(server.get("automatic_https") or {}), "disable": True}
+            desired["routes"] = self._with_catch_all(server.get("routes"))
+            if desired == server:
+                return False
+            if self._write("PATCH", self._server_path, desired, etag):
+                return True
+        raise self._too_busy()
+
+    def set_route(
+        self,
+        route_id: str,
+        hosts: list[str],
+        upstreams: list[str],
+        path_prefix: str | None = None,
+        health_path: str = "/healthz",
+    ) -> bool:
+        """Create or replace the route ``route_id``: requests for ``hosts`` (and, when
+        given, under ``path_prefix``) go to the ``upstreams`` slots (``ip:port``).
+
+        Host names are stored in their ASCII (punycode) form, sorted. Slots are checked
+        on ``health_path`` and retried as described in the module docstring; an empty
+        slot is expected. Routes are kept ordered so that a prefix route wins over its
+        host's route. Returns False, writing nothing, when Caddy already has exactly this
+        route in the right place; True when the config changed (a reload). Creates the
+        edge server if it is missing.
+        """
+        desired = self._proxy_route(route_id, hosts, upstreams, path_prefix, health_path)
+        for _ in range(WRITE_ATTEMPTS):
+            routes, etag = self._get(self._routes_path)
+            if routes is None:
+                self.ensure_server()
+                continue
+            if not isinstance(routes, list):
+                raise EdgeError(f"{self._routes_path} is not a list", permanent=True)
+            others = [route for route in routes if not _has_id(route, route_id)]
+            new_routes = self._with_catch_all([*others, desired])
+            if new_routes == routes:
+                return False
+            if self._write("PATCH", self._routes_path, new_routes, etag):
+                return True
+        raise self._too_busy()
+
+    def remove_route(self, route_id: str) -> bool:
+        """Delete the route ``route_id``. Returns False when there was none (not an error)."""
+        validate_route_id(route_id)
+        response = self._send("DELETE", f"/id/{route_id}")
+        if response.status_code == 404:
+            return False
+        self._raise_for_status(response)
+        return True
+
+    def routes(self) -> dict[str, dict[str, Any]]:
+        """The routes this client manages on the server, by id, in Caddy's order (without
+        the catch-all and routes whose id is not a route id); {} when there is no server."""
+        routes, _ = self._get(self._routes_path)
+        if not isinstance(routes, list):
+            return {}
+        return {
+            route["@id"]: route
+            for route in routes
+            if isinstance(route, dict)
+            and isinstance(route.get("@id"), str)
+            and ROUTE_ID_RE.fullmatch(route["@id"])
+        }
+
+    # --- config ------------------------------------------------------------------------------
+    def _proxy_route(
+        self, route_id: str, hosts: list[str], upstreams: list[str], path_prefix: str | None, health_path: str
+    ) -> dict[str, Any]:
+        """Validate every argument, then build the route; nothing has been sent yet."""
+        validate_route_id(route_id)
+        if isinstance(hosts, str) or not hosts:
+            raise EdgeError(f"route {route_id}: at least one host name is needed", permanent=True)
+        ascii_hosts = sorted({normalize_host(host) for host in hosts})
+        if isinstance(upstreams, str) or not upstreams:
+            raise EdgeError(f"route {route_id}: at least one upstream is needed", permanent=True)
+        slots = [normalize_upstream(upstream) for upstream in upstreams]
+        if len(set(slots)) != len(slots):
+            raise EdgeError(f"route {route_id}: an upstream is listed twice", permanent=True)
+        if self.admin_netloc in slots:
+            # Proxying to the admin API would hand the router to the internet.
+            raise EdgeError(f"route {route_id}: an upstream is the admin API", permanent=True)
+        prefix = None if path_prefix is None else normalize_path_prefix(path_prefix)
+        validate_health_path(health_path)
+        return proxy_route(route_id, ascii_hosts, slots, prefix, health_path)
+
+    @staticmethod
+    def _with_catch_all(routes: Any) -> list[Any]:
+        routes = [route for route in routes or [] if not _has_id(route, CATCH_ALL_ID)]
+        return ordered_routes([*routes, catch_all_route()])
+
+    def _create_server(self) -> bool:
+        """Add the server under the deepest part of ``apps.http.servers`` that exists.
+
+        False when the config changed meanwhile (the caller looks again).
+        """
+        config, etag = self._get("/config/")
+        value: Any = {
+            "listen": self.listen,
+            "automatic_https": {"disable": True},
+            "routes": [catch_all_route()],
+        }
+        keys = ["apps", "http", "servers", self.server]
+        if not isinstance(config, dict):
+            # An empty Caddy: the whole config is ours to set.
+            for key in reversed(keys):
+                value = {key: value}
+            return self._write("POST", "/config/", value, etag)
+        node: Any = config
+        depth = 0
+        while depth < len(keys) - 1 and isinstance(node.get(keys[depth]), dict):
+            node = node[keys[depth]]
+            depth += 1
+        for key in reversed(keys[depth + 1 :]):
+            value = {key: value}
+        method = "PUT" if keys[depth] not in node else "PATCH"
+        return self._write(method, "/config/" + "/".join(keys[: depth + 1]), value, etag)
+
+    def _too_busy(self) -> EdgeError:
+        return EdgeError(
+            f"{self.admin_url}{self._routes_path}: the config kept changing under us "
+            f"({WRITE_ATTEMPTS} attempts)",
+            permanent=False,
+        )
+
+    # --- plumbing -----------------------------------------------------------------------------
+    def _get(self, path: str) -> tuple[Any, str]:
+        """The config at ``path`` (None where there is none) and its ETag."""
+        response = self._send("GET", path)
+        if response.status_code == 400 and "invalid traversal path" in _error_detail(response):
+            # A parent of ``path`` is missing (no http app yet, say): nothing here either.
+            return None, _etag(path, b"null\n")
+        self._raise_for_status(response)
+        try:
+            value = json.loads(response.content)
+        except ValueError as exc:
+            raise EdgeError(f"GET {response.url}: answer is not JSON: {exc}", permanent=False) from exc
+        return value, _etag(path, response.content)
+
+    def _write(self, method: str, path: str, value: Any, etag: str) -> bool:
+        """Send ``value`` as JSON if the config is still what we read; False if it is not."""
+        body = json.dumps(value).encode()
+        headers = {"Content-Type": "application/json", "If-Match": etag}
+        response = self._send(method, path, data=body, headers=headers)
+        if response.status_code == 412:
+            time.sleep(random.uniform(0, CONFLICT_BACKOFF))  # noqa: S311 (jitter, not a secret)
+            return False
+        self._raise_for_status(response)
+        return True
+
+    def _send(
+        self, method: str, path: str, data: bytes | None = None, headers: dict[str, str] | None = None
+    ) -> requests.Response:
+        url = self.admin_url + path
+        try:
+            return self.session.request(method, url, data=data, headers=headers, timeout=self.timeout)
+        except (requests.ConnectionError, requests.Timeout) as exc:
+            raise EdgeError(f"{method} {url}: Caddy admin API unreachable: {exc}", permanent=False) from exc
+        except requests.RequestException as exc:
+            raise EdgeError(f"{method} {url}: {exc}", permanent=False) from exc
+
+    @staticmethod
+    def _raise_for_status(response: requests.Response) -> None:
+        status = response.status_code
+        if 200 <= status < 300:
+            return
+        permanent = 400 <= status < 500 and status not in TRANSIENT_CLIENT_STATUSES
+        raise EdgeError(
+            f"{response.request.method} {response.url} answered {status}: {_error_detail(response)}",
+            permanent=permanent,
+        )
+
+
+def _has_id(route: Any, route_id: str) -> bool:
+    return isinstance(route, dict) and route.get("@id") == route_id
+
+
+def _error_detail(response: requests.Response) -> str:
+    """Caddy's own words from an error body (``{"error": "..."}``)."""
+    try:
+        detail = str(response.json().get("error") or "")
+    except (ValueError, AttributeError, TypeError):
+        detail = ""
+    return detail or response.reason or "no detail"

@@ -1,0 +1,659 @@
+"""Every write to running stacks: projects, environments, releases and operations.
+
+Views, the API, admin actions and commands call the request functions here; each checks
+the actor's role, validates through ``stacks.spec``, writes one transaction (with its
+audit row) and queues at most one Operation, whose Celery task runs ``stacks.operations``
+after commit. Nothing here talks to an engine. Refusals raise ``ServiceError``.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any, BinaryIO
+
+from django.conf import settings
+from django.db import IntegrityError, transaction
+
+from portal.crypto import encrypt
+from projects.models import Environment, EnvironmentStatus, Organization, Project, Role
+from projects.services import Origin, ServiceError, _require_role, record_audit_event
+from stacks import content_store
+from stacks.models import (
+    ComponentVersion,
+    KernelVersion,
+    Operation,
+    OperationKind,
+    OperationStatus,
+    Region,
+    Release,
+    StackComponent,
+    StackTemplate,
+    VersionStatus,
+)
+from stacks.spec import SpecError, ensure_generated_credentials, validate_component_row
+
+if TYPE_CHECKING:
+    from projects.models import User
+
+PROJECT_NAME_MAX = 100
+
+
+def _spec_error(exc: SpecError) -> ServiceError:
+    return ServiceError(exc.message, field=exc.field)
+
+
+def offered_version(component_code: str, track: str = "") -> ComponentVersion | None:
+    """The version a new stack gets: the newest *current* one (of ``track`` if given)."""
+    qs = ComponentVersion.objects.filter(
+        component__code=component_code, status=VersionStatus.CURRENT
+    ).exclude(digest="")
+    if track:
+        qs = qs.filter(track=track)
+    return qs.order_by("-position", "-id").first()
+
+
+def template_rows(template: StackTemplate) -> list[dict[str, Any]]:
+    rows = []
+    for position, tc in enumerate(template.components.select_related("component", "size")):
+        version = offered_version(tc.component.code, tc.track)
+        if version is None:
+            raise ServiceError(
+                f"{template.name} cannot be deployed right now: no published version of {tc.component.name}.",
+                status=409,
+            )
+        rows.append(
+            {
+                "name": tc.name,
+                "component": tc.component.code,
+                "version": version.version,
+                "size": tc.size.code,
+                "replicas": tc.replicas,
+                "public": tc.public,
+                "env": dict(tc.env),
+                "position": position,
+            }
+        )
+    return rows
+
+
+def _clean_project_name(name: str) -> str:
+    name = " ".join(str(name).split())
+    if not name:
+        raise ServiceError("Give the project a name.", field="name")
+    if len(name) > PROJECT_NAME_MAX:
+        raise ServiceError(f"Project names are at most {PROJECT_NAME_MAX} characters.", field="name")
+    if any(ord(ch) < 32 for ch in name):
+        raise ServiceError("Project names cannot contain control characters.", field="name")
+    return name
+
+
+# --- creating -------------------------------------------------------------------------------------
+@transaction.atomic
+def create_project(
+    *,
+    organization: Organization,
+    actor: User | None,
+    name: str,
+    region: str,
+    template: str | None = None,
+    components: list[dict[str, Any]] | None = None,
+    kernel: str | None = None,
+    origin: Origin | None = None,
+    system: bool = False,
+) -> Environment:
+    """A project with its production environment, release 1 and a queued deploy.
+
+    Either ``template`` (a pre-built stack with its sample application) or ``components``
+    (an assembled stack: rows of name, component, version, size, replicas, public, env).
+    ``system`` skips the role check (demo seeding, support tools acting for the hoster).
+    """
+    if not system:
+        if actor is None:
+            raise ServiceError("Sign in first.", status=403)
+        _require_role(actor, organization, Role.DEVELOPER)
+    name = _clean_project_name(name)
+    region_obj = Region.objects.filter(code=region, is_active=True).first()
+    if region_obj is None:
+        raise ServiceError("Choose one of the offered regions.", field="region")
+    offered = region_obj.kernel_lines.all()
+    kernel_obj = (
+        offered.filter(line=kernel).first()
+        if kernel
+        else offered.filter(is_default=True).first() or offered.order_by("-line").first()
+    )
+    if kernel_obj is None:
+        raise ServiceError(f"{region_obj.name} does not offer that kernel line.", field="kernel")
+    template_obj = None
+    if template:
+        template_obj = StackTemplate.objects.filter(code=template, is_active=True).first()
+        if template_obj is None:
+            raise ServiceError("Choose one of the pre-built stacks.", field="template")
+        rows = template_rows(template_obj)
+    elif components:
+        rows = [dict(r, position=i) for i, r in enumerate(components)]
+    else:
+        raise ServiceError("Choose a pre-built stack or at least one component.", field="template")
+    if Project.objects.filter(organization=organization, name=name).exists():
+        raise ServiceError("A project with this name exists already.", field="name")
+    _check_rows(rows)
+
+    project = Project.objects.create(
+        organization=organization, name=name, region=region_obj, created_by=actor
+    )
+    environment = Environment.objects.create(
+        project=project,
+        kernel=kernel_obj,
+        template=template_obj,
+        framework=template_obj.framework if template_obj else None,
+    )
+    _set_components(environment, rows)
+    ensure_generated_credentials(environment, rows)
+    source, detail, content = Release.Source.NONE, "", None
+    if template_obj and template_obj.sample_app:
+        from stacks.samples import sample_archive
+
+        content = content_store.save(sample_archive(template_obj.sample_app))
+        source, detail = Release.Source.TEMPLATE, template_obj.sample_app
+    release = _new_release(environment, rows, actor, source=source, detail=detail, content=content)
+    record_audit_event(
+        action="project.create",
+        actor=actor,
+        organization=organization,
+        target=f"project {project.pk}",
+        data={"name": name, "region": region_obj.code, "template": template or "", "kernel": kernel_obj.line},
+        origin=origin,
+    )
+    _queue(environment, OperationKind.DEPLOY, actor, release=release, origin=origin)
+    return environment
+
+
+def _check_rows(rows: list[dict[str, Any]]) -> None:
+    names = set()
+    for row in rows:
+        try:
+            validate_component_row(row)
+        except SpecError as exc:
+            raise _spec_error(exc) from exc
+        if row["name"] in names:
+            raise ServiceError(f"Two components are named {row['name']!r}.", field="name")
+        names.add(row["name"])
+    if sum(1 for r in rows if r.get("public")) > 1:
+        raise ServiceError("Only one component can receive the public route.", field="public")
+
+
+def _set_components(environment: Environment, rows: list[dict[str, Any]]) -> None:
+    """Make the StackComponent rows match ``rows`` (the desired state for the UI)."""
+    from stacks.models import Component, Size
+
+    keep = []
+    for row in rows:
+        component = Component.objects.get(code=row["component"])
+        StackComponent.objects.update_or_create(
+            environment=environment,
+            name=row["name"],
+            defaults={
+                "component": component,
+                "version": ComponentVersion.objects.get(component=component, version=row["version"]),
+                "size": Size.objects.get(code=row["size"]),
+                "replicas": row["replicas"],
+                "public": bool(row.get("public")),
+                "env": row.get("env") or {},
+                "position": row.get("position", 0),
+            },
+        )
+        keep.append(row["name"])
+    StackComponent.objects.filter(environment=environment).exclude(name__in=keep).delete()
+
+
+def _new_release(
+    environment: Environment,
+    rows: list[dict[str, Any]],
+    actor: User | None,
+    *,
+    source: str | None = None,
+    detail: str | None = None,
+    content: content_store.Stored | None = None,
+    commit: str = "",
+    note: str = "",
+) -> Release:
+    previous = environment.releases.order_by("-number").first()
+    base = environment.current_release or previous
+    release = Release(
+        environment=environment,
+        number=(previous.number + 1) if previous else 1,
+        spec={"components": rows},
+        created_by=actor,
+        note=note,
+    )
+    if content is not None:
+        release.source = source or Release.Source.UPLOAD
+        release.source_detail = (detail or "")[:300]
+        release.content_sha256, release.content_files, release.content_bytes = (
+            content.sha256,
+            content.files,
+            content.size,
+        )
+        release.commit = commit
+    elif base is not None:  # the content stays what it was
+        release.source, release.source_detail = base.source, base.source_detail
+        release.content_sha256, release.content_files = base.content_sha256, base.content_files
+        release.content_bytes, release.commit = base.content_bytes, base.commit
+    release.save()
+    return release
+
+
+def _queue(
+    environment: Environment,
+    kind: str,
+    actor: User | None,
+    *,
+    release: Release | None = None,
+    params: dict[str, Any] | None = None,
+    origin: Origin | None = None,
+) -> Operation:
+    """Create the operation (one active per environment) and run it after commit."""
+    from stacks.tasks import run_operation_task
+
+    try:
+        with transaction.atomic():
+            operation = Operation.objects.create(
+                environment=environment,
+                kind=kind,
+                release=release,
+                previous_release=environment.current_release,
+                params=params or {},
+                requested_by=actor,
+            )
+    except IntegrityError as exc:
+        raise ServiceError(
+            "Another operation is still running on this environment; try again when it has finished.",
+            status=409,
+        ) from exc
+    record_audit_event(
+        action=f"environment.{kind}",
+        actor=actor,
+        organization=environment.project.organization,
+        target=f"environment {environment.pk}",
+        data={
+            "operation": operation.pk,
+            "release": release.number if release else None,
+            **{k: v for k, v in (params or {}).items() if not k.endswith("_encrypted")},
+        },
+        origin=origin,
+    )
+    transaction.on_commit(lambda: run_operation_task.delay(operation.pk))
+    return operation
+
+
+def _editable(environment: Environment, actor: User | None, role: str = Role.DEVELOPER) -> None:
+    """Role check, then the environment's row locked and re-read: requests are serialised
+    and decide on what is current, not on what the caller loaded earlier."""
+    Environment.objects.select_for_update().filter(pk=environment.pk).first()
+    environment.refresh_from_db()
+    if actor is not None:
+        _require_role(actor, environment.project.organization, role)
+    if environment.status in (EnvironmentStatus.DESTROYING, EnvironmentStatus.DESTROYED):
+        raise ServiceError("This environment has been destroyed.", status=409)
+
+
+def _current_rows(environment: Environment) -> list[dict[str, Any]]:
+    release = environment.current_release or environment.releases.order_by("-number").first()
+    if release is None:
+        raise ServiceError("This environment has nothing deployed yet.", status=409)
+    return copy.deepcopy(release.spec.get("components", []))
+
+
+def _row(rows: list[dict[str, Any]], component: str) -> dict[str, Any]:
+    for row in rows:
+        if row["name"] == component:
+            return row
+    raise ServiceError(f"This stack has no component {component[:30]!r}.", field="component", status=404)
+
+
+# --- changing -------------------------------------------------------------------------------------
+@transaction.atomic
+def scale(
+    *,
+    environment: Environment,
+    actor: User | None,
+    component: str,
+    replicas: int | None = None,
+    size: str | None = None,
+    origin: Origin | None = None,
+) -> Operation:
+    _editable(environment, actor)
+    rows = _current_rows(environment)
+    row = _row(rows, component)
+    if replicas is not None:
+        row["replicas"] = replicas
+    if size is not None:
+        row["size"] = size
+    _check_rows(rows)
+    _set_components(environment, rows)
+    release = _new_release(environment, rows, actor, note=f"scale {component}")
+    return _queue(
+        environment,
+        OperationKind.SCALE,
+        actor,
+        release=release,
+        params={"component": component, "replicas": row["replicas"], "size": row["size"]},
+        origin=origin,
+    )
+
+
+@transaction.atomic
+def upgrade(
+    *,
+    environment: Environment,
+    actor: User | None,
+    component: str,
+    version: str,
+    origin: Origin | None = None,
+) -> Operation:
+    """Move one component to another catalog version. A stateful component whose catalog
+    entry says its data moves by dump-and-restore gets fresh volumes (a new data
+    generation) filled from the running version; the old volumes are kept."""
+    _editable(environment, actor)
+    rows = _current_rows(environment)
+    row = _row(rows, component)
+    current = ComponentVersion.objects.select_related("component").get(
+        component__code=row["component"], version=row["version"]
+    )
+    target = ComponentVersion.objects.filter(component=current.component, version=version).first()
+    if target is None:
+        raise ServiceError(f"{current.component.name} has no version {version[:20]!r}.", field="version")
+    if target.pk == current.pk:
+        raise ServiceError(f"{component} already runs {current.component.name} {version}.", field="version")
+    params: dict[str, Any] = {"component": component, "from": current.version, "to": target.version}
+    if current.component.stateful:
+        migration = target.migration or {}
+        older = current.position < target.position
+        if older and current.version not in migration.get("from", []):
+            raise ServiceError(
+                f"There is no tested way to move the data of {current.component.name} "
+                f"{current.version} to {target.version}.",
+                field="version",
+            )
+        if not older:
+            raise ServiceError(
+                f"{current.component.name} data cannot be moved to an older version; roll back to a "
+                "release that ran it instead.",
+                field="version",
+            )
+        if migration.get("method") == "dump-restore":
+            row["data_generation"] = int(row.get("data_generation", 0)) + 1
+            params["migrate"] = "dump-restore"
+    row["version"] = target.version
+    _check_rows(rows)
+    _set_components(environment, rows)
+    release = _new_release(environment, rows, actor, note=f"upgrade {component} to {target.version}")
+    return _queue(environment, OperationKind.UPGRADE, actor, release=release, params=params, origin=origin)
+
+
+@transaction.atomic
+def rollback(
+    *, environment: Environment, actor: User | None, release_number: int, origin: Origin | None = None
+) -> Operation:
+    _editable(environment, actor)
+    target = environment.releases.filter(number=release_number).first()
+    if target is None:
+        raise ServiceError("There is no such release.", field="release", status=404)
+    if environment.current_release_id == target.pk:
+        raise ServiceError("This release is the one running.", field="release")
+    rows = copy.deepcopy(target.spec.get("components", []))
+    try:
+        _check_rows(rows)
+    except ServiceError as exc:
+        raise ServiceError(f"Release {target.number} cannot run any more: {exc.message}") from exc
+    _set_components(environment, rows)
+    return _queue(
+        environment,
+        OperationKind.ROLLBACK,
+        actor,
+        release=target,
+        params={"to": target.number},
+        origin=origin,
+    )
+
+
+@transaction.atomic
+def deploy_content(
+    *,
+    environment: Environment,
+    actor: User | None,
+    archive: BinaryIO | None = None,
+    filename: str = "",
+    git_url: str = "",
+    branch: str = "",
+    origin: Origin | None = None,
+) -> Operation:
+    """A new release with new content: an uploaded archive (checked and normalised now)
+    or a git repository and branch (fetched by the operation, not in the request)."""
+    _editable(environment, actor)
+    rows = _current_rows(environment)
+    if archive is not None:
+        from stacks.content import ContentError, normalize_archive
+
+        try:
+            content = normalize_archive(
+                archive,
+                filename,
+                max_bytes=settings.STACKPORT_UPLOAD_MAX_BYTES,
+                max_files=settings.STACKPORT_CONTENT_MAX_FILES,
+                max_unpacked_bytes=settings.STACKPORT_CONTENT_MAX_BYTES,
+            )
+        except ContentError as exc:
+            raise ServiceError(exc.message, field="archive") from exc
+        stored = content_store.save(content.tar)
+        release = _new_release(
+            environment, rows, actor, source=Release.Source.UPLOAD, detail=filename, content=stored
+        )
+        return _queue(environment, OperationKind.DEPLOY, actor, release=release, origin=origin)
+    if git_url:
+        from stacks.content import ContentError, redact_url, validate_git_source
+
+        try:
+            validate_git_source(git_url, branch, allow_file=settings.STACKPORT_GIT_ALLOW_FILE)
+        except ContentError as exc:
+            raise ServiceError(exc.message, field=exc.field) from exc
+        release = _new_release(environment, rows, actor, note="git")
+        release.source, release.source_detail = Release.Source.GIT, f"{redact_url(git_url)} {branch}"[:300]
+        release.save(update_fields=["source", "source_detail"])
+        return _queue(
+            environment,
+            OperationKind.DEPLOY,
+            actor,
+            release=release,
+            # The address may carry credentials: stored encrypted, shown redacted.
+            params={
+                "git_url": redact_url(git_url),
+                "git_url_encrypted": encrypt(git_url).decode(),
+                "branch": branch,
+            },
+            origin=origin,
+        )
+    raise ServiceError("Upload an archive or give a git repository.", field="archive")
+
+
+@transaction.atomic
+def set_running(
+    *, environment: Environment, actor: User | None, running: bool, origin: Origin | None = None
+) -> Operation:
+    _editable(environment, actor)
+    if environment.current_release is None:
+        raise ServiceError("This environment has nothing deployed yet.", status=409)
+    Environment.objects.filter(pk=environment.pk).update(desired_running=running)
+    environment.desired_running = running
+    kind = OperationKind.START if running else OperationKind.STOP
+    return _queue(environment, kind, actor, release=environment.current_release, origin=origin)
+
+
+@transaction.atomic
+def destroy(
+    *, environment: Environment, actor: User | None, confirmation: str, origin: Origin | None = None
+) -> Operation:
+    """Remove everything the environment runs, its data included. The customer types the
+    project's name to confirm."""
+    _editable(environment, actor, Role.ADMIN)
+    if confirmation.strip() != environment.project.name:
+        raise ServiceError("Type the project's name exactly to confirm.", field="confirmation")
+    operation = _queue(environment, OperationKind.DESTROY, actor, origin=origin)
+    Environment.objects.filter(pk=environment.pk).update(status=EnvironmentStatus.DESTROYING)
+    return operation
+
+
+def requeue(operation: Operation) -> None:
+    """Run an operation again (a lost worker); the operation itself is idempotent."""
+    from stacks.tasks import run_operation_task
+
+    if operation.status in (OperationStatus.QUEUED, OperationStatus.RUNNING):
+        run_operation_task.delay(operation.pk)
+
+
+def active_operations(environments: Iterable[Environment]) -> dict[int, Operation]:
+    ops = Operation.objects.filter(
+        environment__in=list(environments), status__in=[OperationStatus.QUEUED, OperationStatus.RUNNING]
+    )
+    return {op.environment_id: op for op in ops}
+
+
+def kernel_lines() -> list[KernelVersion]:
+    return list(KernelVersion.objects.all())
+
+
+# --- variables and domains -------------------------------------------------------------------------
+@transaction.atomic
+def set_variable(
+    *,
+    environment: Environment,
+    actor: User | None,
+    name: str,
+    value: str,
+    secret: bool = False,
+    component: str = "",
+    origin: Origin | None = None,
+) -> None:
+    """Create or change a variable; it reaches the containers with the next deploy.
+    Secrets are stored encrypted and never shown again (the audit row has no value)."""
+    from django.utils import timezone
+
+    from portal.crypto import encrypt
+    from stacks.models import Variable
+    from stacks.spec import validate_env_name, validate_env_value
+
+    _editable(environment, actor)
+    try:
+        validate_env_name(name)
+        validate_env_value(value)
+    except SpecError as exc:
+        raise _spec_error(exc) from exc
+    if component and not environment.components.filter(name=component).exists():
+        raise ServiceError("This stack has no such component.", field="component")
+    Variable.objects.update_or_create(
+        environment=environment,
+        component=component,
+        name=name,
+        defaults={
+            "value": "" if secret else value,
+            "encrypted_value": encrypt(value) if secret else b"",
+            "is_secret": secret,
+            "generated": False,
+            "updated_at": timezone.now(),
+        },
+    )
+    record_audit_event(
+        action="secret.set" if secret else "variable.set",
+        actor=actor,
+        organization=environment.project.organization,
+        target=f"environment {environment.pk}",
+        data={"name": name, "component": component},
+        origin=origin,
+    )
+
+
+@transaction.atomic
+def delete_variable(
+    *,
+    environment: Environment,
+    actor: User | None,
+    name: str,
+    component: str = "",
+    origin: Origin | None = None,
+) -> None:
+    from stacks.models import Variable
+
+    _editable(environment, actor)
+    deleted, _ = Variable.objects.filter(
+        environment=environment, component=component, name=name, generated=False
+    ).delete()
+    if not deleted:
+        raise ServiceError("There is no such variable.", status=404)
+    record_audit_event(
+        action="variable.delete",
+        actor=actor,
+        organization=environment.project.organization,
+        target=f"environment {environment.pk}",
+        data={"name": name, "component": component},
+        origin=origin,
+    )
+
+
+@transaction.atomic
+def add_domain(
+    *,
+    environment: Environment,
+    actor: User | None,
+    hostname: str,
+    path_prefix: str = "",
+    origin: Origin | None = None,
+) -> Any:
+    """A customer domain (and optional path prefix) for the environment, unique across all
+    customers; the edge gets it right after commit."""
+    from stacks.edge import EdgeError, normalize_host, normalize_path_prefix
+    from stacks.models import Domain
+
+    _editable(environment, actor)
+    try:
+        host = normalize_host(hostname)
+        prefix = normalize_path_prefix(path_prefix) if path_prefix else ""
+    except EdgeError as exc:
+        raise ServiceError(str(exc), field="hostname") from exc
+    if host.endswith("." + settings.STACKPORT_APPS_DOMAIN) or host == settings.STACKPORT_APPS_DOMAIN:
+        raise ServiceError("Names under the apps domain are given by Stackport.", field="hostname")
+    if Domain.objects.filter(hostname=host, path_prefix=prefix).exists():
+        raise ServiceError("This domain is already in use.", field="hostname", status=409)
+    domain = Domain.objects.create(environment=environment, hostname=host, path_prefix=prefix)
+    record_audit_event(
+        action="domain.add",
+        actor=actor,
+        organization=environment.project.organization,
+        target=f"environment {environment.pk}",
+        data={"hostname": host, "path_prefix": prefix},
+        origin=origin,
+    )
+    transaction.on_commit(lambda: _routes_later(environment.pk))
+    return domain
+
+
+@transaction.atomic
+def remove_domain(*, domain: Any, actor: User | None, origin: Origin | None = None) -> None:
+    environment = domain.environment
+    _editable(environment, actor)
+    data = {"hostname": domain.hostname, "path_prefix": domain.path_prefix}
+    domain.delete()
+    record_audit_event(
+        action="domain.remove",
+        actor=actor,
+        organization=environment.project.organization,
+        target=f"environment {environment.pk}",
+        data=data,
+        origin=origin,
+    )
+    transaction.on_commit(lambda: _routes_later(environment.pk))
+
+
+def _routes_later(environment_id: int) -> None:
+    from stacks.tasks import sync_routes_task
+
+    sync_routes_task.delay(environment_id)

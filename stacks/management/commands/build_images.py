@@ -1,0 +1,6 @@
+from stacks.management.commands._images import ImageCommand
+
+
+class Command(ImageCommand):
+    help = "Image pipeline: build the catalog's component versions (cached by recipe hash)."
+    steps = ("build",)

@@ -1,0 +1,432 @@
+"""Running operations: what a Celery task does with an Operation id.
+
+``run_operation`` claims the operation (a queued one, or a running one whose worker
+stopped sending heartbeats), walks its steps against the backend and the edge router,
+records every step and log line, and finishes it. Every step is idempotent, so an
+operation interrupted anywhere (a killed worker) is simply run again by the reconciler.
+A failed upgrade leaves, or puts back, the previous release: blue/green components never
+stopped serving; anything replaced in place is rolled back automatically.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from datetime import timedelta
+from typing import Any
+
+import structlog
+from django.conf import settings
+from django.db import close_old_connections, connection, transaction
+from django.utils import timezone
+
+from portal.crypto import decrypt
+from projects.models import Environment, EnvironmentStatus
+from stacks import content_store
+from stacks.backends.base import Backend, BackendError, StackSpec, get_backend
+from stacks.edge import EdgeError, EdgeRouter
+from stacks.models import (
+    DockerHost,
+    Domain,
+    Operation,
+    OperationKind,
+    OperationStatus,
+    Release,
+    StackComponent,
+)
+from stacks.spec import SpecError, build_spec
+
+log = structlog.get_logger(__name__)
+HEARTBEAT_SECONDS = 5
+LOG_MAX_CHARS = 200_000
+
+
+class OperationFailed(Exception):
+    pass
+
+
+# --- backend and edge -----------------------------------------------------------------------------
+def free_memory_mb(hosts: list[DockerHost]) -> dict[str, int]:
+    """Memory not yet promised to the stacks living on each host (their sizes x replicas)."""
+    from django.db.models import F, Sum
+
+    promised = dict.fromkeys((h.name for h in hosts), 0)
+    rows = (
+        StackComponent.objects.exclude(environment__status=EnvironmentStatus.DESTROYED)
+        .values("environment__backend_state__host")
+        .annotate(mb=Sum(F("size__memory_mb") * F("replicas")))
+    )
+    for row in rows:
+        name = row["environment__backend_state__host"]
+        if name in promised:
+            promised[name] += int(row["mb"] or 0)
+    return {h.name: h.memory_mb - promised[h.name] for h in hosts}
+
+
+def hosts_for(environment: Environment) -> list[dict[str, str]]:
+    """Active hosts of the environment's region and kernel line: the stack's own host first,
+    then by free memory (a new stack's home is the host with the most room)."""
+    hosts = list(
+        DockerHost.objects.filter(
+            region=environment.project.region, kernel=environment.kernel, state=DockerHost.State.ACTIVE
+        )
+    )
+    free = free_memory_mb(hosts)
+    listed = [{"name": h.name, "url": h.url, "pool": h.address_pool} for h in hosts]
+    own = environment.backend_state.get("host")
+    listed.sort(key=lambda h: (h["name"] != own, -free[h["name"]], h["name"]))
+    if not own and listed:
+        needed = sum(c.size.memory_mb * c.replicas for c in environment.components.select_related("size"))
+        if max(free.values()) < needed:
+            raise OperationFailed(
+                f"No host in {environment.project.region.name} has {needed} MB free for this stack; "
+                "the hoster has been notified."
+            )
+    if own and not any(h["name"] == own for h in listed):
+        # Its network and volumes are there: keep using it while it is draining.
+        host = DockerHost.objects.filter(name=own).exclude(state=DockerHost.State.DOWN).first()
+        if host:
+            listed.insert(0, {"name": host.name, "url": host.url, "pool": host.address_pool})
+    return listed
+
+
+def backend_for(environment: Environment) -> Backend:
+    path = settings.STACKPORT_BACKENDS[environment.project.region.backend]
+    return get_backend(path, hosts=hosts_for(environment))
+
+
+def edge() -> EdgeRouter:
+    return EdgeRouter(settings.STACKPORT_EDGE_ADMIN_URL, listen=[settings.STACKPORT_EDGE_LISTEN])
+
+
+def route_ids(environment: Environment) -> list[str]:
+    ids = [environment.key]
+    ids += [
+        f"{environment.key}-d{pk}"
+        for pk in environment.domains.exclude(path_prefix="").values_list("pk", flat=True)
+    ]
+    return ids
+
+
+def sync_routes(environment: Environment, backend: Backend, spec: StackSpec) -> bool:
+    """The environment's routes on the edge: its default host name and plain domains in one
+    route, each path-prefix domain in its own. Writes only what changed."""
+    upstreams = backend.upstreams(spec, environment.backend_state)
+    changed = False
+    with edge() as router:
+        if not upstreams:
+            for route_id in route_ids(environment):
+                changed |= router.remove_route(route_id)
+            return changed
+        plain = [d.hostname for d in environment.domains.filter(path_prefix="")]
+        changed |= router.set_route(environment.key, [environment.hostname, *plain], upstreams)
+        for domain in environment.domains.exclude(path_prefix=""):
+            changed |= router.set_route(
+                f"{environment.key}-d{domain.pk}",
+                [domain.hostname],
+                upstreams,
+                path_prefix=domain.path_prefix,
+            )
+        wanted = set(route_ids(environment))
+        for route_id in router.routes():
+            if route_id.startswith(f"{environment.key}-d") and route_id not in wanted:
+                changed |= router.remove_route(route_id)
+    return changed
+
+
+# --- the runner ---------------------------------------------------------------------------------
+class Recorder:
+    """Steps and log lines of one operation, saved as they happen (the UI polls them)."""
+
+    def __init__(self, operation: Operation) -> None:
+        self.operation = operation
+
+    def line(self, text: str) -> None:
+        stamp = timezone.now().strftime("%H:%M:%S")
+        op = self.operation
+        op.log = (op.log + f"{stamp} {text}\n")[-LOG_MAX_CHARS:]
+        op.heartbeat_at = timezone.now()
+        Operation.objects.filter(pk=op.pk).update(log=op.log, heartbeat_at=op.heartbeat_at)
+
+    def plan(self, names: list[str]) -> None:
+        done = {s["name"]: s for s in self.operation.steps if s.get("status") == "done"}
+        self.operation.steps = [done.get(n) or {"name": n, "status": "pending"} for n in names]
+        self._save_steps()
+
+    def step(self, name: str, fn: Callable[[], Any]) -> Any:
+        entry = next(s for s in self.operation.steps if s["name"] == name)
+        entry.update(status="running", started=timezone.now().isoformat())
+        self._save_steps()
+        self.line(name)
+        try:
+            result = fn()
+        except Exception:
+            entry.update(status="failed", finished=timezone.now().isoformat())
+            self._save_steps()
+            raise
+        entry.update(status="done", finished=timezone.now().isoformat())
+        self._save_steps()
+        return result
+
+    def _save_steps(self) -> None:
+        Operation.objects.filter(pk=self.operation.pk).update(steps=self.operation.steps)
+
+
+def _claim(operation_id: int) -> Operation | None:
+    stale = timezone.now() - timedelta(seconds=settings.STACKPORT_OPERATION_STALE_SECONDS)
+    with transaction.atomic():
+        op = Operation.objects.select_for_update().filter(pk=operation_id).first()
+        if op is None or op.status not in (OperationStatus.QUEUED, OperationStatus.RUNNING):
+            return None
+        if op.status == OperationStatus.RUNNING and op.heartbeat_at and op.heartbeat_at > stale:
+            return None  # another worker is on it
+        op.status = OperationStatus.RUNNING
+        op.started_at = op.started_at or timezone.now()
+        op.heartbeat_at = timezone.now()
+        op.attempts += 1
+        op.save(update_fields=["status", "started_at", "heartbeat_at", "attempts"])
+    return op
+
+
+def _heartbeat(operation_id: int, stop: threading.Event) -> None:
+    try:
+        while not stop.wait(HEARTBEAT_SECONDS):
+            Operation.objects.filter(pk=operation_id, status=OperationStatus.RUNNING).update(
+                heartbeat_at=timezone.now()
+            )
+    finally:
+        connection.close()
+
+
+def run_operation(operation_id: int) -> str | None:
+    """Run (or resume) one operation; returns its final status, None when not claimed."""
+    op = _claim(operation_id)
+    if op is None:
+        return None
+    stop = threading.Event()
+    beat = threading.Thread(target=_heartbeat, args=(op.pk, stop), daemon=True)
+    beat.start()
+    recorder = Recorder(op)
+    if op.attempts > 1:
+        recorder.line(f"resuming (attempt {op.attempts})")
+    environment = Environment.objects.select_related("project__region", "kernel").get(pk=op.environment_id)
+    try:
+        if op.kind == OperationKind.DESTROY:
+            _destroy(op, environment, recorder)
+        else:
+            _converge(op, environment, recorder)
+        _finish(op, OperationStatus.SUCCEEDED)
+    except (BackendError, EdgeError, SpecError, OperationFailed, OSError, ValueError) as exc:
+        message = getattr(exc, "message", None) or str(exc)
+        recorder.line(f"failed: {message}")
+        log.warning("operation_failed", operation=op.pk, kind=op.kind, error=message)
+        _finish(op, OperationStatus.FAILED, message)
+    finally:
+        stop.set()
+        beat.join(timeout=HEARTBEAT_SECONDS + 1)
+    return op.status
+
+
+def _finish(op: Operation, status: str, error: str = "") -> None:
+    op.status, op.error, op.finished_at = status, error[:5000], timezone.now()
+    Operation.objects.filter(pk=op.pk).update(status=status, error=op.error, finished_at=op.finished_at)
+
+
+def _set_env(environment: Environment, **fields: Any) -> None:
+    for key, value in fields.items():
+        setattr(environment, key, value)
+    Environment.objects.filter(pk=environment.pk).update(**fields)
+
+
+def _converge(op: Operation, environment: Environment, rec: Recorder) -> None:
+    release = op.release or environment.current_release
+    if release is None:
+        raise OperationFailed("nothing to deploy")
+    running = op.kind != OperationKind.STOP and environment.desired_running
+    if op.kind == OperationKind.START:
+        running = True
+    steps = []
+    if op.params.get("git_url") and not release.content_sha256:
+        steps.append("Fetch the repository")
+    if release.content_sha256 or op.params.get("git_url"):
+        steps.append("Prepare the content")
+    if op.params.get("migrate"):
+        steps.append("Copy the data to the new version")
+    steps += ["Start the containers" if running else "Stop the containers", "Route traffic"]
+    if running:
+        steps.append("Check the site")
+    rec.plan(steps)
+    if op.kind != OperationKind.STOP:
+        _set_env(environment, status=EnvironmentStatus.DEPLOYING, status_detail=op.get_kind_display())
+    backend = backend_for(environment)
+
+    if "Fetch the repository" in steps:
+        rec.step("Fetch the repository", lambda: _fetch_git(op, release))
+    spec = build_spec(environment, release, running=running)
+    if "Prepare the content" in steps:
+        image = next((c.image for c in spec.components if c.content_path), None)
+        rec.step(
+            "Prepare the content",
+            lambda: backend.put_content(
+                environment.key,
+                environment.backend_state,
+                release.content_id,
+                content_store.read(release.content_sha256),
+                image,
+            ),
+        )
+    if "Copy the data to the new version" in steps:
+        rec.step("Copy the data to the new version", lambda: _migrate(op, environment, backend, spec, rec))
+
+    def apply() -> None:
+        state = backend.apply(spec, environment.backend_state, rec.line)
+        _set_env(environment, backend_state=state)
+
+    try:
+        rec.step("Start the containers" if running else "Stop the containers", apply)
+    except BackendError as exc:
+        _recover(op, environment, backend, rec, exc)
+        raise
+    rec.step("Route traffic", lambda: sync_routes(environment, backend, spec))
+    if running:
+        rec.step("Check the site", lambda: _check_site(environment, backend, spec, rec))
+    _set_env(
+        environment,
+        current_release=release,
+        status=EnvironmentStatus.RUNNING if running else EnvironmentStatus.STOPPED,
+        status_detail="",
+    )
+
+
+def _recover(
+    op: Operation, environment: Environment, backend: Backend, rec: Recorder, exc: BackendError
+) -> None:
+    """After a failed apply: blue/green components still run the previous release; put
+    back whatever was replaced in place by applying the previous release again."""
+    previous = op.previous_release
+    if previous is None or previous.pk == (op.release_id or 0):
+        _set_env(environment, status=EnvironmentStatus.FAILED, status_detail=exc.message[:300])
+        return
+    rec.line(f"rolling back to release {previous.number}")
+    try:
+        spec = build_spec(environment, previous)
+        _set_env(environment, backend_state=backend.apply(spec, environment.backend_state, rec.line))
+        sync_routes(environment, backend, spec)
+    except (BackendError, EdgeError, SpecError) as again:
+        rec.line(f"rollback failed too: {getattr(again, 'message', again)}")
+        _set_env(environment, status=EnvironmentStatus.FAILED, status_detail=exc.message[:300])
+        return
+    _set_env(
+        environment,
+        status=EnvironmentStatus.RUNNING,
+        status_detail=f"{op.get_kind_display()} failed; release {previous.number} is serving.",
+    )
+    exc.message = f"{exc.message}\nRelease {previous.number} is serving again."
+
+
+def _fetch_git(op: Operation, release: Release) -> None:
+    from stacks.content import ContentError, fetch_git
+
+    try:
+        content = fetch_git(
+            decrypt(op.params["git_url_encrypted"].encode()),
+            op.params["branch"],
+            max_unpacked_bytes=settings.STACKPORT_CONTENT_MAX_BYTES,
+            max_files=settings.STACKPORT_CONTENT_MAX_FILES,
+            timeout=300,
+            allow_file=settings.STACKPORT_GIT_ALLOW_FILE,
+        )
+    except ContentError as exc:
+        raise OperationFailed(exc.message) from exc
+    stored = content_store.save(content.tar)
+    release.content_sha256, release.content_files, release.content_bytes = (
+        stored.sha256,
+        stored.files,
+        stored.size,
+    )
+    release.commit = content.commit or ""
+    release.save(update_fields=["content_sha256", "content_files", "content_bytes", "commit"])
+
+
+def _migrate(
+    op: Operation, environment: Environment, backend: Backend, spec: StackSpec, rec: Recorder
+) -> None:
+    name = op.params["component"]
+    if op.previous_release is None:
+        raise OperationFailed("no previous release to copy data from")
+    old_spec = build_spec(environment, op.previous_release)
+    old = next(c for c in old_spec.components if c.name == name)
+    new = next(c for c in spec.components if c.name == name)
+    if new.data_generation <= old.data_generation:
+        return
+    observed = backend.observe(old_spec, environment.backend_state)
+    if not any(r.component == name and r.status == "running" for r in observed.replicas):
+        raise OperationFailed(f"{name} is not running, so its data cannot be copied")
+    backend.migrate_data(old_spec, environment.backend_state, old, new, rec.line)
+
+
+def _check_site(environment: Environment, backend: Backend, spec: StackSpec, rec: Recorder) -> None:
+    """Every replica healthy; the public page answers through the edge (not 5xx)."""
+    observed = backend.observe(spec, environment.backend_state)
+    bad = [f"{r.component}-{r.index}: {r.status}" for r in observed.replicas if r.status != "running"]
+    if bad:
+        raise OperationFailed("not running: " + ", ".join(bad))
+    if not any(c.public_port for c in spec.components):
+        return
+    import requests
+
+    host, _, port = settings.STACKPORT_EDGE_LISTEN.rpartition(":")
+    url = f"http://{host}:{port}/"
+    deadline = timezone.now() + timedelta(seconds=30)
+    status = 0
+    while timezone.now() < deadline:
+        try:
+            response = requests.get(
+                url, headers={"Host": environment.hostname}, timeout=10, allow_redirects=False
+            )
+            status = response.status_code
+            if status < 500:
+                rec.line(f"{environment.hostname} answers {status} through the edge")
+                return
+        except requests.RequestException as exc:
+            status = 0
+            rec.line(f"edge not answering yet: {type(exc).__name__}")
+        threading.Event().wait(1)
+    raise OperationFailed(f"{environment.hostname} answers {status or 'nothing'} through the edge")
+
+
+def _destroy(op: Operation, environment: Environment, rec: Recorder) -> None:
+    rec.plan(["Remove the routes", "Remove containers, networks and volumes"])
+    _set_env(environment, status=EnvironmentStatus.DESTROYING)
+
+    def unroute() -> None:
+        with edge() as router:
+            for route_id in route_ids(environment):
+                router.remove_route(route_id)
+
+    rec.step("Remove the routes", unroute)
+    if environment.backend_state or DockerHost.objects.filter(region=environment.project.region).exists():
+        backend = backend_for(environment)
+        rec.step(
+            "Remove containers, networks and volumes",
+            lambda: backend.destroy(environment.key, environment.backend_state),
+        )
+    Domain.objects.filter(environment=environment).delete()
+    _set_env(
+        environment, status=EnvironmentStatus.DESTROYED, destroyed_at=timezone.now(), desired_running=False
+    )
+
+
+def close_connections() -> None:
+    close_old_connections()
+
+
+def sync_routes_for(environment_id: int) -> bool:
+    """Routes of one environment after a domain change (no operation needed)."""
+    environment = Environment.objects.select_related("project__region", "kernel", "current_release").get(
+        pk=environment_id
+    )
+    if environment.current_release is None or environment.status == EnvironmentStatus.DESTROYED:
+        return False
+    backend = backend_for(environment)
+    return sync_routes(environment, backend, build_spec(environment, environment.current_release))

@@ -1,0 +1,216 @@
+"""From what the customer chose to what the backend runs: one validator for every path.
+
+``build_spec`` turns an environment and one of its releases into a ``StackSpec``. Every
+value comes from the curated catalog (image by digest, user, capabilities, volumes, health
+check) or from validated customer input (replicas, size, variables); nothing else can
+reach a container. Create, update, scale, upgrade and rollback all go through here.
+
+Service wiring: each component gets the catalog's defaults, the template's settings, its
+generated credentials, and what the other components *provide* (``DATABASE_URL`` from the
+database, ``STACKPORT_HTTP_UPSTREAM`` from an app runtime, ...), formatted with their
+service name as host. Customer variables come last, byte-for-byte.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+from typing import TYPE_CHECKING, Any
+
+from django.conf import settings
+
+from portal.crypto import decrypt, encrypt
+from stacks.backends.base import ComponentSpec, StackSpec, VolumeSpec
+from stacks.models import (
+    RUNNABLE_STATUSES,
+    Component,
+    ComponentKind,
+    ComponentVersion,
+    Size,
+    Variable,
+)
+
+if TYPE_CHECKING:
+    from projects.models import Environment
+    from stacks.models import Release
+
+ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,99}")
+SERVICE_NAME_RE = re.compile(r"[a-z][a-z0-9-]{0,29}")
+RESERVED_PREFIX = "STACKPORT_"
+CONTENT_VOLUME = "app"  # a stateless component's volume of this name holds the release content
+APP_KINDS = (ComponentKind.WEB, ComponentKind.RUNTIME)
+GENERATE = "@generate"  # a template setting whose value is a random secret, made once per stack
+PUBLIC_URL = "{public_url}"  # replaced in template settings by the environment's address
+
+
+class SpecError(Exception):
+    """The desired stack is not runnable; ``message`` is fit for the customer."""
+
+    def __init__(self, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.field = field
+
+
+def validate_env_name(name: str) -> None:
+    if not ENV_NAME_RE.fullmatch(name):
+        raise SpecError(
+            f"{name[:40]!r} is not a valid variable name: "
+            "use letters, digits and _, not starting with a digit.",
+            "name",
+        )
+    if name.upper().startswith(RESERVED_PREFIX):
+        raise SpecError(f"Names starting with {RESERVED_PREFIX} are reserved for Stackport.", "name")
+
+
+def validate_env_value(value: str) -> None:
+    if "\x00" in value:
+        raise SpecError("Values cannot contain the NUL character.", "value")
+    if len(value.encode()) > 32 * 1024:
+        raise SpecError("Values are limited to 32 KiB.", "value")
+
+
+def validate_component_row(row: dict[str, Any]) -> tuple[Component, ComponentVersion, Size]:
+    """Check one component entry of a release spec against the catalog; the single gate for
+    images, sizes and replica counts."""
+    name = str(row.get("name", ""))
+    if not SERVICE_NAME_RE.fullmatch(name):
+        raise SpecError(f"Invalid component name {name[:40]!r}.", "name")
+    component = Component.objects.filter(code=row.get("component")).first()
+    if component is None:
+        raise SpecError(f"Unknown component {str(row.get('component'))[:40]!r}.", "component")
+    version = ComponentVersion.objects.filter(component=component, version=row.get("version")).first()
+    if version is None:
+        raise SpecError(f"{component.name} has no version {str(row.get('version'))[:20]!r}.", "version")
+    if version.status not in RUNNABLE_STATUSES or not version.digest:
+        raise SpecError(
+            f"{component.name} {version.version} is not available ({version.get_status_display().lower()}).",
+            "version",
+        )
+    size = component.sizes.filter(code=row.get("size")).first()
+    if size is None:
+        raise SpecError(f"{component.name} cannot run at size {str(row.get('size'))[:20]!r}.", "size")
+    replicas = row.get("replicas")
+    limit = settings.STACKPORT_MAX_REPLICAS
+    if not isinstance(replicas, int) or isinstance(replicas, bool) or not 0 <= replicas <= limit:
+        raise SpecError(f"Replicas must be a whole number from 0 to {limit}.", "replicas")
+    if component.stateful and replicas > 1:
+        raise SpecError(f"{component.name} keeps data and runs as a single replica.", "replicas")
+    for key, value in (row.get("env") or {}).items():
+        if not ENV_NAME_RE.fullmatch(str(key)) or not isinstance(value, str):
+            raise SpecError(f"Invalid setting {str(key)[:40]!r} for {name}.", "env")
+        validate_env_value(value)
+    return component, version, size
+
+
+# --- credentials ---------------------------------------------------------------------------------
+def ensure_generated_credentials(environment: Environment, rows: list[dict[str, Any]]) -> None:
+    """Every empty ``*_PASSWORD`` setting of a component gets a random value, stored
+    encrypted once and kept across releases (a database keeps its password)."""
+    existing = set(
+        Variable.objects.filter(environment=environment, generated=True).values_list("component", "name")
+    )
+    for row in rows:
+        component = Component.objects.get(code=row["component"])
+        wanted = [k for k, v in component.env.items() if k.endswith("_PASSWORD") and not v]
+        wanted += [k for k, v in (row.get("env") or {}).items() if v == GENERATE]
+        for key in wanted:
+            if (row["name"], key) not in existing:
+                Variable.objects.create(
+                    environment=environment,
+                    component=row["name"],
+                    name=key,
+                    encrypted_value=encrypt(secrets.token_hex(16)),
+                    is_secret=True,
+                    generated=True,
+                )
+
+
+def _variables(environment: Environment) -> tuple[dict[str, dict[str, str]], dict[str, dict[str, str]]]:
+    """(generated per component, customer per component; "" = every app component)."""
+    generated: dict[str, dict[str, str]] = {}
+    customer: dict[str, dict[str, str]] = {}
+    for var in Variable.objects.filter(environment=environment):
+        value = decrypt(var.encrypted_value) if var.is_secret else var.value
+        target = generated if var.generated else customer
+        target.setdefault(var.component, {})[var.name] = value
+    return generated, customer
+
+
+# --- the spec --------------------------------------------------------------------------------------
+def build_spec(environment: Environment, release: Release, *, running: bool | None = None) -> StackSpec:
+    rows = sorted(release.spec.get("components", []), key=lambda r: r.get("position", 0))
+    if not rows:
+        raise SpecError("The stack has no components.")
+    names = [r.get("name") for r in rows]
+    if len(set(names)) != len(names):
+        raise SpecError("Component names must be unique.", "name")
+    checked = [(row, *validate_component_row(row)) for row in rows]
+    if sum(1 for row, *_ in checked if row.get("public")) > 1:
+        raise SpecError("Only one component can receive the public route.", "public")
+    generated, customer = _variables(environment)
+
+    own_env: dict[str, dict[str, str]] = {}
+    for row, component, _version, _size in checked:
+        env = {str(k): str(v) for k, v in component.env.items()}
+        url = environment.public_url
+        env.update({str(k): str(v).replace(PUBLIC_URL, url) for k, v in (row.get("env") or {}).items()})
+        env.update(generated.get(row["name"], {}))
+        own_env[row["name"]] = env
+
+    specs = []
+    for row, component, version, size in checked:
+        env = dict(own_env[row["name"]])
+        for other, other_component, _v, _s in checked:
+            if other["name"] == row["name"]:
+                continue
+            for key, template in other_component.provides.items():
+                if not env.get(key):
+                    env[key] = str(template).format(host=other["name"], **own_env[other["name"]])
+        if component.kind in APP_KINDS:
+            env.update(customer.get("", {}))
+        env.update(customer.get(row["name"], {}))
+        specs.append(_component_spec(row, component, version, size, env))
+    return StackSpec(
+        key=environment.key,
+        number=environment.pk,
+        region=environment.project.region.code,
+        kernel_line=environment.kernel.line,
+        components=tuple(specs),
+        content_release=release.content_id or None,
+        running=environment.desired_running if running is None else running,
+    )
+
+
+def _component_spec(
+    row: dict[str, Any], component: Component, version: ComponentVersion, size: Size, env: dict[str, str]
+) -> ComponentSpec:
+    content_path = None
+    volumes = []
+    for volume in component.volumes:
+        if volume["name"] == CONTENT_VOLUME and not component.stateful:
+            content_path = volume["path"]
+        else:
+            volumes.append(VolumeSpec(volume["name"], volume["path"]))
+    ports = tuple(int(p["port"]) for p in component.ports)
+    return ComponentSpec(
+        name=row["name"],
+        image=version.pinned_reference,
+        replicas=row["replicas"],
+        cpus=float(size.cpus),
+        memory_mb=size.memory_mb,
+        pids=size.pids,
+        user=component.user,
+        read_only=component.read_only_root,
+        capabilities=tuple(component.capabilities),
+        tmpfs=tuple(component.tmpfs),
+        ports=ports,
+        volumes=tuple(volumes),
+        env=tuple(sorted(env.items())),
+        health=tuple(component.health.get("command") or ()),
+        content_path=content_path,
+        public_port=ports[0] if row.get("public") and ports else None,
+        stateful=component.stateful,
+        data_generation=int(row.get("data_generation", 0)),
+        version=version.version,
+    )

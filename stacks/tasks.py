@@ -1,0 +1,40 @@
+"""Celery tasks for running stacks: thin wrappers that carry ids and call one function."""
+
+from __future__ import annotations
+
+from celery import shared_task
+
+
+@shared_task(name="stacks.run_operation_task", acks_late=True, reject_on_worker_lost=True)
+def run_operation_task(operation_id: int) -> str | None:
+    from stacks.operations import run_operation
+
+    return run_operation(operation_id)
+
+
+@shared_task(name="stacks.reconcile_task", ignore_result=True)
+def reconcile_task() -> dict[str, int]:
+    from stacks.reconcile import reconcile
+
+    return reconcile()
+
+
+@shared_task(name="stacks.record_samples_task", ignore_result=True)
+def record_samples_task() -> int:
+    from stacks.reconcile import record_samples
+
+    return record_samples()
+
+
+@shared_task(name="stacks.sync_routes_task", autoretry_for=(OSError,), retry_backoff=True, max_retries=5)
+def sync_routes_task(environment_id: int) -> bool:
+    from stacks.operations import sync_routes_for
+
+    return sync_routes_for(environment_id)
+
+
+@shared_task(name="stacks.prune_images_task", ignore_result=True)
+def prune_images_task() -> list[str]:
+    from stacks.reconcile import prune_images
+
+    return prune_images()

@@ -1,0 +1,79 @@
+"""Named users for permission cases: owner, admin, developer, viewer of one organization,
+and an outsider who owns another organization."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+from django.test import Client
+
+from projects.models import Membership, Organization, Role, User
+from tests.factories import PASSWORD, MembershipFactory, OrganizationFactory, UserFactory
+
+
+@dataclass
+class Team:
+    org: Organization
+    owner: User
+    admin: User
+    developer: User
+    viewer: User
+    outsider: User
+    outsider_org: Organization
+
+    def membership(self, user: User) -> Membership:
+        return Membership.objects.get(organization=self.org, user=user)
+
+
+@pytest.fixture
+def team(db: None) -> Team:
+    org = OrganizationFactory(name="Acme Hosting Co")
+    users = {}
+    for role in (Role.OWNER, Role.ADMIN, Role.DEVELOPER, Role.VIEWER):
+        users[role.value] = MembershipFactory(
+            organization=org, role=role, user__email=f"{role.value}@acme.test"
+        ).user
+    outsider_membership = MembershipFactory(
+        organization__name="Other Corp", role=Role.OWNER, user__email="outsider@other.test"
+    )
+    return Team(
+        org=org,
+        outsider=outsider_membership.user,
+        outsider_org=outsider_membership.organization,
+        **users,
+    )
+
+
+def client_for(user: User) -> Client:
+    client = Client()
+    client.force_login(user, backend="django.contrib.auth.backends.ModelBackend")
+    return client
+
+
+@pytest.fixture(autouse=True)
+def fast_password_hashing(settings: Any) -> None:
+    # Factories hash a password per user; the production hasher is slow on purpose.
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
+@pytest.fixture
+def password() -> str:
+    return PASSWORD
+
+
+@pytest.fixture
+def user(db: None) -> User:
+    return UserFactory()
+
+
+@pytest.fixture(scope="session")
+def engine() -> None:
+    """The real Docker engine, local registry and Debian base images (started if needed)."""
+    import subprocess
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    for script in ("docker-engine.sh", "registry.sh", "base-images.sh"):
+        subprocess.run([str(root / "scripts" / script)], check=True, capture_output=True, timeout=900)

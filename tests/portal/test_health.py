@@ -1,0 +1,50 @@
+from __future__ import annotations
+
+import pytest
+from django.test import Client
+
+
+@pytest.mark.django_db
+def test_healthz_reports_database_and_cache() -> None:
+    response = Client().get("/healthz")
+    assert response.status_code == 200
+    assert response.json() == {"status": "ok", "checks": {"database": "ok", "cache": "ok"}}
+    assert "no-cache" in response["Cache-Control"]
+
+
+@pytest.mark.django_db
+def test_healthz_is_503_when_the_cache_is_down(settings) -> None:
+    settings.CACHES = {
+        "default": {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": "redis://127.0.0.1:1/0",
+        }
+    }
+    # The settings fixture's override resets Django's cache handlers to the new setting.
+    response = Client().get("/healthz")
+    assert response.status_code == 503
+    assert response.json()["checks"]["cache"].startswith("error")
+
+
+@pytest.mark.django_db
+def test_metrics_answer_loopback() -> None:
+    response = Client(REMOTE_ADDR="127.0.0.1").get("/metrics")
+    assert response.status_code == 200
+    assert b"django_http_requests" in response.content
+
+
+@pytest.mark.django_db
+def test_metrics_are_not_public() -> None:
+    assert Client(REMOTE_ADDR="203.0.113.9").get("/metrics").status_code == 404
+
+
+@pytest.mark.django_db
+def test_metrics_accept_the_bearer_token(settings) -> None:
+    settings.METRICS_TOKEN = "s3cret-metrics-token"
+    client = Client(REMOTE_ADDR="203.0.113.9")
+    assert client.get("/metrics", HTTP_AUTHORIZATION="Bearer wrong").status_code == 404
+    assert client.get("/metrics", HTTP_AUTHORIZATION="Bearer s3cret-metrics-token").status_code == 200
+
+
+def test_healthz_rejects_post(client) -> None:
+    assert client.post("/healthz").status_code == 405

@@ -1,0 +1,144 @@
+"""Accounts through django-allauth: sign-up, mandatory verification, throttling, admin login."""
+
+from __future__ import annotations
+
+import re
+import uuid
+
+import pytest
+from allauth.account.models import EmailAddress
+from django.test import Client
+
+from projects.models import AuditEvent, Membership, Role, User
+from tests.factories import PASSWORD, UserFactory
+
+pytestmark = pytest.mark.django_db
+
+
+def _unique_ip() -> str:
+    # Rate-limit counters live in the real (shared) cache: each test uses its own address.
+    n = uuid.uuid4().int
+    return f"10.{n % 250}.{(n >> 8) % 250}.{(n >> 16) % 250 + 1}"
+
+
+def _client() -> Client:
+    return Client(REMOTE_ADDR=_unique_ip())
+
+
+def _signup(client: Client, email: str, password: str = PASSWORD):
+    return client.post("/accounts/signup/", {"email": email, "password1": password, "password2": password})
+
+
+def test_signup_requires_verification_then_gives_an_organization(mailoutbox) -> None:
+    client = _client()
+    email = f"new-{uuid.uuid4().hex[:8]}@example.test"
+    response = _signup(client, email)
+    assert response.status_code == 302
+    assert response["Location"] == "/accounts/confirm-email/"
+    user = User.objects.get(email=email)
+    # Mandatory verification: not signed in yet.
+    assert client.get("/").status_code == 302
+    assert Membership.objects.get(user=user).role == Role.OWNER
+
+    (message,) = mailoutbox
+    link = re.search(r"http://\S+/accounts/confirm-email/\S+/", message.body).group(0)
+    path = link.split("testserver", 1)[1]
+    assert client.get(path).status_code == 200
+    response = client.post(path)
+    assert response.status_code == 302
+    assert EmailAddress.objects.get(email=email).verified
+    dashboard = client.get("/")
+    assert dashboard.status_code == 200
+    assert b"No projects yet" in dashboard.content
+    actions = set(AuditEvent.objects.filter(actor=user).values_list("action", flat=True))
+    assert {"account.signed_up", "organization.created", "account.email_verified", "account.login"} <= actions
+
+
+def test_login_before_verification_does_not_sign_in(mailoutbox) -> None:
+    user = UserFactory(verified=False)
+    EmailAddress.objects.create(user=user, email=user.email, verified=False, primary=True)
+    client = _client()
+    response = client.post("/accounts/login/", {"login": user.email, "password": PASSWORD})
+    assert response.status_code == 302
+    assert response["Location"] == "/accounts/confirm-email/"
+    assert client.get("/").status_code == 302
+    assert len(mailoutbox) == 1
+
+
+@pytest.mark.parametrize("email", ["not-an-address", "a@", "@example.test", "spaces in@example.test"])
+def test_signup_with_a_bad_email_is_a_400_and_creates_nothing(email: str) -> None:
+    before = User.objects.count()
+    response = _signup(_client(), email)
+    assert response.status_code == 400
+    assert b"Enter a valid email address" in response.content
+    assert User.objects.count() == before
+
+
+def test_signup_with_a_taken_email_says_so_and_creates_nothing() -> None:
+    existing = UserFactory()
+    before = User.objects.count()
+    response = _signup(_client(), existing.email.upper())
+    assert response.status_code == 400
+    assert b"already registered with this email" in response.content
+    assert User.objects.count() == before
+
+
+def test_signup_with_a_weak_password_is_refused() -> None:
+    response = _signup(_client(), f"weak-{uuid.uuid4().hex[:6]}@example.test", password="12345")
+    assert response.status_code == 400
+    assert b"too short" in response.content
+
+
+def test_failed_logins_are_throttled_and_audited() -> None:
+    user = UserFactory(email=f"target-{uuid.uuid4().hex[:8]}@example.test")
+    client = _client()
+    statuses = [
+        client.post("/accounts/login/", {"login": user.email, "password": "wrong-password"}).status_code
+        for _ in range(6)
+    ]
+    assert statuses[:5] == [400] * 5
+    assert statuses[5] == 429
+    assert (
+        b"Too many failed login attempts"
+        in client.post("/accounts/login/", {"login": user.email, "password": "wrong-password"}).content
+    )
+    # Even the right password is refused while the address is throttled.
+    assert client.post("/accounts/login/", {"login": user.email, "password": PASSWORD}).status_code == 429
+    failed = AuditEvent.objects.filter(action="account.login_failed", actor_email=user.email)
+    assert failed.count() == 5
+    assert failed.first().ip_address is not None
+
+
+def test_successful_login_is_audited_with_the_address() -> None:
+    user = UserFactory()
+    client = Client(REMOTE_ADDR="192.0.2.44")
+    response = client.post("/accounts/login/", {"login": user.email, "password": PASSWORD})
+    assert response.status_code == 302
+    event = AuditEvent.objects.get(action="account.login", actor=user)
+    assert event.ip_address == "192.0.2.44"
+
+
+def test_admin_login_goes_through_allauth() -> None:
+    response = _client().get("/admin/login/?next=/admin/")
+    assert response.status_code == 302
+    assert response["Location"].startswith("/accounts/login/")
+
+
+def test_admin_refuses_non_staff_and_admits_staff() -> None:
+    customer = UserFactory()
+    client = _client()
+    client.post("/accounts/login/", {"login": customer.email, "password": PASSWORD})
+    assert client.get("/admin/login/").status_code == 403
+    staff = UserFactory(is_staff=True, is_superuser=True)
+    client = _client()
+    client.post("/accounts/login/", {"login": staff.email, "password": PASSWORD})
+    assert client.get("/admin/").status_code == 200
+    assert client.get("/admin/projects/auditevent/?q=login").status_code == 200
+
+
+def test_pages_send_a_content_security_policy() -> None:
+    response = _client().get("/accounts/login/")
+    policy = response["Content-Security-Policy"]
+    assert "default-src 'self'" in policy
+    assert "frame-ancestors 'none'" in policy
+    assert response["X-Frame-Options"] == "DENY"

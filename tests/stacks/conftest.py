@@ -1,0 +1,147 @@
+"""Shared fixtures of the stacks tests: a Caddy of our own, the published catalog."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+from django.db import transaction
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def unused_loopback_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def fetch(method: str, url: str, **kwargs: Any) -> requests.Response:
+    """One request on a connection of its own (a reload closes idle ones), no proxies."""
+    with requests.Session() as session:
+        session.trust_env = False
+        return session.request(method, url, timeout=kwargs.pop("timeout", 10), **kwargs)
+
+
+def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.05)
+
+
+@dataclass
+class Caddy:
+    admin_url: str
+    edge_url: str
+    edge_addr: str
+
+
+@pytest.fixture(scope="session")
+def caddy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Caddy]:
+    """A Caddy of our own on free loopback ports, state and log in a temporary folder;
+    stopped (and only that one) at the end."""
+    state = tmp_path_factory.mktemp("caddy")
+    admin = f"127.0.0.1:{unused_loopback_port()}"
+    edge = f"127.0.0.1:{unused_loopback_port()}"
+    env = {
+        **os.environ,
+        "STACKPORT_CADDY_ADMIN": admin,
+        "STACKPORT_EDGE_LISTEN": edge,
+        "STACKPORT_CADDY_DIR": str(state),
+        "STACKPORT_CADDY_LOG": str(state / "caddy.log"),
+    }
+    result = subprocess.run(
+        [str(REPO_ROOT / "scripts" / "caddy.sh")], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, f"scripts/caddy.sh failed:\n{result.stdout}\n{result.stderr}"
+    # Running it again with Caddy up changes nothing.
+    again = subprocess.run(
+        [str(REPO_ROOT / "scripts" / "caddy.sh")], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert again.returncode == 0 and again.stdout == "", again.stdout + again.stderr
+    (pidfile,) = state.glob("caddy-*.pid")
+    pid = int(pidfile.read_text())
+    yield Caddy(admin_url=f"http://{admin}", edge_url=f"http://{edge}", edge_addr=edge)
+    try:
+        fetch("POST", f"http://{admin}/stop")
+    except requests.RequestException:
+        pass
+    try:
+        wait_until(lambda: not Path(f"/proc/{pid}").exists(), 10, "caddy to exit")
+    except AssertionError:
+        os.kill(pid, signal.SIGKILL)
+
+
+@pytest.fixture(scope="session")
+def published_catalog(
+    engine: None, django_db_setup: Any, django_db_blocker: Any
+) -> dict[tuple[str, str], dict[str, Any]]:
+    """Run build -> verify -> publish over the whole shipped catalog once per session (each
+    step cached by recipe hash); keep plain results, roll the rows back."""
+    from stacks import pipeline
+    from stacks.catalog import load_catalog
+    from stacks.models import ComponentVersion
+
+    results: dict[tuple[str, str], dict[str, Any]] = {}
+    client = pipeline.docker_client()
+    with django_db_blocker.unblock(), transaction.atomic():
+        load_catalog()
+        for cv in ComponentVersion.objects.select_related("component").order_by(
+            "component__position", "position"
+        ):
+            lines: list[str] = []
+            if pipeline.build_version(cv, client=client, log=lines.append):
+                if pipeline.verify_version(cv, client=client, log=lines.append):
+                    pipeline.publish_version(cv, client=client, log=lines.append)
+            cv.refresh_from_db()
+            results[(cv.component.code, cv.version)] = {
+                "status": cv.status,
+                "digest": cv.digest,
+                "image_ref": cv.image_ref,
+                "reason": cv.failure_reason,
+                "log": cv.verification_log,
+                "user": cv.component.user,
+                "caps": cv.component.capabilities,
+                "repository": pipeline.repository(cv),
+                "pipeline": lines,
+                "fields": {
+                    f: getattr(cv, f)
+                    for f in (
+                        "status",
+                        "digest",
+                        "image_ref",
+                        "recipe_hash",
+                        "built_at",
+                        "verified_at",
+                        "published_at",
+                        "verification_log",
+                    )
+                },
+            }
+        transaction.set_rollback(True)
+    return results
+
+
+@pytest.fixture
+def catalog(published_catalog: dict[tuple[str, str], dict[str, Any]], db: None) -> None:
+    """The shipped catalog loaded, with the images this session published (as the
+    pipeline left them), in this test's database."""
+    from stacks.catalog import load_catalog
+    from stacks.models import ComponentVersion
+
+    load_catalog()
+    for cv in ComponentVersion.objects.select_related("component"):
+        result = published_catalog.get((cv.component.code, cv.version))
+        if result:
+            ComponentVersion.objects.filter(pk=cv.pk).update(**result["fields"])

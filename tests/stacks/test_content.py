@@ -1,0 +1,562 @@
+"""Uploaded archives and git branches become one normalized, safe tar (stacks.content)."""
+
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+import tarfile
+import time
+import zipfile
+from dataclasses import FrozenInstanceError
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from stacks.content import Content, ContentError, _check_branch, fetch_git, normalize_archive
+
+MTIME = 315_532_800
+MB = 2**20
+
+# --- helpers -------------------------------------------------------------------------------------
+
+
+def make_zip(entries: list[tuple[str, bytes | None, int]]) -> bytes:
+    """(name, data or None for a folder, unix mode) -> zip bytes."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        for name, data, mode in entries:
+            info = zipfile.ZipInfo(name + ("/" if data is None else ""), (2020, 1, 1, 0, 0, 0))
+            info.create_system, info.external_attr = 3, mode << 16
+            info.compress_type = zipfile.ZIP_DEFLATED
+            archive.writestr(info, data or b"")
+    return buffer.getvalue()
+
+
+def member(name: str, data: bytes = b"", **fields: object) -> tuple[tarfile.TarInfo, bytes]:
+    info = tarfile.TarInfo(name)
+    info.size, info.mode, info.mtime, info.uid, info.gid = len(data), 0o644, 1_700_000_000, 1000, 1000
+    for key, value in fields.items():
+        setattr(info, key, value)
+    return info, data
+
+
+def make_tar(members: list[tuple[tarfile.TarInfo, bytes]], compression: str = "") -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode=f"w:{compression}") as archive:
+        for info, data in members:
+            archive.addfile(info, io.BytesIO(data) if info.isreg() else None)
+    return buffer.getvalue()
+
+
+def normalize(data: bytes, filename: str = "upload", **limits: int) -> Content:
+    limits = {"max_bytes": 10 * MB, "max_files": 100, "max_unpacked_bytes": 10 * MB, **limits}
+    return normalize_archive(io.BytesIO(data), filename, **limits)
+
+
+def listing(content: Content) -> list[tuple[str, str, int, bytes | None]]:
+    """(name, "dir"/"file", mode, data) per output member, checking the invariant fields."""
+    result = []
+    with tarfile.open(fileobj=io.BytesIO(content.tar), mode="r:") as archive:
+        for info in archive:
+            assert (info.uid, info.gid, info.uname, info.gname, info.mtime) == (0, 0, "", "", MTIME)
+            assert info.isdir() or info.isreg()
+            data = archive.extractfile(info).read() if info.isreg() else None  # type: ignore[union-attr]
+            result.append((info.name, "dir" if info.isdir() else "file", info.mode, data))
+    return result
+
+
+def refusal(data: bytes, **limits: int) -> str:
+    with pytest.raises(ContentError) as caught:
+        normalize(data, **limits)
+    assert caught.value.field == "archive"
+    return caught.value.message
+
+
+FILES = {"app.py": b"print('hi')\n", "static/site.css": b"body{}", "bin/run": b"#!/bin/sh\n"}
+
+
+def files_as_tar(compression: str = "") -> bytes:
+    return make_tar(
+        [member(name, data, mode=0o775 if name == "bin/run" else 0o600) for name, data in FILES.items()],
+        compression,
+    )
+
+
+# --- normalized output -------------------------------------------------------------------------
+
+
+def test_output_is_sorted_root_owned_with_normalized_modes_and_fixed_mtime():
+    content = normalize(files_as_tar("gz"), "app.tar.gz")
+    assert listing(content) == [
+        ("app.py", "file", 0o644, FILES["app.py"]),
+        ("bin", "dir", 0o755, None),
+        ("bin/run", "file", 0o755, FILES["bin/run"]),
+        ("static", "dir", 0o755, None),
+        ("static/site.css", "file", 0o644, FILES["static/site.css"]),
+    ]
+    assert (content.files, content.size, content.root_stripped, content.commit) == (3, 28, None, None)
+    assert len(content.sha256) == 64
+    with pytest.raises(FrozenInstanceError):
+        content.files = 4  # type: ignore[misc]
+
+
+@pytest.mark.parametrize("compression", ["", "gz", "bz2", "xz", "zip"])
+def test_every_format_gives_the_same_tar(compression):
+    if compression == "zip":
+        data = make_zip([(n, d, 0o100775 if n == "bin/run" else 0o100600) for n, d in FILES.items()])
+    else:
+        data = files_as_tar(compression)
+    assert normalize(data).sha256 == normalize(files_as_tar()).sha256
+
+
+def test_format_is_told_by_content_not_by_name():
+    assert normalize(files_as_tar("xz"), "app.zip").files == 3
+    message = refusal(b"just some text, not an archive" * 20)
+    assert "not a supported archive" in message
+    with pytest.raises(ContentError, match=r"^notes\.zip is not a supported archive; upload a zip, tar"):
+        normalize(b"Rar!\x1a\x07\x00" + bytes(600), "notes.zip")
+
+
+@pytest.mark.parametrize(
+    "data",
+    [files_as_tar("gz")[:-40], b"\x1f\x8b" + bytes(100), make_zip([("a", b"x" * 1000, 0o100644)])[:-30]],
+    ids=["truncated-gz", "bad-gz", "truncated-zip"],
+)
+def test_damaged_archives_are_refused(data):
+    assert "damaged or not a valid archive" in refusal(data)
+
+
+def test_gzip_of_something_else_is_refused():
+    import gzip
+
+    assert "damaged or not a valid archive" in refusal(gzip.compress(b"hello " * 200))
+
+
+path_segment = st.text("abcxyz019._-", min_size=1, max_size=6).filter(lambda s: s not in (".", ".."))
+file_trees = st.dictionaries(
+    st.lists(path_segment, min_size=1, max_size=3).map("/".join), st.binary(max_size=40), min_size=1
+).filter(lambda tree: not any(other.startswith(path + "/") for path in tree for other in tree))
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(tree=file_trees, data=st.data())
+def test_same_files_give_same_sha256_whatever_order_owner_and_time(tree, data):
+    order = data.draw(st.permutations(sorted(tree)))
+    times = data.draw(st.lists(st.integers(0, 2**33), min_size=len(order), max_size=len(order)))
+    shuffled = make_tar([member(n, tree[n], mtime=t, uid=t % 5000) for n, t in zip(order, times)], "gz")
+    as_zip = make_zip([(name, tree[name], 0o100640) for name in sorted(tree)])
+    first, second = normalize(shuffled), normalize(as_zip)
+    assert first.sha256 == second.sha256 and first.tar == second.tar
+    prefix = f"{first.root_stripped}/" if first.root_stripped else ""
+    unpacked = {prefix + name: body for name, kind, _, body in listing(first) if kind == "file"}
+    assert unpacked == tree
+
+
+@pytest.mark.parametrize(
+    ("names", "stripped", "expected"),
+    [
+        (["project-main/a.txt", "project-main/src/b.py"], "project-main", ["a.txt", "src", "src/b.py"]),
+        (["./project-main/", "./project-main/a.txt"], "project-main", ["a.txt"]),
+        (["project-main/a.txt", "README"], None, ["README", "project-main", "project-main/a.txt"]),
+        (["README"], None, ["README"]),
+    ],
+)
+def test_a_single_top_folder_is_stripped(names, stripped, expected):
+    content = normalize(
+        make_tar([member(n, type=tarfile.DIRTYPE) if n.endswith("/") else member(n) for n in names])
+    )
+    assert content.root_stripped == stripped
+    assert [name for name, *_ in listing(content)] == expected
+
+
+# --- refusals ----------------------------------------------------------------------------------
+
+
+def encrypted(data: bytes) -> bytes:
+    """Set the 'encrypted' flag on every entry (zipfile cannot write encrypted archives)."""
+    raw = bytearray(data)
+    for signature, flag_offset in ((b"PK\x03\x04", 6), (b"PK\x01\x02", 8)):
+        at = raw.find(signature)
+        while at != -1:
+            raw[at + flag_offset] |= 0x1
+            at = raw.find(signature, at + 4)
+    return bytes(raw)
+
+
+def pax_named(name: str) -> bytes:
+    info, data = member("placeholder", b"x")
+    info.pax_headers = {"path": name}
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as archive:
+        archive.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
+
+
+REFUSALS = {
+    "absolute": (make_tar([member("/etc/cron.d/x")]), "contains an absolute path: /etc/cron.d/x."),
+    "dotdot": (make_tar([member("a/../../x")]), "contains a path that points outside of it: a/../../x."),
+    "zip-dotdot": (make_zip([("../x", b"", 0o100644)]), "points outside of it: ../x."),
+    "backslash": (make_zip([("a\\..\\x", b"", 0o100644)]), r"backslash or a control character: a\\..\\x."),
+    "newline": (make_tar([member("a\nb")]), r"control character: a\nb."),
+    "nul": (pax_named("a\x00b"), r"control character: a\x00b."),
+    "symlink": (
+        make_tar([member("a/b", type=tarfile.SYMTYPE, linkname="/etc/passwd")]),
+        "The archive contains a link: a/b -> /etc/passwd. Links are not allowed.",
+    ),
+    "hardlink": (
+        make_tar([member("a"), member("b", type=tarfile.LNKTYPE, linkname="a")]),
+        "contains a link: b -> a.",
+    ),
+    "zip-symlink": (make_zip([("up", b"../..", 0o120777)]), "contains a link: up -> ../... Links"),
+    "device": (make_tar([member("tty", type=tarfile.CHRTYPE)]), "contains a device or pipe: tty."),
+    "block": (make_tar([member("sda", type=tarfile.BLKTYPE)]), "contains a device or pipe: sda."),
+    "fifo": (make_tar([member("pipe", type=tarfile.FIFOTYPE)]), "contains a device or pipe: pipe."),
+    "zip-fifo": (make_zip([("pipe", b"", 0o010644)]), "contains a device or pipe: pipe."),
+    "duplicate": (make_tar([member("a", b"1"), member("./a", b"2")]), "contains a more than once."),
+    "file-and-folder": (
+        make_tar([member("a", b"1"), member("a/b", b"2")]),
+        "contains a/b both as a file and as a folder.",
+    ),
+    "folder-then-file": (
+        make_tar([member("a/b", b"1"), member("a", b"2")]),
+        "contains a both as a file and as a folder.",
+    ),
+    "not-utf8": (make_tar([member("caf\udce9.txt")]), r"not valid UTF-8: caf\udce9.txt."),
+    "empty-tar": (make_tar([]), "The archive is empty."),
+    "empty-upload": (b"", "The archive is empty."),
+    "empty-zip": (make_zip([]), "The archive is empty."),
+    "only-folders": (make_zip([("a", None, 0o40755)]), "contains no files, only folders."),
+    "encrypted": (encrypted(make_zip([("secret.txt", b"x", 0o100644)])), "an encrypted file: secret.txt."),
+}
+
+
+@pytest.mark.parametrize(("data", "message"), REFUSALS.values(), ids=REFUSALS.keys())
+def test_unsafe_archives_are_refused(data, message):
+    assert message in refusal(data)
+
+
+def test_duplicate_zip_entries_are_refused():
+    with pytest.warns(UserWarning, match="Duplicate name"):
+        data = make_zip([("a.txt", b"1", 0o100644), ("a.txt", b"2", 0o100644)])
+    assert refusal(data) == "The archive contains a.txt more than once."
+
+
+@pytest.mark.parametrize("compression", ["gz", "zip"])
+def test_too_many_files_are_refused(compression):
+    names = [f"f{i}" for i in range(6)]
+    data = (
+        make_zip([(n, b"", 0o100644) for n in names])
+        if compression == "zip"
+        else make_tar(map(member, names))
+    )
+    assert refusal(data, max_files=5) == "The archive contains more than 5 files and folders."
+    assert normalize(data, max_files=6).files == 6
+
+
+def test_upload_over_max_bytes_is_refused():
+    data = make_tar([member("a", os.urandom(50_000))])
+    assert refusal(data, max_bytes=40_000) == "The archive is larger than 39 KB."
+
+
+def test_zip_bomb_is_refused_by_counting_real_bytes():
+    data = make_zip([("bomb.bin", bytes(50 * MB), 0o100644)])
+    assert len(data) < 100_000
+    started = time.monotonic()
+    assert refusal(data, max_unpacked_bytes=MB) == "The archive is larger than 1 MB when unpacked."
+    assert time.monotonic() - started < 2
+
+
+def test_tar_gz_bomb_is_refused():
+    assert "1 MB when unpacked" in refusal(
+        make_tar([member("bomb", bytes(20 * MB))], "gz"), max_unpacked_bytes=MB
+    )
+
+
+def test_bomb_hidden_in_a_tar_header_is_refused():
+    info, data = member("a", b"x")
+    info.pax_headers = {"comment": "x" * (30 * MB)}
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:xz", format=tarfile.PAX_FORMAT) as archive:
+        archive.addfile(info, io.BytesIO(data))
+    assert "1 MB when unpacked" in refusal(buffer.getvalue(), max_unpacked_bytes=MB, max_files=10)
+
+
+def test_many_small_files_add_up_to_the_limit():
+    data = make_zip([(f"f{i}", bytes(300_000), 0o100644) for i in range(4)])
+    assert "1 MB when unpacked" in refusal(data, max_unpacked_bytes=MB)
+
+
+@settings(max_examples=150, deadline=None)
+@given(name=st.text(max_size=30))
+def test_any_member_name_is_refused_or_comes_out_safe(name):
+    try:
+        content = normalize(make_tar([member(name, b"x"), member("other", b"y")]))
+    except ContentError as exc:
+        assert exc.field == "archive" and exc.message.startswith("The archive ")
+        return
+    for out, *_ in listing(content):
+        assert not out.startswith("/") and ".." not in out.split("/") and "\\" not in out
+        assert all(ch >= " " and ch != "\x7f" for ch in out)
+
+
+# --- git -----------------------------------------------------------------------------------------
+
+GIT_ENV = {
+    **os.environ,
+    "GIT_AUTHOR_NAME": "T",
+    "GIT_AUTHOR_EMAIL": "t@example.test",
+    "GIT_COMMITTER_NAME": "T",
+    "GIT_COMMITTER_EMAIL": "t@example.test",
+    "GIT_CONFIG_NOSYSTEM": "1",
+    "GIT_CONFIG_GLOBAL": os.devnull,
+}
+
+
+def git(repo: Path, *args: str) -> str:
+    return subprocess.run(
+        ["git", *args], cwd=repo, env=GIT_ENV, check=True, capture_output=True, text=True
+    ).stdout
+
+
+def commit(repo: Path, files: dict[str, bytes], message: str) -> str:
+    for name, data in files.items():
+        (repo / name).parent.mkdir(parents=True, exist_ok=True)
+        (repo / name).write_bytes(data)
+    git(repo, "add", "-A")
+    git(repo, "commit", "-q", "-m", message)
+    return git(repo, "rev-parse", "HEAD").strip()
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Path:
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    git(repo, "init", "-q", "-b", "main")
+    commit(repo, {"app.py": b"v1\n", "run.sh": b"#!/bin/sh\n"}, "one")
+    (repo / "run.sh").chmod(0o755)
+    commit(repo, {"lib/util.py": b"u\n"}, "two")
+    git(repo, "checkout", "-q", "-b", "feature/new-ui")
+    commit(repo, {"app.py": b"v2\n", "ui/index.html": b"<p>"}, "three")
+    git(repo, "checkout", "-q", "main")
+    return repo
+
+
+def fetch(repo: Path, branch: str, **limits: float) -> Content:
+    options = {"max_unpacked_bytes": MB, "max_files": 100, "timeout": 30, **limits}
+    return fetch_git(f"file://{repo}", branch, allow_file=True, **options)  # type: ignore[arg-type]
+
+
+def test_fetch_each_branch(repo):
+    main, feature = fetch(repo, "main"), fetch(repo, "feature/new-ui")
+    assert main.commit == git(repo, "rev-parse", "main").strip()
+    assert feature.commit == git(repo, "rev-parse", "feature/new-ui").strip()
+    assert listing(main) == [
+        ("app.py", "file", 0o644, b"v1\n"),
+        ("lib", "dir", 0o755, None),
+        ("lib/util.py", "file", 0o644, b"u\n"),
+        ("run.sh", "file", 0o755, b"#!/bin/sh\n"),
+    ]
+    assert {name: body for name, _, _, body in listing(feature)}["app.py"] == b"v2\n"
+    assert (feature.files, feature.root_stripped) == (4, None)
+    assert fetch(repo, "main").sha256 == main.sha256 != feature.sha256
+
+
+def test_git_and_archive_of_the_same_files_hash_alike(repo):
+    files = {"app.py": b"v1\n", "lib/util.py": b"u\n", "run.sh": b"#!/bin/sh\n"}
+    data = make_zip([(n, d, 0o100755 if n == "run.sh" else 0o100644) for n, d in files.items()])
+    assert normalize(data).sha256 == fetch(repo, "main").sha256
+
+
+def test_unknown_branch_is_a_clear_error(repo):
+    with pytest.raises(ContentError) as caught:
+        fetch(repo, "nope")
+    assert caught.value.field == "branch"
+    assert caught.value.message == f"The branch nope does not exist in file://{repo}."
+
+
+def test_symlink_in_repository_is_refused(repo):
+    (repo / "passwd").symlink_to("/etc/passwd")
+    commit(repo, {}, "link")
+    with pytest.raises(ContentError, match=r"^The repository contains a link: passwd -> /etc/passwd\. Links"):
+        fetch(repo, "main")
+
+
+def test_submodule_in_repository_is_refused(repo):
+    git(
+        repo,
+        "update-index",
+        "--add",
+        "--cacheinfo",
+        f"160000,{git(repo, 'rev-parse', 'HEAD').strip()},vendor/lib",
+    )
+    git(repo, "commit", "-q", "-m", "submodule")
+    with pytest.raises(ContentError, match=r"uses a submodule \(vendor/lib\)"):
+        fetch(repo, "main")
+
+
+def test_repository_limits_apply(repo):
+    with pytest.raises(ContentError, match=r"^The repository contains more than 2 files and folders"):
+        fetch(repo, "main", max_files=2)
+    with pytest.raises(ContentError, match=r"^The repository is larger than 5 bytes when unpacked"):
+        fetch(repo, "main", max_unpacked_bytes=5)
+
+
+def test_unreachable_repository(tmp_path):
+    with pytest.raises(ContentError) as caught:
+        fetch(tmp_path / "missing", "main")
+    assert caught.value.field == "git_url"
+    assert caught.value.message.endswith("could not be fetched. Check the address.")
+
+
+@pytest.fixture
+def fake_git(tmp_path, monkeypatch):
+    """A `git` first on PATH whose behaviour a test writes as a shell script body."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+
+    def install(body: str) -> Path:
+        script = bin_dir / "git"
+        script.write_text(f"#!/bin/sh\n{body}\n")
+        script.chmod(0o755)
+        return script
+
+    return install
+
+
+def test_timeout_kills_git_and_its_helpers(fake_git, tmp_path):
+    marker = tmp_path / "survived"
+    fake_git(f"(sleep 1; touch {marker}) & sleep 30")
+    started = time.monotonic()
+    with pytest.raises(ContentError, match=r"^Fetching the repository took too long"):
+        fetch_git("https://git.example.test/a.git", "main", timeout=0.3)
+    assert time.monotonic() - started < 1
+    time.sleep(1.5)
+    assert not marker.exists()
+
+
+def test_credentials_never_reach_messages(fake_git):
+    fake_git("echo \"fatal: unable to access 'https://bob:s3cret@git.example.test/a.git/'\" >&2; exit 128")
+    with pytest.raises(ContentError) as caught:
+        fetch_git("https://bob:s3cret@git.example.test/a.git", "main")
+    assert (
+        caught.value.message
+        == "The repository https://***@git.example.test/a.git could not be fetched. Check the address."
+    )
+    fake_git(
+        "echo 'fatal: could not read Username for https://git.example.test: terminal prompts disabled' >&2; exit 128"
+    )
+    with pytest.raises(ContentError, match="asks for credentials"):
+        fetch_git("https://tok3n@git.example.test/a.git", "main")
+    for url in ("https://bob:s3cret@git.example.test/a b.git", "bob:s3cret@git.example.test:a.git"):
+        with pytest.raises(ContentError) as caught:
+            fetch_git(url, "main")
+        assert "s3cret" not in caught.value.message and "***@git.example.test" in caught.value.message
+
+
+def test_git_gets_a_safe_argument_list_and_environment(fake_git, tmp_path):
+    log = tmp_path / "log"
+    fake_git(f'for a in "$@"; do echo "$a" >> {log}; done; env >> {log}; exit 1')
+    with pytest.raises(ContentError):
+        fetch_git("git@git.example.test:acme/app.git", "release/1.0", timeout=5)
+    lines = log.read_text().splitlines()
+    clone = lines.index("clone")
+    assert lines[clone:clone + 11] == [
+        "clone", "--depth", "1", "--single-branch", "--no-tags", "--branch", "release/1.0", "--template=", "--",
+        "git@git.example.test:acme/app.git", lines[clone + 10],
+    ]  # fmt: skip
+    assert {"protocol.allow=never", "protocol.file.allow=never", "core.symlinks=true"} <= set(lines)
+    assert {
+        "GIT_TERMINAL_PROMPT=0",
+        "GIT_CONFIG_NOSYSTEM=1",
+        f"HOME={Path(lines[clone + 10]).parent}",
+    } <= set(lines)
+
+
+BAD_URLS = [
+    "ext::sh -c touch% /tmp/pwned",
+    "ext::sh",
+    "--upload-pack=touch /tmp/pwned",
+    "-u",
+    "ssh://-oProxyCommand=touch%20/tmp/pwned/x",
+    "ssh://-oProxyCommand=x@host/x",
+    "git@-oProxyCommand=x:path",
+    "https://host/a.git --upload-pack=x",
+    "https://host/a\n.git",
+    "fd::17",
+    "file:///etc",
+    "/srv/repos/app.git",
+    "../app.git",
+    "git://host/a.git",
+    "ftp://host/a.git",
+    "https:///nohost",
+    "",
+]
+BAD_BRANCHES = [
+    "--upload-pack=touch /tmp/x",
+    "-b",
+    "main;rm -rf /",
+    "a b",
+    "a..b",
+    "a//b",
+    "/main",
+    "main/",
+    "main.",
+    "main.lock",
+    "x/.hidden",
+    "a@{1}",
+    "@",
+    "a~1",
+    "a^",
+    "a:b",
+    "a?",
+    "a*",
+    "a[",
+    "a\\b",
+    "a\x00",
+    "",
+]
+
+
+@pytest.mark.parametrize(
+    ("url", "branch"), [(u, "main") for u in BAD_URLS] + [("https://h/a.git", b) for b in BAD_BRANCHES]
+)
+def test_injection_is_refused_before_any_process_runs(monkeypatch, url, branch):
+    def no_process(*args, **kwargs):
+        raise AssertionError("a process was started")
+
+    monkeypatch.setattr(subprocess, "Popen", no_process)
+    with pytest.raises(ContentError) as caught:
+        fetch_git(url, branch)
+    assert caught.value.field == ("git_url" if branch == "main" else "branch")
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://github.com/acme/app.git",
+        "http://git.local:8080/a",
+        "ssh://git@host:2222/a.git",
+        "git@github.com:acme/app.git",
+    ],
+)
+def test_ordinary_urls_are_accepted(fake_git, url):
+    fake_git("exit 1")
+    with pytest.raises(ContentError, match="could not be fetched"):
+        fetch_git(url, "main")
+
+
+@settings(max_examples=200, deadline=None)
+@given(branch=st.text(st.characters(codec="utf-8"), min_size=1, max_size=12))
+def test_branch_rules_are_never_looser_than_git(branch):
+    try:
+        _check_branch(branch)
+    except ContentError:
+        return
+    checked = subprocess.run(
+        ["git", "check-ref-format", "--branch", branch], capture_output=True, env=GIT_ENV
+    )
+    assert checked.returncode == 0, branch
