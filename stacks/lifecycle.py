@@ -216,6 +216,7 @@ def _new_release(
     content: content_store.Stored | None = None,
     commit: str = "",
     note: str = "",
+    keep_content: bool = True,
 ) -> Release:
     previous = environment.releases.order_by("-number").first()
     base = environment.current_release or previous
@@ -235,10 +236,12 @@ def _new_release(
             content.size,
         )
         release.commit = commit
-    elif base is not None:  # the content stays what it was
+    elif base is not None and keep_content:  # the content stays what it was
         release.source, release.source_detail = base.source, base.source_detail
         release.content_sha256, release.content_files = base.content_sha256, base.content_files
         release.content_bytes, release.commit = base.content_bytes, base.commit
+    elif source is not None:  # content comes later (a git fetch by the operation)
+        release.source, release.source_detail = source, (detail or "")[:300]
     release.save()
     return release
 
@@ -457,9 +460,16 @@ def deploy_content(
             validate_git_source(git_url, branch, allow_file=settings.STACKPORT_GIT_ALLOW_FILE)
         except ContentError as exc:
             raise ServiceError(exc.message, field=exc.field) from exc
-        release = _new_release(environment, rows, actor, note="git")
-        release.source, release.source_detail = Release.Source.GIT, f"{redact_url(git_url)} {branch}"[:300]
-        release.save(update_fields=["source", "source_detail"])
+        # No content yet: the operation fetches it (and a resumed one knows it has).
+        release = _new_release(
+            environment,
+            rows,
+            actor,
+            source=Release.Source.GIT,
+            detail=f"{redact_url(git_url)} {branch}",
+            note="git",
+            keep_content=False,
+        )
         return _queue(
             environment,
             OperationKind.DEPLOY,

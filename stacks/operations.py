@@ -256,12 +256,14 @@ def _converge(op: Operation, environment: Environment, rec: Recorder) -> None:
     if running:
         steps.append("Check the site")
     rec.plan(steps)
+    # Fetched before the environment says "deploying": a branch that does not exist leaves
+    # the running release as it was, status included.
+    if "Fetch the repository" in steps:
+        rec.step("Fetch the repository", lambda: _fetch_git(op, release))
     if op.kind != OperationKind.STOP:
         _set_env(environment, status=EnvironmentStatus.DEPLOYING, status_detail=op.get_kind_display())
     backend = backend_for(environment)
 
-    if "Fetch the repository" in steps:
-        rec.step("Fetch the repository", lambda: _fetch_git(op, release))
     spec = build_spec(environment, release, running=running)
     if "Prepare the content" in steps:
         image = next((c.image for c in spec.components if c.content_path), None)

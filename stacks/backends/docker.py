@@ -43,7 +43,7 @@ MAX_REPLICAS = 10  # per colour; settings.STACKPORT_MAX_REPLICAS may not exceed 
 SLOTS_PER_COMPONENT = len(COLORS) * MAX_REPLICAS  # 12 components fit in a /24
 EDGE_PICKUP = 2.5  # seconds: more than two of the edge's 1 s active health checks
 DNS_DRAIN = 11.0  # seconds an internal component's old colour keeps serving (nginx resolver valid=10s)
-STOP_TIMEOUT = 10  # seconds between SIGTERM and SIGKILL
+STOP_TIMEOUT = 10  # seconds between the image's graceful STOPSIGNAL and SIGKILL
 CRASH_LIMIT = 3  # restarts while starting before a container counts as failed
 COMPONENT = "org.stackport.component"
 INDEX = "org.stackport.index"
@@ -167,11 +167,18 @@ class DockerBackend(Backend):
             retire: list[Any] = []
             targets: dict[str, str] = {}  # component -> the colour it runs in after this apply
             failed = ""
-            for tier in (
+            tiers = [
                 [c for c in spec.components if c.stateful],
                 [c for c in spec.components if not c.stateful and not c.public_port],
                 [c for c in spec.components if not c.stateful and c.public_port],
-            ):
+            ]
+            # Nothing of the stack runs yet (a first deploy, a start after a stop): no old
+            # version to protect, so every tier starts at once and only the waits stay in
+            # order. Otherwise each tier starts once the one before it is healthy, so a new
+            # public replica never sees a half-started internal one.
+            at_once = not existing
+            waits: list[dict[str, list[str]]] = []
+            for tier in tiers:
                 tier_started: dict[str, list[str]] = {}
                 for comp in tier:
                     mine = [(h, c) for h, c in existing if c.labels.get(COMPONENT) == comp.name]
@@ -181,6 +188,12 @@ class DockerBackend(Backend):
                         tier_started.setdefault(host, []).extend(names)
                         started.setdefault(host, []).extend(names)
                     retire += old
+                waits.append(tier_started)
+                if not at_once:
+                    failed = self._wait_healthy_on(spec.key, tier_started, log)
+                    if failed:
+                        break
+            for tier_started in waits if at_once else []:
                 failed = self._wait_healthy_on(spec.key, tier_started, log)
                 if failed:
                     break
@@ -194,7 +207,9 @@ class DockerBackend(Backend):
             if retire:
                 # The edge's active check finds the new slots; clients inside the stack that
                 # cache DNS answers (nginx: 10 s) move to the new addresses of an internal one.
-                internal = any(c.labels.get(COMPONENT) in internal_names for c in retire)
+                internal = [c for c in retire if c.labels.get(COMPONENT) in internal_names]
+                for container in internal:
+                    self._unpublish(spec.key, container, log)
                 time.sleep(max(self.edge_pickup, self.dns_drain if internal else 0))
                 for container in retire:
                     log(f"draining and removing {container.name}")
@@ -412,7 +427,6 @@ class DockerBackend(Backend):
             "network_mode": None,
             "log_config": {"type": "json-file", "config": {"max-size": "10m", "max-file": "3"}},
             "restart_policy": {"Name": "unless-stopped"},
-            "stop_signal": "SIGTERM",
             "extra_hosts": dict(peers or {}),
         }
         options.pop("network_mode")
@@ -478,6 +492,22 @@ class DockerBackend(Backend):
         return list(client.containers.list(all=True, filters={"label": f"{LABEL}={key}"}))
 
     @staticmethod
+    def _unpublish(key: str, container: Any, log: Any) -> None:
+        """Take an old internal replica out of its service name's DNS answers while it
+        keeps serving: reconnected to the stack network at the same address (so the same
+        MAC: open connections carry on) without the alias. Clients that looked the name up
+        earlier (nginx caches it for 10 s) still reach it until it is stopped."""
+        name = f"sp-{key}"
+        settings = (container.attrs.get("NetworkSettings") or {}).get("Networks") or {}
+        address = (settings.get(name) or {}).get("IPAddress")
+        if not address:
+            return
+        log(f"taking {container.name} out of the service name")
+        network = container.client.networks.get(name)
+        network.disconnect(container)
+        network.connect(container, ipv4_address=address)
+
+    @staticmethod
     def _stop_container(container: Any) -> None:
         try:
             container.stop(timeout=STOP_TIMEOUT)
@@ -508,12 +538,16 @@ class DockerBackend(Backend):
         """'' when every container in ``names`` is healthy, else what is wrong."""
         deadline = time.monotonic() + HEALTH_TIMEOUT
         pending = set(names)
+        # Restarts count from the start of this wait: a container started beside the tier
+        # it needs may have exited while that tier was still starting.
+        restarts_before: dict[str, int] = {}
         while pending:
             for container in self._containers(client, key):
                 if container.name not in pending:
                     continue
                 health = (container.attrs["State"].get("Health") or {}).get("Status", "healthy")
-                restarts = int(container.attrs.get("RestartCount") or 0)
+                count = int(container.attrs.get("RestartCount") or 0)
+                restarts = count - restarts_before.setdefault(container.name, count)
                 if container.status == "dead" or health == "unhealthy" or restarts >= CRASH_LIMIT:
                     tail = container.logs(tail=8).decode(errors="replace").strip()
                     what = "failed its health check" if health == "unhealthy" else "keeps exiting"
@@ -728,6 +762,11 @@ class DockerBackend(Backend):
                 return
             for leftover in client.volumes.list(filters={"name": volume}):
                 if leftover.name == volume:  # half-written by an interrupted run
+                    # ...and maybe still mounted by that run's never-started helper.
+                    for stale in client.containers.list(
+                        all=True, filters={"volume": volume, "label": f"{HELPER}=content"}
+                    ):
+                        self._remove_container(stale)
                     leftover.remove(force=True)
         except (APIError, DockerException) as exc:
             raise _wrap(exc, f"checking content of {key}") from exc
