@@ -489,7 +489,7 @@ class DockerBackend(Backend):
             client.images.pull(repo, tag=digest or None)
 
     def _containers(self, client: docker.DockerClient, key: str) -> list[Any]:
-        return list(client.containers.list(all=True, filters={"label": f"{LABEL}={key}"}))
+        return list_containers(client, all=True, filters={"label": f"{LABEL}={key}"})
 
     @staticmethod
     def _unpublish(key: str, container: Any, log: Any) -> None:
@@ -650,7 +650,7 @@ class DockerBackend(Backend):
         result: dict[str, list[ReplicaState]] = {}
         for host in self.hosts:
             try:
-                containers = self.client(host["name"]).containers.list(all=True, filters={"label": LABEL})
+                containers = list_containers(self.client(host["name"]), all=True, filters={"label": LABEL})
             except (APIError, DockerException) as exc:
                 raise _wrap(exc, f"listing containers on {host['name']}") from exc
             for c in containers:
@@ -682,8 +682,8 @@ class DockerBackend(Backend):
     def logs(self, key: str, state: dict[str, Any], component: str, tail: int = 200) -> Iterator[str]:
         for host in self.hosts:
             client = self.client(host["name"])
-            for c in client.containers.list(
-                all=True, filters={"label": [f"{LABEL}={key}", f"{COMPONENT}={component}"]}
+            for c in list_containers(
+                client, all=True, filters={"label": [f"{LABEL}={key}", f"{COMPONENT}={component}"]}
             ):
                 for line in c.logs(tail=tail, timestamps=True).decode(errors="replace").splitlines():
                     yield f"{c.name} {line}"
@@ -693,7 +693,7 @@ class DockerBackend(Backend):
         running = [
             c
             for h in self.hosts
-            for c in self.client(h["name"]).containers.list(filters={"label": f"{LABEL}={key}"})
+            for c in list_containers(self.client(h["name"]), filters={"label": f"{LABEL}={key}"})
         ]
         for c in running:
             stats = c.stats(stream=False)
@@ -722,7 +722,7 @@ class DockerBackend(Backend):
         removed = []
         for host in self.hosts:
             client = self.client(host["name"])
-            used = {c.attrs.get("Image") for c in client.containers.list(all=True)}
+            used = {c.attrs.get("Image") for c in list_containers(client, all=True)}
             for image in client.images.list():
                 refs = set(image.attrs.get("RepoDigests") or []) | set(image.tags)
                 if image.id in used or refs & keep:
@@ -763,8 +763,8 @@ class DockerBackend(Backend):
             for leftover in client.volumes.list(filters={"name": volume}):
                 if leftover.name == volume:  # half-written by an interrupted run
                     # ...and maybe still mounted by that run's never-started helper.
-                    for stale in client.containers.list(
-                        all=True, filters={"volume": volume, "label": f"{HELPER}=content"}
+                    for stale in list_containers(
+                        client, all=True, filters={"volume": volume, "label": f"{HELPER}=content"}
                     ):
                         self._remove_container(stale)
                     leftover.remove(force=True)
@@ -802,6 +802,20 @@ class DockerBackend(Backend):
             if image.tags:
                 return str(image.tags[0])
         raise BackendError("no image on the host to unpack content with", permanent=False)
+
+
+def list_containers(client: docker.DockerClient, **options: Any) -> list[Any]:
+    """``containers.list`` lists, then inspects each container: one removed in between
+    (a helper, a replica another operation retires) makes it fail with NotFound. Listing
+    again sees the engine after the removal."""
+    for attempt in range(5):
+        try:
+            return list(client.containers.list(**options))
+        except NotFound:
+            if attempt == 4:
+                raise
+            time.sleep(0.1)
+    return []
 
 
 def _is_catalog_ref(ref: str) -> bool:

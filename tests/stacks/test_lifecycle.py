@@ -19,6 +19,7 @@ import requests
 from projects.models import Environment, EnvironmentStatus
 from projects.services import ServiceError
 from stacks import lifecycle
+from stacks.backends.docker import list_containers
 from stacks.hosts import ensure_local_hosts
 from stacks.models import ComponentVersion, Operation, OperationStatus, VersionStatus
 from stacks.operations import run_operation
@@ -83,7 +84,7 @@ def get(caddy: Caddy, env: Environment, path: str = "/") -> requests.Response:
 
 
 def containers(client: docker.DockerClient, env: Environment) -> list[Any]:
-    return client.containers.list(all=True, filters={"label": f"org.stackport.stack={env.key}"})
+    return list_containers(client, all=True, filters={"label": f"org.stackport.stack={env.key}"})
 
 
 @dataclass
