@@ -193,10 +193,11 @@ class DockerBackend(Backend):
                     failed = self._wait_healthy_on(spec.key, tier_started, log)
                     if failed:
                         break
-            for tier_started in waits if at_once else []:
-                failed = self._wait_healthy_on(spec.key, tier_started, log)
-                if failed:
-                    break
+            if at_once:
+                for tier_started in waits:
+                    failed = self._wait_healthy_on(spec.key, tier_started, log)
+                    if failed:
+                        break
             if failed:
                 if retire:  # blue/green: the old colour is still serving; drop the new one
                     for host, names in started.items():
@@ -498,8 +499,8 @@ class DockerBackend(Backend):
         MAC: open connections carry on) without the alias. Clients that looked the name up
         earlier (nginx caches it for 10 s) still reach it until it is stopped."""
         name = f"sp-{key}"
-        settings = (container.attrs.get("NetworkSettings") or {}).get("Networks") or {}
-        address = (settings.get(name) or {}).get("IPAddress")
+        networks = (container.attrs.get("NetworkSettings") or {}).get("Networks") or {}
+        address = (networks.get(name) or {}).get("IPAddress")
         if not address:
             return
         log(f"taking {container.name} out of the service name")
