@@ -6,11 +6,13 @@ A member whose role is too low gets 403: they can see the organization, not chan
 
 from __future__ import annotations
 
+from typing import Any
+
 from django.core.exceptions import PermissionDenied
 from django.http import Http404, HttpRequest
 from django_htmx.middleware import HtmxDetails
 
-from projects.models import Invitation, Membership, Role, User
+from projects.models import Environment, Invitation, Membership, Project, Role, User
 
 
 class AuthedRequest(HttpRequest):
@@ -97,3 +99,56 @@ def pending_invitations_for(user: User) -> list[Invitation]:
         .filter(addresses)
         .exclude(organization__memberships__user=user)
     )
+
+
+def get_project_for_user(request: HttpRequest, project_id: int, *, role: str = Role.VIEWER) -> Project:
+    """A project of an organization the user belongs to: 404 otherwise, 403 if the role is
+    too low. The membership is at ``project.membership``."""
+    project = (
+        Project.objects.select_related("organization", "region").filter(pk=project_id).first()
+        if request.user.is_authenticated
+        else None
+    )
+    if project is None:
+        raise Http404
+    project.membership = get_membership_for_user(  # type: ignore[attr-defined]
+        request, project.organization_id, role=role
+    )
+    return project
+
+
+def get_environment_for_user(
+    request: HttpRequest, environment_id: int, *, role: str = Role.VIEWER
+) -> Environment:
+    """An environment (with its project and organization loaded) the user may see: 404
+    otherwise, 403 if the role is too low. The membership is at ``environment.membership``."""
+    environment = (
+        Environment.objects.select_related(
+            "project__organization", "project__region", "kernel", "framework", "template", "current_release"
+        )
+        .filter(pk=environment_id)
+        .first()
+        if request.user.is_authenticated
+        else None
+    )
+    if environment is None:
+        raise Http404
+    environment.membership = get_membership_for_user(  # type: ignore[attr-defined]
+        request, environment.project.organization_id, role=role
+    )
+    return environment
+
+
+def get_operation_for_user(request: HttpRequest, operation_id: int, *, role: str = Role.VIEWER) -> Any:
+    """An operation of an environment the user may see; 404 otherwise."""
+    from stacks.models import Operation
+
+    operation = (
+        Operation.objects.select_related("environment__project__organization").filter(pk=operation_id).first()
+        if request.user.is_authenticated
+        else None
+    )
+    if operation is None:
+        raise Http404
+    get_membership_for_user(request, operation.environment.project.organization_id, role=role)
+    return operation

@@ -40,6 +40,10 @@ class Organization(models.Model):
 
     name = models.CharField(max_length=100)
     created_at = models.DateTimeField(default=timezone.now, editable=False)
+    # Sales demos: made by the demo service, warned before and removed after this moment.
+    is_demo = models.BooleanField(default=False)
+    demo_expires_at = models.DateTimeField(null=True, blank=True)
+    demo_warned_at = models.DateTimeField(null=True, blank=True)
     members: models.ManyToManyField[User, Membership] = models.ManyToManyField(
         settings.AUTH_USER_MODEL, through="Membership", related_name="organizations"
     )
@@ -156,6 +160,9 @@ class Project(models.Model):
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
     created_at = models.DateTimeField(default=timezone.now, editable=False)
+    # Support suspends a project: its containers stop, its data stays, customers cannot act.
+    suspended_at = models.DateTimeField(null=True, blank=True)
+    suspended_reason = models.CharField(max_length=300, blank=True)
 
     class Meta:
         ordering = ["organization_id", "name", "id"]
@@ -231,3 +238,33 @@ class Environment(models.Model):
     @property
     def organization_id(self) -> int:
         return self.project.organization_id
+
+
+class ApiToken(models.Model):
+    """A personal API token: acts as its user (same roles), optionally limited to one
+    organization and to reading. Only a SHA-256 of the secret is stored; the secret is
+    shown once, when it is made."""
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="api_tokens")
+    organization = models.ForeignKey(
+        Organization, null=True, blank=True, on_delete=models.CASCADE, related_name="api_tokens"
+    )
+    name = models.CharField(max_length=100)
+    prefix = models.CharField(max_length=16, unique=True)  # shown in lists, finds the row
+    token_hash = models.CharField(max_length=64, unique=True)
+    read_only = models.BooleanField(default=False)
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+    expires_at = models.DateTimeField(null=True, blank=True)
+    last_used_at = models.DateTimeField(null=True, blank=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.prefix}…)"
+
+    @property
+    def is_active(self) -> bool:
+        now = timezone.now()
+        return self.revoked_at is None and (self.expires_at is None or self.expires_at > now)

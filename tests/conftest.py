@@ -77,3 +77,24 @@ def engine() -> None:
     root = Path(__file__).resolve().parents[1]
     for script in ("docker-engine.sh", "registry.sh", "base-images.sh"):
         subprocess.run([str(root / "scripts" / script)], check=True, capture_output=True, timeout=900)
+
+
+@pytest.fixture
+def offered_catalog(db: None) -> None:
+    """The shipped catalog loaded and every version offered as its catalog file wants it,
+    with made-up image digests: for pages, the API and services that never start a
+    container. Tests that run stacks use ``tests/stacks/conftest.py``'s ``catalog``."""
+    import hashlib
+
+    from stacks.catalog import load_catalog
+    from stacks.models import ComponentVersion, VersionStatus
+
+    load_catalog()
+    for cv in ComponentVersion.objects.select_related("component"):
+        digest = "sha256:" + hashlib.sha256(f"{cv.component.code}:{cv.version}".encode()).hexdigest()
+        status = cv.target_status if cv.target_status != VersionStatus.CANDIDATE else VersionStatus.CURRENT
+        ComponentVersion.objects.filter(pk=cv.pk).update(
+            status=status,
+            digest=digest,
+            image_ref=f"127.0.0.1:5000/stackport/{cv.component.code}:{cv.version}",
+        )
