@@ -122,6 +122,7 @@ INSTALLED_APPS = [
     "django_structlog",
     "rules.apps.AutodiscoverRulesConfig",
     "csp",
+    "ninja",
     "portal",
     "projects",
     "stacks",
@@ -142,6 +143,7 @@ MIDDLEWARE = [
     "django_htmx.middleware.HtmxMiddleware",
     "allauth.account.middleware.AccountMiddleware",
     "allauth.usersessions.middleware.UserSessionsMiddleware",
+    "portal.support_views.ViewAsMiddleware",
     "django_structlog.middlewares.RequestMiddleware",
     "django_prometheus.middleware.PrometheusAfterMiddleware",
 ]
@@ -299,6 +301,31 @@ if not re.fullmatch(r"[a-z][a-z0-9]{0,15}", STACKPORT_STACK_PREFIX):
 STACKPORT_GIT_ALLOW_FILE = env.bool("STACKPORT_GIT_ALLOW_FILE", default=DJANGO_ENV != "production")
 # A running operation whose worker sent no heartbeat for this long is run again.
 STACKPORT_OPERATION_STALE_SECONDS = env.int("STACKPORT_OPERATION_STALE_SECONDS", default=60)
+# Sales demos (projects/demos.py): removed this long after they start, the salesperson warned before.
+STACKPORT_DEMO_LIFETIME_HOURS = env.int("STACKPORT_DEMO_LIFETIME_HOURS", default=4)
+STACKPORT_DEMO_WARN_MINUTES = env.int("STACKPORT_DEMO_WARN_MINUTES", default=30)
+
+# --- billing (docs/billing.md) --------------------------------------------------------------
+STACKPORT_CURRENCY = env.str("STACKPORT_CURRENCY", default="EUR")
+STACKPORT_PAYMENT_BACKEND = env.str(
+    "STACKPORT_PAYMENT_BACKEND", default="billing.payments.PayByInvoiceBackend"
+)
+# Bank details printed on invoices by the "pay by invoice" backend.
+STACKPORT_PAYMENT_INSTRUCTIONS = env.str(
+    "STACKPORT_PAYMENT_INSTRUCTIONS",
+    default="Please transfer the total to our bank account, quoting the invoice number.",
+)
+STACKPORT_INVOICE_DUE_DAYS = env.int("STACKPORT_INVOICE_DUE_DAYS", default=14)
+# Who issues the invoices (name and address lines, "|" separated), printed at their top.
+STACKPORT_INVOICE_ISSUER = env.str("STACKPORT_INVOICE_ISSUER", default="Stackport Hosting")
+# Usage is metered in intervals of this many minutes (a divisor of 1440).
+STACKPORT_METERING_INTERVAL_MINUTES = env.int("STACKPORT_METERING_INTERVAL_MINUTES", default=60)
+if STACKPORT_METERING_INTERVAL_MINUTES <= 0 or 1440 % STACKPORT_METERING_INTERVAL_MINUTES:
+    raise ImproperlyConfigured("STACKPORT_METERING_INTERVAL_MINUTES must divide a day (e.g. 15, 30, 60).")
+# Missed intervals older than this are not metered any more when the task runs late.
+STACKPORT_METERING_CATCHUP_HOURS = env.int("STACKPORT_METERING_CATCHUP_HOURS", default=48)
+# The catalog gives volumes no size: each volume of a stateful component counts as this many GB.
+STACKPORT_VOLUME_GB = env.int("STACKPORT_VOLUME_GB", default=1)
 
 # --- background work (Celery) ---------------------------------------------------------------
 CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default="filesystem://")
@@ -325,6 +352,10 @@ CELERY_BEAT_SCHEDULE = {
     "reconcile": {"task": "stacks.reconcile_task", "schedule": 30.0},
     "samples": {"task": "stacks.record_samples_task", "schedule": 60.0},
     "prune-images": {"task": "stacks.prune_images_task", "schedule": 6 * 3600.0},
+    "warn-expiring-demos": {"task": "projects.warn_expiring_demos_task", "schedule": 300.0},
+    "expire-demos": {"task": "projects.expire_demos_task", "schedule": 60.0},
+    "metering": {"task": "billing.record_usage_task", "schedule": 300.0},
+    "monthly-invoices": {"task": "billing.generate_invoices_task", "schedule": 3600.0},
 }
 
 # --- static files --------------------------------------------------------------------------

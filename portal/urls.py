@@ -2,6 +2,7 @@ from allauth.account.decorators import secure_admin_login
 from django.contrib import admin
 from django.urls import include, path, re_path
 
+from portal.api import api
 from projects import views as project_views
 
 # The admin signs in through allauth: one login page, with throttling and MFA.
@@ -28,7 +29,10 @@ urlpatterns = [
     path("", include("portal.portal_urls")),
     path("", include("projects.urls")),
     path("", include("stacks.urls")),
+    path("", include("billing.urls")),
+    path("support/", include("portal.support_urls")),
     *_account_overrides,
     path("accounts/", include("allauth.urls")),
     path("admin/", admin.site.urls),
+    path("api/", api.urls),
 ]

@@ -1,9 +1,11 @@
-"""The signed-in shell's dashboard, and the endpoints machines call: health and metrics."""
+"""The signed-in shell (dashboard, account security page) and the endpoints machines call:
+health and metrics."""
 
 from __future__ import annotations
 
 import hmac
 import ipaddress
+from typing import Any
 
 from allauth.mfa.models import Authenticator
 from django.conf import settings
@@ -16,6 +18,8 @@ from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
 from django_prometheus.exports import ExportToDjangoView
 
+from portal.dashboard import dashboard_context
+from portal.security import security_context
 from projects.access import AuthedRequest, current_membership, pending_invitations_for
 from projects.services import client_ip, invitation_token
 
@@ -23,18 +27,25 @@ from projects.services import client_ip, invitation_token
 @login_required
 @require_GET
 def dashboard(request: AuthedRequest) -> HttpResponse:
+    """The organization's projects and environments, live status and what needs attention."""
     membership = current_membership(request)
-    invitations = [(inv, invitation_token(inv)) for inv in pending_invitations_for(request.user)]
-    return render(
-        request,
-        "portal/dashboard.html",
-        {
-            "membership": membership,
-            "invitations": invitations,
-            "mfa_enabled": Authenticator.objects.filter(user=request.user).exists(),
-            "member_count": membership.organization.memberships.count() if membership else 0,
-        },
-    )
+    context: dict[str, Any] = {"membership": membership}
+    if membership is not None:
+        context.update(dashboard_context(membership.organization, request.GET.get("page")))
+    if request.htmx and not request.htmx.boosted:
+        return render(request, "portal/dashboard.html#status", context)
+    context["invitations"] = [(inv, invitation_token(inv)) for inv in pending_invitations_for(request.user)]
+    if membership is not None and not context["page"].paginator.count:
+        context["mfa_enabled"] = Authenticator.objects.filter(user=request.user).exists()
+        context["member_count"] = membership.organization.memberships.count()
+    return render(request, "portal/dashboard.html", context)
+
+
+@login_required
+@require_GET
+def security(request: AuthedRequest) -> HttpResponse:
+    """Two-factor authentication, open sessions and recent sign-ins of the signed-in user."""
+    return render(request, "portal/security.html", security_context(request))
 
 
 @never_cache

@@ -25,15 +25,47 @@ class AuthedRequest(HttpRequest):
 SESSION_KEY = "stackport_organization_id"
 
 
+VIEW_AS_SESSION_KEY = "stackport_view_as"
+VIEW_AS_PERMISSION = "projects.view_as_customer"
+
+
+def view_as_organization_id(request: HttpRequest) -> int | None:
+    """The organization a support engineer is viewing as its customer (portal.support_views),
+    or None. Only staff who hold the permission now; a revoked permission ends it."""
+    session = getattr(request, "session", None)
+    data = session.get(VIEW_AS_SESSION_KEY) if session is not None else None
+    user = getattr(request, "user", None)
+    if not data or user is None or not user.is_authenticated:
+        return None
+    if not (user.is_staff and user.has_perm(VIEW_AS_PERMISSION)):
+        return None
+    return int(data["org"])
+
+
+def view_as_membership(request: HttpRequest, org_id: int) -> Membership | None:
+    """While viewing as a customer: a viewer membership in that organization, never saved."""
+    from projects.models import Organization
+
+    organization = Organization.objects.filter(pk=org_id).first()
+    if organization is None:
+        return None
+    return Membership(organization=organization, user=request.user, role=Role.VIEWER)  # type: ignore[misc]
+
+
 def get_membership_for_user(request: HttpRequest, org_id: int, *, role: str = Role.VIEWER) -> Membership:
-    """The signed-in user's membership in ``org_id``: 404 if none, 403 if the role is too low."""
+    """The signed-in user's membership in ``org_id``: 404 if none, 403 if the role is too low.
+    While support views as a customer, only that organization answers, read-only."""
     if not request.user.is_authenticated:
         raise Http404
-    membership = (
-        Membership.objects.select_related("organization")
-        .filter(organization_id=org_id, user=request.user)
-        .first()
-    )
+    viewing = view_as_organization_id(request)
+    if viewing is not None:
+        membership = view_as_membership(request, org_id) if viewing == org_id else None
+    else:
+        membership = (
+            Membership.objects.select_related("organization")
+            .filter(organization_id=org_id, user=request.user)
+            .first()
+        )
     if membership is None:
         raise Http404
     if not membership.has_role(role):
@@ -69,7 +101,10 @@ def current_membership(request: HttpRequest) -> Membership | None:
     if hasattr(request, "_stackport_membership"):
         return request._stackport_membership  # type: ignore[attr-defined,no-any-return]
     membership = None
-    if request.user.is_authenticated:
+    viewing = view_as_organization_id(request)
+    if viewing is not None:
+        membership = view_as_membership(request, viewing)
+    elif request.user.is_authenticated:
         memberships = Membership.objects.select_related("organization").filter(user=request.user)
         chosen = request.session.get(SESSION_KEY)
         membership = (chosen and memberships.filter(organization_id=chosen).first()) or memberships.order_by(

@@ -7,6 +7,7 @@ from typing import Any
 from allauth.account import signals as account_signals
 from allauth.mfa import signals as mfa_signals
 from django.contrib.auth import signals as auth_signals
+from django.db.models.signals import post_migrate
 from django.dispatch import receiver
 
 from projects.services import Origin, record_audit_event
@@ -62,3 +63,89 @@ def _mfa(sender: Any, request: Any, user: Any, authenticator: Any, signal: Any, 
         target=authenticator.type,
         origin=Origin.from_request(request),
     )
+
+
+# --- staff groups ------------------------------------------------------------------------------
+# Custom permissions (made by migration 0005, on the Organization content type) and the
+# staff groups with what each may do. Model permissions of apps migrated later (billing)
+# are granted here after every migrate, so the groups follow new models.
+CUSTOM_PERMISSIONS = {
+    "view_as_customer": "Can view the portal as a customer (read-only)",
+    "start_demo": "Can start sales demos",
+    "operate_stacks": "Can run support actions on customers' stacks",
+}
+CATALOG_MODELS = (
+    "region",
+    "kernelversion",
+    "size",
+    "component",
+    "componentversion",
+    "framework",
+    "compatibilityrule",
+    "stacktemplate",
+    "stacktemplatecomponent",
+    "dockerhost",
+)
+STAFF_GROUPS: dict[str, list[tuple[str, str]]] = {
+    # (app label, codename); a codename "view_*" means every model's view permission of the app.
+    "Support": [
+        ("projects", "view_*"),
+        ("stacks", "view_*"),
+        ("billing", "view_*"),
+        ("projects", "view_as_customer"),
+        ("projects", "operate_stacks"),
+    ],
+    "Catalog managers": [
+        *[("stacks", f"{verb}_{model}") for model in CATALOG_MODELS for verb in ("view", "add", "change")],
+        ("stacks", "view_release"),
+    ],
+    "Billing": [
+        ("billing", "view_*"),
+        ("billing", "add_*"),
+        ("billing", "change_*"),
+        ("projects", "view_organization"),
+        ("projects", "view_project"),
+        ("projects", "view_user"),
+    ],
+    "Sales": [
+        ("projects", "start_demo"),
+        ("projects", "view_organization"),
+        ("stacks", "view_stacktemplate"),
+    ],
+}
+
+
+def sync_staff_groups(apps: Any) -> None:
+    """Create the staff groups and give each the permissions that exist now (idempotent)."""
+    group_model = apps.get_model("auth", "Group")
+    permission_model = apps.get_model("auth", "Permission")
+    # Also after a flush (tests), which drops permissions that no model's Meta declares.
+    content_type, _ = apps.get_model("contenttypes", "ContentType").objects.get_or_create(
+        app_label="projects", model="organization"
+    )
+    for codename, label in CUSTOM_PERMISSIONS.items():
+        permission_model.objects.get_or_create(
+            content_type=content_type, codename=codename, defaults={"name": label}
+        )
+    for name, wanted in STAFF_GROUPS.items():
+        group, _ = group_model.objects.get_or_create(name=name)
+        ids = []
+        for app_label, codename in wanted:
+            qs = permission_model.objects.filter(content_type__app_label=app_label)
+            if codename.endswith("_*"):
+                qs = qs.filter(codename__startswith=codename[:-1])
+            else:
+                qs = qs.filter(codename=codename)
+            ids += list(qs.values_list("pk", flat=True))
+        group.permissions.add(*ids)
+
+
+@receiver(post_migrate, dispatch_uid="staff_groups")
+def _staff_groups(sender: Any, apps: Any = None, **kwargs: Any) -> None:
+    if sender.label not in ("projects", "stacks", "billing") or apps is None:
+        return
+    try:
+        apps.get_model("auth", "Group")
+    except LookupError:
+        return
+    sync_staff_groups(apps)

@@ -98,6 +98,9 @@ def _clean_name(name: str) -> str:
 def create_organization(*, name: str, owner: User, origin: Origin | None = None) -> Organization:
     org = Organization.objects.create(name=_clean_name(name))
     Membership.objects.create(organization=org, user=owner, role=Role.OWNER)
+    from billing.services import start_trial  # billing builds on tenancy: imported late
+
+    start_trial(organization=org, origin=origin)
     record_audit_event(
         action="organization.created", actor=owner, organization=org, target=org.name, origin=origin
     )
@@ -371,3 +374,117 @@ def ensure_verified_user(
     record_audit_event(action="account.created_by_operator", actor=None, target=email, origin=origin)
     create_personal_organization(user=user, origin=origin)
     return user, True
+
+
+# --- API tokens -------------------------------------------------------------------------------
+if TYPE_CHECKING:
+    from projects.models import ApiToken
+
+API_TOKEN_MAX_DAYS = 3650
+API_TOKEN_TOUCH_SECONDS = 60
+
+
+def _api_token_hash(secret: str) -> str:
+    import hashlib
+
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+@transaction.atomic
+def create_api_token(
+    *,
+    user: User,
+    name: str,
+    organization: Organization | None = None,
+    read_only: bool = False,
+    expires_in_days: int | None = None,
+    origin: Origin | None = None,
+) -> tuple[ApiToken, str]:
+    """A new personal token; returns ``(token, secret)``. Only the secret's SHA-256 is
+    stored: the caller shows the secret once and it can never be shown again."""
+    import secrets
+
+    from projects.models import ApiToken
+
+    name = " ".join((name or "").split())
+    if any(ord(ch) < 32 for ch in name):
+        raise ServiceError("Token names cannot contain control characters.", field="name")
+    if not name:
+        raise ServiceError("Give the token a name.", field="name")
+    if len(name) > 100:
+        raise ServiceError("Keep the name to 100 characters or fewer.", field="name")
+    if organization is not None:
+        _membership_of(user, organization)
+    expires_at = None
+    if expires_in_days is not None:
+        if not 1 <= int(expires_in_days) <= API_TOKEN_MAX_DAYS:
+            raise ServiceError(
+                f"A token expires after 1 to {API_TOKEN_MAX_DAYS} days (or never).", field="expires_in_days"
+            )
+        expires_at = timezone.now() + timedelta(days=int(expires_in_days))
+    prefix = secrets.token_hex(4)
+    secret = f"sp_{prefix}_{secrets.token_urlsafe(32)}"
+    token = ApiToken.objects.create(
+        user=user,
+        organization=organization,
+        name=name,
+        prefix=prefix,
+        token_hash=_api_token_hash(secret),
+        read_only=read_only,
+        expires_at=expires_at,
+    )
+    record_audit_event(
+        action="token.create",
+        actor=user,
+        organization=organization,
+        target=f"token {prefix}",
+        data={
+            "name": name,
+            "read_only": read_only,
+            "expires_at": expires_at.isoformat() if expires_at else None,
+            "organization": organization.pk if organization else None,
+        },
+        origin=origin,
+    )
+    return token, secret
+
+
+@transaction.atomic
+def revoke_api_token(*, token: ApiToken, actor: User, origin: Origin | None = None) -> None:
+    """Revoke one of the actor's own tokens; revoking twice is not an error."""
+    from projects.models import ApiToken
+
+    if token.user_id != actor.pk:
+        raise ServiceError("There is no such token.", status=404)
+    changed = ApiToken.objects.filter(pk=token.pk, revoked_at__isnull=True).update(revoked_at=timezone.now())
+    if changed:
+        record_audit_event(
+            action="token.revoke",
+            actor=actor,
+            organization=token.organization,
+            target=f"token {token.prefix}",
+            data={"name": token.name},
+            origin=origin,
+        )
+
+
+def authenticate_api_token(secret: str) -> ApiToken | None:
+    """The active token ``secret`` belongs to (its user active too), else None."""
+    import hmac
+
+    from projects.models import ApiToken
+
+    parts = (secret or "").split("_", 2)
+    if len(parts) != 3 or parts[0] != "sp" or not parts[1] or len(secret) > 200:
+        return None
+    token = ApiToken.objects.select_related("user", "organization").filter(prefix=parts[1]).first()
+    if token is None or not hmac.compare_digest(token.token_hash, _api_token_hash(secret)):
+        return None
+    if not token.is_active or not token.user.is_active:
+        return None
+    now = timezone.now()
+    if token.last_used_at is None or token.last_used_at < now - timedelta(seconds=API_TOKEN_TOUCH_SECONDS):
+        # At most one write a minute per token, however busy it is.
+        ApiToken.objects.filter(pk=token.pk).update(last_used_at=now)
+        token.last_used_at = now
+    return token

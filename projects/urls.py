@@ -18,4 +18,6 @@ urlpatterns = [
     path("orgs/<int:org_id>/members/<int:member_id>/remove/", views.member_remove, name="member_remove"),
     path("orgs/<int:org_id>/audit/", views.audit_log, name="audit_log"),
     path("invitations/<str:token>/", views.invitation, name="invitation"),
+    path("account/tokens/", views.api_tokens, name="api_tokens"),
+    path("account/tokens/<int:token_id>/revoke/", views.api_token_revoke, name="api_token_revoke"),
 ]

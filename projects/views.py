@@ -14,7 +14,7 @@ from django.core.exceptions import NON_FIELD_ERRORS
 from django.core.paginator import Paginator
 from django.db.models import Q
 from django.http import HttpRequest, HttpResponse
-from django.shortcuts import redirect, render
+from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_http_methods, require_POST
 
@@ -27,7 +27,7 @@ from projects.access import (
     set_current_organization,
 )
 from projects.forms import AuditSearchForm, InviteForm, OrganizationForm, RoleForm, SwitchOrganizationForm
-from projects.models import AuditEvent, Membership, Role, User
+from projects.models import ApiToken, AuditEvent, Membership, Role, User
 from projects.services import Origin, ServiceError
 
 
@@ -307,3 +307,78 @@ password_reset = _bad_request_on_invalid(account_views.PasswordResetView)
 password_reset_from_key = _bad_request_on_invalid(account_views.PasswordResetFromKeyView)
 email = _bad_request_on_invalid(account_views.EmailView)
 totp_activate = _bad_request_on_invalid(totp_views.ActivateTOTPView)
+
+
+# --- API tokens ---------------------------------------------------------------------------------
+class ApiTokenForm(forms.Form):
+    EXPIRY_CHOICES = [("30", "30 days"), ("90", "90 days"), ("365", "1 year"), ("", "Never")]
+
+    name = forms.CharField(
+        max_length=100, label="Name", help_text="What the token is for, e.g. “deploy script”."
+    )
+    organization = forms.TypedChoiceField(
+        coerce=int,
+        required=False,
+        empty_value=None,
+        label="Organization",
+        help_text="Limit the token to one.",
+    )
+    read_only = forms.BooleanField(required=False, label="Read only (GET requests only)")
+    expires_in_days = forms.TypedChoiceField(
+        choices=EXPIRY_CHOICES, coerce=int, required=False, empty_value=None, initial="90", label="Expires"
+    )
+
+    def __init__(self, *args: Any, user: User, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.memberships = list(Membership.objects.select_related("organization").filter(user=user))
+        self.fields["organization"].choices = [("", "All my organizations")] + [  # type: ignore[attr-defined]
+            (m.organization_id, m.organization.name) for m in self.memberships
+        ]
+
+    def chosen_organization(self) -> Any:
+        chosen = self.cleaned_data.get("organization")
+        return next((m.organization for m in self.memberships if m.organization_id == chosen), None)
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def api_tokens(request: AuthedRequest) -> HttpResponse:
+    """The user's API tokens; a new one's secret is shown on this response only."""
+    form = ApiTokenForm(request.POST if request.method == "POST" else None, user=request.user)
+    status, secret = 200, None
+    if request.method == "POST":
+        status = 400
+        if form.is_valid():
+            created, status = _attempt(
+                form,
+                lambda: services.create_api_token(
+                    user=request.user,
+                    name=form.cleaned_data["name"],
+                    organization=form.chosen_organization(),
+                    read_only=form.cleaned_data["read_only"],
+                    expires_in_days=form.cleaned_data["expires_in_days"],
+                    origin=Origin.from_request(request),
+                ),
+            )
+            if created:
+                secret = created[1]
+                status = 201
+                form = ApiTokenForm(user=request.user)
+    tokens = ApiToken.objects.filter(user=request.user).select_related("organization")
+    response = render(
+        request,
+        "projects/api_tokens.html",
+        {"form": form, "tokens": tokens, "secret": secret},
+        status=status,
+    )
+    response["Cache-Control"] = "no-store"  # the secret must not stay in a cache
+    return response
+
+
+@login_required
+@require_POST
+def api_token_revoke(request: AuthedRequest, token_id: int) -> HttpResponse:
+    token = get_object_or_404(ApiToken, pk=token_id, user=request.user)
+    services.revoke_api_token(token=token, actor=request.user, origin=Origin.from_request(request))
+    messages.success(request, f"Token “{token.name}” revoked.")
+    return redirect("projects:api_tokens")

@@ -12,6 +12,7 @@ $PY manage.py migrate --noinput
 $PY manage.py collectstatic --noinput --verbosity 0
 $PY manage.py seed_demo
 $PY manage.py load_catalog
+$PY manage.py load_plans
 # Curated images: built from Debian packages, verified, published. Cached by recipe hash:
 # the first run takes several minutes, later runs seconds.
 $PY manage.py refresh_images

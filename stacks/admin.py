@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from django.contrib import admin
 from django.http import HttpRequest
 
@@ -117,11 +119,47 @@ class StackTemplateAdmin(admin.ModelAdmin):
 
 
 # --- hosts and running stacks ------------------------------------------------------------------------
-from stacks.models import DockerHost, Domain, Operation, Release, StackComponent, Variable  # noqa: E402
+from django.contrib import messages  # noqa: E402
+from django.db.models import QuerySet  # noqa: E402
+from django.utils import timezone  # noqa: E402
+
+from projects.access import VIEW_AS_PERMISSION  # noqa: E402
+from projects.admin import ReadOnlyInline, SupportActionsMixin, _staff  # noqa: E402
+from stacks.models import (  # noqa: E402
+    DockerHost,
+    Domain,
+    Operation,
+    OperationStatus,
+    Release,
+    ResourceSampleRow,
+    StackComponent,
+    Variable,
+)
+
+
+def secret_text(obj: Variable) -> str:
+    return f"secret (set {timezone.localtime(obj.updated_at):%Y-%m-%d %H:%M})"
+
+
+class VariableDisplay:
+    """Secrets: never the value nor the ciphertext. Plain values: only to staff who may view
+    the portal as the customer; the others see that a value is set."""
+
+    @admin.display(description="value")
+    def plain_value(self, obj: Variable) -> str:
+        return secret_text(obj) if obj.is_secret else obj.value
+
+    @admin.display(description="value")
+    def masked_value(self, obj: Variable) -> str:
+        return secret_text(obj) if obj.is_secret else "(hidden)"
+
+    @staticmethod
+    def value_field(request: HttpRequest) -> str:
+        return "plain_value" if request.user.has_perm(VIEW_AS_PERMISSION) else "masked_value"
 
 
 @admin.register(DockerHost)
-class DockerHostAdmin(admin.ModelAdmin):
+class DockerHostAdmin(SupportActionsMixin, admin.ModelAdmin):
     list_display = [
         "name",
         "region",
@@ -133,51 +171,217 @@ class DockerHostAdmin(admin.ModelAdmin):
         "last_seen_at",
     ]
     list_filter = ["region", "state", "kernel"]
+    search_fields = ["name", "url"]
     readonly_fields = ["engine_id", "kernel_release", "cpus", "memory_mb", "last_seen_at", "last_error"]
+    actions = ["drain"]
+
+    @admin.action(
+        description="Drain (move stateless stacks elsewhere, then mark draining)", permissions=["operate"]
+    )
+    def drain(self, request: HttpRequest, queryset: QuerySet[DockerHost]) -> None:
+        from projects.services import Origin, ServiceError
+        from stacks.support import drain_host
+
+        for host in queryset:
+            try:
+                result = drain_host(host=host, actor=_staff(request), origin=Origin.from_request(request))  # type: ignore[arg-type]
+            except ServiceError as exc:
+                self.message_user(request, f"{host}: {exc.message}", messages.ERROR)
+                continue
+            self.message_user(
+                request,
+                f"{host}: moving {len(result['moved'])} environment(s); it is marked draining once they "
+                "have moved. Staying (data in volumes or no other host): "
+                f"{', '.join(result['stays']) or 'none'}. "
+                f"Busy, drain again later: {', '.join(result['busy']) or 'none'}.",
+                messages.WARNING if result["stays"] or result["busy"] else messages.SUCCESS,
+            )
 
 
-class StackComponentInline(admin.TabularInline):
+class StackComponentInline(ReadOnlyInline):
     model = StackComponent
-    extra = 0
     fields = readonly_fields = ("name", "component", "version", "size", "replicas", "public")
+    show_change_link = False
 
-    def has_add_permission(self, request: HttpRequest, obj: object = None) -> bool:
-        return False
+
+class OperationInline(ReadOnlyInline):
+    model = Operation
+    fields = readonly_fields = ("kind", "status", "error", "requested_by", "created_at", "finished_at")
+    ordering = ["-created_at", "-id"]
+    max_num = 0
+
+
+class DomainInline(ReadOnlyInline):
+    model = Domain
+    fields = readonly_fields = ("hostname", "path_prefix", "component", "created_at")
+    show_change_link = False
+
+
+class VariableInline(VariableDisplay, ReadOnlyInline):
+    model = Variable
+    show_change_link = False
+
+    def get_fields(self, request: HttpRequest, obj: object = None) -> Any:
+        return ["name", "component", self.value_field(request), "generated", "updated_at"]
+
+    def get_readonly_fields(self, request: HttpRequest, obj: object = None) -> Any:
+        return self.get_fields(request, obj)
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Variable]:
+        return super().get_queryset(request).defer("encrypted_value")
 
 
 @admin.register(Operation)
-class OperationAdmin(admin.ModelAdmin):
-    list_display = ["id", "environment", "kind", "status", "created_at", "finished_at", "requested_by"]
-    list_filter = ["status", "kind"]
-    search_fields = ["environment__project__name", "error"]
-    readonly_fields = [f.name for f in Operation._meta.fields]
+class OperationAdmin(SupportActionsMixin, admin.ModelAdmin):
+    list_display = [
+        "id",
+        "environment",
+        "organization",
+        "kind",
+        "status",
+        "created_at",
+        "finished_at",
+        "requested_by",
+    ]
+    list_filter = ["status", "kind", "created_at"]
+    search_fields = [
+        "=id",
+        "environment__project__name",
+        "environment__project__organization__name",
+        "environment__project__organization__memberships__user__email",
+        "error",
+    ]
+    list_select_related = ["environment__project__organization", "requested_by"]
+    readonly_fields = [f.name for f in Operation._meta.fields if f.name != "params"] + ["shown_params"]
+    exclude = ["params"]
+    actions = ["retry"]
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
+
+    def has_change_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False
+
+    @admin.display(description="organization")
+    def organization(self, obj: Operation) -> object:
+        return obj.environment.project.organization
+
+    @admin.display(description="params")
+    def shown_params(self, obj: Operation) -> dict[str, object]:
+        # A git address with credentials is kept encrypted for the worker: not for eyes.
+        return {k: v for k, v in obj.params.items() if not k.endswith("_encrypted")}
+
+    @admin.action(description="Retry (a failed operation, as a new one)", permissions=["operate"])
+    def retry(self, request: HttpRequest, queryset: QuerySet[Operation]) -> None:
+        from stacks.support import retry_operation
+
+        self.run_service(
+            request,
+            queryset.filter(status=OperationStatus.FAILED),
+            lambda op, origin: retry_operation(operation=op, actor=_staff(request), origin=origin),
+            "Queued {count} retry(ies).",
+        )
+        skipped = queryset.exclude(status=OperationStatus.FAILED).count()
+        if skipped:
+            self.message_user(
+                request, f"Skipped {skipped} operation(s) that had not failed.", messages.WARNING
+            )
 
 
 @admin.register(Release)
 class ReleaseAdmin(admin.ModelAdmin):
-    list_display = ["environment", "number", "source", "content_sha256", "created_at"]
+    list_display = ["environment", "number", "source", "note", "content_sha256", "created_at"]
+    list_filter = ["source"]
+    search_fields = ["environment__project__name", "content_sha256", "commit"]
     readonly_fields = [f.name for f in Release._meta.fields]
+    list_select_related = ["environment__project"]
 
     def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: object = None) -> bool:
         return False
 
 
 @admin.register(Domain)
 class DomainAdmin(admin.ModelAdmin):
     list_display = ["hostname", "path_prefix", "environment", "created_at"]
-    search_fields = ["hostname"]
+    search_fields = ["hostname", "environment__project__name", "environment__project__organization__name"]
     readonly_fields = ["environment", "hostname", "path_prefix", "component", "created_at"]
+    list_select_related = ["environment__project"]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False  # domains go through stacks.lifecycle.add_domain (validation, uniqueness, edge)
+
+    def has_change_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False
+
+
+@admin.register(StackComponent)
+class StackComponentAdmin(admin.ModelAdmin):
+    list_display = ["name", "environment", "component", "version", "size", "replicas", "public"]
+    list_filter = ["component", "public"]
+    search_fields = ["name", "environment__project__name"]
+    readonly_fields = [f.name for f in StackComponent._meta.fields]
+    list_select_related = ["environment__project", "component", "version__component", "size"]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False
 
 
 @admin.register(Variable)
-class VariableAdmin(admin.ModelAdmin):
-    """Names only: secret values are never shown, not even to staff."""
+class VariableAdmin(VariableDisplay, admin.ModelAdmin):
+    """Names, and plain values to those allowed; secret values are never shown, not even
+    their ciphertext."""
 
-    list_display = ["name", "environment", "component", "is_secret", "generated", "updated_at"]
-    fields = readonly_fields = ("environment", "component", "name", "is_secret", "generated", "updated_at")
+    list_filter = ["is_secret", "generated"]
+    search_fields = ["name", "environment__project__name", "environment__project__organization__name"]
+    list_select_related = ["environment__project"]
+
+    def get_list_display(self, request: HttpRequest) -> Any:
+        return [
+            "name",
+            "environment",
+            "component",
+            self.value_field(request),
+            "is_secret",
+            "generated",
+            "updated_at",
+        ]
+
+    def get_fields(self, request: HttpRequest, obj: object = None) -> Any:
+        return [
+            "environment",
+            "component",
+            "name",
+            self.value_field(request),
+            "is_secret",
+            "generated",
+            "updated_at",
+        ]
+
+    def get_readonly_fields(self, request: HttpRequest, obj: object = None) -> Any:
+        return self.get_fields(request, obj)
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Variable]:
+        return super().get_queryset(request).defer("encrypted_value")
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False
+
+
+@admin.register(ResourceSampleRow)
+class ResourceSampleAdmin(admin.ModelAdmin):
+    list_display = ["environment", "component", "replica", "taken_at", "cpu_percent", "memory_bytes"]
+    list_filter = ["component"]
+    readonly_fields = [f.name for f in ResourceSampleRow._meta.fields]
+    list_select_related = ["environment__project"]
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False

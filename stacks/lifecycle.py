@@ -9,12 +9,14 @@ after commit. Nothing here talks to an engine. Refusals raise ``ServiceError``.
 from __future__ import annotations
 
 import copy
+import re
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
 
+from billing.quotas import check_stack
 from portal.crypto import encrypt
 from projects.models import Environment, EnvironmentStatus, Organization, Project, Role
 from projects.services import Origin, ServiceError, _require_role, record_audit_event
@@ -37,6 +39,7 @@ if TYPE_CHECKING:
     from projects.models import User
 
 PROJECT_NAME_MAX = 100
+ENVIRONMENT_NAME_RE = re.compile(r"[a-z0-9-]{1,30}")
 
 
 def _spec_error(exc: SpecError) -> ServiceError:
@@ -77,6 +80,14 @@ def template_rows(template: StackTemplate) -> list[dict[str, Any]]:
     return rows
 
 
+def _clean_environment_name(name: str) -> str:
+    if not ENVIRONMENT_NAME_RE.fullmatch(str(name)):
+        raise ServiceError(
+            "Environment names are 1 to 30 lower-case letters, digits and hyphens.", field="environment"
+        )
+    return str(name)
+
+
 def _clean_project_name(name: str) -> str:
     name = " ".join(str(name).split())
     if not name:
@@ -99,6 +110,7 @@ def create_project(
     template: str | None = None,
     components: list[dict[str, Any]] | None = None,
     kernel: str | None = None,
+    environment: str = "production",
     origin: Origin | None = None,
     system: bool = False,
 ) -> Environment:
@@ -113,6 +125,7 @@ def create_project(
             raise ServiceError("Sign in first.", status=403)
         _require_role(actor, organization, Role.DEVELOPER)
     name = _clean_project_name(name)
+    environment_name = _clean_environment_name(environment)
     region_obj = Region.objects.filter(code=region, is_active=True).first()
     if region_obj is None:
         raise ServiceError("Choose one of the offered regions.", field="region")
@@ -137,25 +150,27 @@ def create_project(
     if Project.objects.filter(organization=organization, name=name).exists():
         raise ServiceError("A project with this name exists already.", field="name")
     _check_rows(rows)
+    check_stack(organization=organization, rows=rows)
 
     project = Project.objects.create(
         organization=organization, name=name, region=region_obj, created_by=actor
     )
-    environment = Environment.objects.create(
+    environment_obj = Environment.objects.create(
         project=project,
+        name=environment_name,
         kernel=kernel_obj,
         template=template_obj,
         framework=template_obj.framework if template_obj else None,
     )
-    _set_components(environment, rows)
-    ensure_generated_credentials(environment, rows)
+    _set_components(environment_obj, rows)
+    ensure_generated_credentials(environment_obj, rows)
     source, detail, content = Release.Source.NONE, "", None
     if template_obj and template_obj.sample_app:
         from stacks.samples import sample_archive
 
         content = content_store.save(sample_archive(template_obj.sample_app))
         source, detail = Release.Source.TEMPLATE, template_obj.sample_app
-    release = _new_release(environment, rows, actor, source=source, detail=detail, content=content)
+    release = _new_release(environment_obj, rows, actor, source=source, detail=detail, content=content)
     record_audit_event(
         action="project.create",
         actor=actor,
@@ -164,8 +179,8 @@ def create_project(
         data={"name": name, "region": region_obj.code, "template": template or "", "kernel": kernel_obj.line},
         origin=origin,
     )
-    _queue(environment, OperationKind.DEPLOY, actor, release=release, origin=origin)
-    return environment
+    _queue(environment_obj, OperationKind.DEPLOY, actor, release=release, origin=origin)
+    return environment_obj
 
 
 def _check_rows(rows: list[dict[str, Any]]) -> None:
@@ -296,6 +311,15 @@ def _editable(environment: Environment, actor: User | None, role: str = Role.DEV
     environment.refresh_from_db()
     if actor is not None:
         _require_role(actor, environment.project.organization, role)
+        # Support's own actions and system clean-ups pass no actor (stacks.support, demos).
+        project = environment.project
+        project.refresh_from_db(fields=["suspended_at", "suspended_reason"])
+        if project.suspended_at is not None:
+            raise ServiceError(
+                f"This project is suspended by support: {project.suspended_reason or 'no reason given'}. "
+                "Contact support to resume it.",
+                status=423,
+            )
     if environment.status in (EnvironmentStatus.DESTROYING, EnvironmentStatus.DESTROYED):
         raise ServiceError("This environment has been destroyed.", status=409)
 
@@ -333,6 +357,7 @@ def scale(
     if size is not None:
         row["size"] = size
     _check_rows(rows)
+    check_stack(organization=environment.project.organization, rows=rows, environment=environment)
     _set_components(environment, rows)
     release = _new_release(environment, rows, actor, note=f"scale {component}")
     return _queue(
@@ -389,6 +414,7 @@ def upgrade(
             params["migrate"] = "dump-restore"
     row["version"] = target.version
     _check_rows(rows)
+    check_stack(organization=environment.project.organization, rows=rows, environment=environment)
     _set_components(environment, rows)
     release = _new_release(environment, rows, actor, note=f"upgrade {component} to {target.version}")
     return _queue(environment, OperationKind.UPGRADE, actor, release=release, params=params, origin=origin)
@@ -409,6 +435,7 @@ def rollback(
         _check_rows(rows)
     except ServiceError as exc:
         raise ServiceError(f"Release {target.number} cannot run any more: {exc.message}") from exc
+    check_stack(organization=environment.project.organization, rows=rows, environment=environment)
     _set_components(environment, rows)
     return _queue(
         environment,
@@ -493,6 +520,9 @@ def set_running(
     _editable(environment, actor)
     if environment.current_release is None:
         raise ServiceError("This environment has nothing deployed yet.", status=409)
+    if running:
+        rows = _current_rows(environment)
+        check_stack(organization=environment.project.organization, rows=rows, environment=environment)
     Environment.objects.filter(pk=environment.pk).update(desired_running=running)
     environment.desired_running = running
     kind = OperationKind.START if running else OperationKind.STOP
@@ -633,6 +663,8 @@ def add_domain(
         raise ServiceError("Names under the apps domain are given by Stackport.", field="hostname")
     if Domain.objects.filter(hostname=host, path_prefix=prefix).exists():
         raise ServiceError("This domain is already in use.", field="hostname", status=409)
+    organization = environment.project.organization
+    check_stack(organization=organization, rows=None, environment=environment, extra_domains=1)
     domain = Domain.objects.create(environment=environment, hostname=host, path_prefix=prefix)
     record_audit_event(
         action="domain.add",

@@ -1,13 +1,57 @@
 from django.urls import path
 
-from stacks import views
+from stacks import views, views_live
 
 app_name = "stacks"
 
 urlpatterns = [
     path("catalog/", views.catalog, name="catalog"),
     # --- projects, environments and their actions (stacks/views.py) ---
+    path("projects/new/", views.project_new, name="project_new"),
+    path("projects/<int:project_id>/", views.project_detail, name="project"),
+    path("environments/<int:environment_id>/", views.environment_detail, name="environment"),
+    path("environments/<int:environment_id>/scale/", views.environment_scale, name="environment_scale"),
+    path("environments/<int:environment_id>/upgrade/", views.environment_upgrade, name="environment_upgrade"),
+    path(
+        "environments/<int:environment_id>/rollback/", views.environment_rollback, name="environment_rollback"
+    ),
+    path("environments/<int:environment_id>/domains/", views.domain_add, name="domain_add"),
+    path(
+        "environments/<int:environment_id>/domains/<int:domain_id>/remove/",
+        views.domain_remove,
+        name="domain_remove",
+    ),
+    path("environments/<int:environment_id>/variables/", views.variable_set, name="variable_set"),
+    path(
+        "environments/<int:environment_id>/variables/delete/", views.variable_delete, name="variable_delete"
+    ),
+    path("environments/<int:environment_id>/content/upload/", views.content_upload, name="content_upload"),
+    path("environments/<int:environment_id>/content/git/", views.content_git, name="content_git"),
+    path("environments/<int:environment_id>/stop/", views.environment_stop, name="environment_stop"),
+    path("environments/<int:environment_id>/start/", views.environment_start, name="environment_start"),
+    path("environments/<int:environment_id>/destroy/", views.environment_destroy, name="environment_destroy"),
+    path("operations/<int:operation_id>/", views.operation_detail, name="operation"),
     # --- end projects ---
     # --- logs, resource charts (stacks/views_live.py) ---
+    path(
+        "environments/<int:environment_id>/components/<slug:component>/logs/",
+        views_live.component_logs,
+        name="component_logs",
+    ),
+    path(
+        "environments/<int:environment_id>/components/<slug:component>/logs/download/",
+        views_live.component_logs_download,
+        name="component_logs_download",
+    ),
+    path(
+        "environments/<int:environment_id>/components/<slug:component>/metrics/",
+        views_live.component_metrics,
+        name="component_metrics",
+    ),
+    path(
+        "environments/<int:environment_id>/components/<slug:component>/metrics/data/",
+        views_live.component_metrics_data,
+        name="component_metrics_data",
+    ),
     # --- end live ---
 ]

@@ -1,19 +1,48 @@
-"""Public catalog page: what the hoster offers, as prospects see it (no login)."""
+"""Stack pages: the public catalog, the new-project wizard, project and environment pages
+with their actions, and operation progress.
+
+Thin: an access helper, one ``stacks.lifecycle`` service call, then redirect or render.
+Nothing here talks to an engine: status comes from the database (Environment,
+Operation, StackComponent, Release) as the operations left it.
+"""
 
 from __future__ import annotations
 
-from django.db.models import Prefetch
-from django.http import HttpRequest, HttpResponse
-from django.shortcuts import render
-from django.views.decorators.http import require_GET
+from collections.abc import Callable
+from typing import Any
 
+from django import forms
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.db.models import Prefetch
+from django.http import Http404, HttpRequest, HttpResponse
+from django.shortcuts import redirect, render
+from django.urls import reverse
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
+
+from projects.access import (
+    AuthedRequest,
+    current_membership,
+    get_environment_for_user,
+    get_membership_for_user,
+    get_operation_for_user,
+    get_project_for_user,
+)
+from projects.models import Environment, EnvironmentStatus, Membership, Role
+from projects.services import Origin, ServiceError
+from stacks import forms as stack_forms
+from stacks import lifecycle, offers
 from stacks.models import (
     Component,
     ComponentVersion,
+    Domain,
     KernelVersion,
+    Operation,
     Region,
+    StackComponent,
     StackTemplate,
     StackTemplateComponent,
+    Variable,
 )
 
 
@@ -35,3 +64,433 @@ def catalog(request: HttpRequest) -> HttpResponse:
             "kernels": KernelVersion.objects.all(),
         },
     )
+
+
+def _partial(request: HttpRequest, template: str, name: str) -> str:
+    """The page, or its named partial for an htmx request (not a boosted navigation)."""
+    return f"{template}#{name}" if request.htmx and not request.htmx.boosted else template  # type: ignore[attr-defined]
+
+
+def _attempt(form: forms.Form, call: Callable[[], Any]) -> tuple[Any, int]:
+    """Run a service call; a refusal becomes a form error (next to its field) and its status."""
+    try:
+        return call(), 200
+    except ServiceError as exc:
+        field = exc.field if exc.field in form.fields else None
+        form.add_error(field, exc.message)
+        return None, exc.status
+
+
+# --- the wizard ----------------------------------------------------------------------------------
+@login_required
+@require_http_methods(["GET", "POST"])
+def project_new(request: AuthedRequest) -> HttpResponse:
+    current = current_membership(request)
+    if current is None:
+        messages.info(request, "Create an organization first: projects belong to one.")
+        return redirect("projects:organization_create")
+    membership = get_membership_for_user(request, current.organization_id, role=Role.DEVELOPER)
+    wizard = stack_forms.Wizard(request, membership)
+    if request.method == "POST" and wizard.action == "create":
+        if wizard.can_create:
+            environment, status = _attempt(wizard.form, lambda: wizard.create(Origin.from_request(request)))
+            if environment:
+                messages.success(request, f"Creating {environment.project.name}: the deploy has started.")
+                return redirect("stacks:environment", environment_id=environment.pk)
+        else:
+            status = 400
+        wizard.can_create = False
+        return render(request, "stacks/project_new.html", wizard.context(), status=status)
+    part = "summary" if request.POST.get("part") == "summary" else "wizard"
+    return render(request, _partial(request, "stacks/project_new.html", part), wizard.context())
+
+
+# --- project and environment pages ---------------------------------------------------------------
+@login_required
+@require_GET
+def project_detail(request: AuthedRequest, project_id: int) -> HttpResponse:
+    project = get_project_for_user(request, project_id)
+    environments = list(
+        Environment.objects.select_related(
+            "project__organization", "project__region", "kernel", "framework", "template", "current_release"
+        ).filter(project=project)
+    )
+    if not environments:
+        raise Http404
+    live = [e for e in environments if e.status != EnvironmentStatus.DESTROYED]
+    environment = (live or environments)[0]
+    environment.membership = project.membership  # type: ignore[attr-defined]
+    return _environment_page(request, environment, environments=environments)
+
+
+@login_required
+@require_GET
+def environment_detail(request: AuthedRequest, environment_id: int) -> HttpResponse:
+    environment = get_environment_for_user(request, environment_id)
+    return _environment_page(request, environment)
+
+
+def _environment_page(
+    request: HttpRequest,
+    environment: Environment,
+    *,
+    environments: list[Environment] | None = None,
+    bound: dict[str, forms.Form] | None = None,
+    component_errors: dict[str, str] | None = None,
+    status: int = 200,
+) -> HttpResponse:
+    membership: Membership = environment.membership  # type: ignore[attr-defined]
+    if environments is None:
+        environments = list(
+            Environment.objects.filter(project_id=environment.project_id).only("id", "name", "status")
+        )
+    components = list(
+        StackComponent.objects.filter(environment=environment)
+        .select_related("component", "version", "size")
+        .prefetch_related("component__sizes")
+    )
+    upgrades = offers.upgrades_for(components)
+    sizes = {c.pk: list(c.component.sizes.all()) for c in components} if components else {}
+    operations = list(
+        Operation.objects.filter(environment=environment)
+        .select_related("release")
+        .order_by("-created_at", "-id")[:6]
+    )
+    active = next((op for op in operations if op.is_active), None)
+    hosts = offers.hosts_of(environment)
+    rows = [
+        {
+            "sc": c,
+            "upgrades": upgrades.get(c.name, []),
+            "sizes": sizes.get(c.pk, []),
+            "hosts": min(len(hosts), c.replicas) if c.replicas else 0,
+            "error": (component_errors or {}).get(c.name, ""),
+        }
+        for c in components
+    ]
+    forms_ = {
+        "domain": stack_forms.DomainForm(),
+        "variable": stack_forms.VariableForm(),
+        "upload": stack_forms.UploadForm(),
+        "git": stack_forms.GitForm(),
+        "destroy": stack_forms.DestroyForm(),
+        "rollback": stack_forms.RollbackForm(),
+        **(bound or {}),
+    }
+    context = {
+        "environment": environment,
+        "project": environment.project,
+        "environments": environments,
+        "membership": membership,
+        "can_write": membership.has_role(Role.DEVELOPER),
+        "can_admin": membership.has_role(Role.ADMIN),
+        "is_live": environment.status not in (EnvironmentStatus.DESTROYING, EnvironmentStatus.DESTROYED),
+        "rows": rows,
+        "hosts": hosts,
+        "domains": list(Domain.objects.filter(environment=environment)),
+        "variables": list(
+            Variable.objects.filter(environment=environment).only(
+                "id", "name", "component", "value", "is_secret", "generated", "updated_at"
+            )
+        ),
+        "releases": list(environment.releases.select_related("created_by").order_by("-number")[:20]),
+        "operation": active or (operations[0] if operations else None),
+        "operations": operations,
+        "forms": forms_,
+        "max_replicas": _max_replicas(),
+    }
+    return render(request, "stacks/environment.html", context, status=status)
+
+
+def _max_replicas() -> int:
+    from django.conf import settings
+
+    return int(settings.STACKPORT_MAX_REPLICAS)
+
+
+# --- environment actions: POST only, one service each ---------------------------------------------
+def _act(
+    request: AuthedRequest,
+    environment_id: int,
+    form_class: type[forms.Form],
+    key: str,
+    call: Callable[[Environment, dict[str, Any]], Any],
+    success: str,
+    *,
+    role: str = Role.DEVELOPER,
+    component_field: bool = False,
+) -> HttpResponse:
+    """The shape of every action: access check, form, one service call, redirect; a refusal
+    re-renders the environment page with the message next to the field, at its status."""
+    environment = get_environment_for_user(request, environment_id, role=role)
+    form = form_class(request.POST, request.FILES)
+    status = 400
+    if form.is_valid():
+        _result, status = _attempt(form, lambda: call(environment, form.cleaned_data))
+        if status == 200:
+            messages.success(request, success.format(**form.cleaned_data))
+            return redirect(reverse("stacks:environment", kwargs={"environment_id": environment.pk}))
+    environment.refresh_from_db()
+    component_errors = None
+    if component_field:
+        message = " ".join(str(e) for errors in form.errors.values() for e in errors)
+        component_errors = {str(request.POST.get("component", ""))[:30]: message}
+    return _environment_page(
+        request, environment, bound={key: form}, component_errors=component_errors, status=status
+    )
+
+
+@login_required
+@require_POST
+def environment_scale(request: AuthedRequest, environment_id: int) -> HttpResponse:
+    return _act(
+        request,
+        environment_id,
+        stack_forms.ScaleForm,
+        "scale",
+        lambda env, d: lifecycle.scale(
+            environment=env,
+            actor=request.user,
+            component=d["component"],
+            replicas=d.get("replicas"),
+            size=d.get("size") or None,
+            origin=Origin.from_request(request),
+        ),
+        "Scaling {component}.",
+        component_field=True,
+    )
+
+
+@login_required
+@require_POST
+def environment_upgrade(request: AuthedRequest, environment_id: int) -> HttpResponse:
+    return _act(
+        request,
+        environment_id,
+        stack_forms.UpgradeForm,
+        "upgrade",
+        lambda env, d: lifecycle.upgrade(
+            environment=env,
+            actor=request.user,
+            component=d["component"],
+            version=d["version"],
+            origin=Origin.from_request(request),
+        ),
+        "Moving {component} to version {version}.",
+        component_field=True,
+    )
+
+
+@login_required
+@require_POST
+def environment_rollback(request: AuthedRequest, environment_id: int) -> HttpResponse:
+    return _act(
+        request,
+        environment_id,
+        stack_forms.RollbackForm,
+        "rollback",
+        lambda env, d: lifecycle.rollback(
+            environment=env,
+            actor=request.user,
+            release_number=d["release"],
+            origin=Origin.from_request(request),
+        ),
+        "Rolling back to release {release}.",
+    )
+
+
+@login_required
+@require_POST
+def domain_add(request: AuthedRequest, environment_id: int) -> HttpResponse:
+    return _act(
+        request,
+        environment_id,
+        stack_forms.DomainForm,
+        "domain",
+        lambda env, d: lifecycle.add_domain(
+            environment=env,
+            actor=request.user,
+            hostname=d["hostname"],
+            path_prefix=d["path_prefix"],
+            origin=Origin.from_request(request),
+        ),
+        "Added {hostname}{path_prefix}. Point its DNS at the hoster's edge.",
+    )
+
+
+@login_required
+@require_POST
+def domain_remove(request: AuthedRequest, environment_id: int, domain_id: int) -> HttpResponse:
+    environment = get_environment_for_user(request, environment_id, role=Role.DEVELOPER)
+    domain = (
+        Domain.objects.filter(environment=environment, pk=domain_id).select_related("environment").first()
+    )
+    if domain is None:
+        raise Http404
+    form = forms.Form(request.POST)
+    done, status = _attempt(
+        form,
+        lambda: (
+            lifecycle.remove_domain(domain=domain, actor=request.user, origin=Origin.from_request(request))
+            or True
+        ),
+    )
+    if done:
+        messages.success(request, f"Removed {domain.hostname}{domain.path_prefix}.")
+        return redirect("stacks:environment", environment_id=environment.pk)
+    return _environment_page(request, environment, bound={"domain": form}, status=status)
+
+
+@login_required
+@require_POST
+def variable_set(request: AuthedRequest, environment_id: int) -> HttpResponse:
+    return _act(
+        request,
+        environment_id,
+        stack_forms.VariableForm,
+        "variable",
+        lambda env, d: (
+            lifecycle.set_variable(
+                environment=env,
+                actor=request.user,
+                name=d["name"],
+                value=d["value"],
+                secret=d["secret"],
+                component=d["component"],
+                origin=Origin.from_request(request),
+            )
+            or True
+        ),
+        "Saved {name}. It reaches the containers with the next deploy.",
+    )
+
+
+@login_required
+@require_POST
+def variable_delete(request: AuthedRequest, environment_id: int) -> HttpResponse:
+    return _act(
+        request,
+        environment_id,
+        stack_forms.VariableDeleteForm,
+        "variable",
+        lambda env, d: (
+            lifecycle.delete_variable(
+                environment=env,
+                actor=request.user,
+                name=d["name"],
+                component=d["component"],
+                origin=Origin.from_request(request),
+            )
+            or True
+        ),
+        "Deleted {name}.",
+    )
+
+
+@login_required
+@require_POST
+def content_upload(request: AuthedRequest, environment_id: int) -> HttpResponse:
+    return _act(
+        request,
+        environment_id,
+        stack_forms.UploadForm,
+        "upload",
+        lambda env, d: lifecycle.deploy_content(
+            environment=env,
+            actor=request.user,
+            archive=d["archive"],
+            filename=d["archive"].name,
+            origin=Origin.from_request(request),
+        ),
+        "Uploaded; deploying the new content.",
+    )
+
+
+@login_required
+@require_POST
+def content_git(request: AuthedRequest, environment_id: int) -> HttpResponse:
+    return _act(
+        request,
+        environment_id,
+        stack_forms.GitForm,
+        "git",
+        lambda env, d: lifecycle.deploy_content(
+            environment=env,
+            actor=request.user,
+            git_url=d["git_url"],
+            branch=d["branch"],
+            origin=Origin.from_request(request),
+        ),
+        "Deploying branch {branch}.",
+    )
+
+
+@login_required
+@require_POST
+def environment_stop(request: AuthedRequest, environment_id: int) -> HttpResponse:
+    return _act(
+        request,
+        environment_id,
+        forms.Form,
+        "running",
+        lambda env, d: lifecycle.set_running(
+            environment=env, actor=request.user, running=False, origin=Origin.from_request(request)
+        ),
+        "Stopping the environment.",
+    )
+
+
+@login_required
+@require_POST
+def environment_start(request: AuthedRequest, environment_id: int) -> HttpResponse:
+    return _act(
+        request,
+        environment_id,
+        forms.Form,
+        "running",
+        lambda env, d: lifecycle.set_running(
+            environment=env, actor=request.user, running=True, origin=Origin.from_request(request)
+        ),
+        "Starting the environment.",
+    )
+
+
+@login_required
+@require_POST
+def environment_destroy(request: AuthedRequest, environment_id: int) -> HttpResponse:
+    return _act(
+        request,
+        environment_id,
+        stack_forms.DestroyForm,
+        "destroy",
+        lambda env, d: lifecycle.destroy(
+            environment=env,
+            actor=request.user,
+            confirmation=d["confirmation"],
+            origin=Origin.from_request(request),
+        ),
+        "Destroying the environment and its data.",
+        role=Role.ADMIN,
+    )
+
+
+# --- operations ----------------------------------------------------------------------------------
+@login_required
+@require_GET
+def operation_detail(request: AuthedRequest, operation_id: int) -> HttpResponse:
+    """The operation's progress; htmx polls its partial every second while it runs (the
+    finished fragment has no trigger, so polling stops). ``?refresh=1`` (the environment
+    page's embed) reloads the whole page once it has ended, for the new status."""
+    operation: Operation = get_operation_for_user(request, operation_id)
+    response = render(
+        request,
+        _partial(request, "stacks/operation.html", "progress"),
+        {
+            "operation": operation,
+            "environment": operation.environment,
+            "refresh": request.GET.get("refresh") == "1",
+        },
+    )
+    if request.htmx and not operation.is_active and request.GET.get("refresh") == "1":
+        response["HX-Refresh"] = "true"
+    return response

@@ -1,0 +1,138 @@
+"""Metering: what each running component used, per interval, recorded exactly once.
+
+Time is cut into intervals of ``STACKPORT_METERING_INTERVAL_MINUTES`` aligned to midnight
+UTC. The periodic task meters every finished interval not metered yet (up to
+``STACKPORT_METERING_CATCHUP_HOURS`` back, so a late or stopped beat catches up). Each
+component gets one UsageRecord per interval: a unique constraint makes a second run, or two
+workers at once, record nothing twice, and the interval is marked finished with a
+compare-and-set on ``finished_at``.
+
+Usage comes from the desired state (StackComponent rows of environments that are running:
+status running or degraded, and desired running), never from the engine. A late run meters
+missed intervals with the stack as it is now; an environment counts from its creation.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from billing.models import MeteringInterval, UsageRecord
+from billing.pricing import MICRO, Catalog
+from projects.models import Environment, EnvironmentStatus
+
+METERED_STATUSES = (EnvironmentStatus.RUNNING, EnvironmentStatus.DEGRADED)
+HOUR = Decimal(3600)
+
+
+def interval_length() -> timedelta:
+    return timedelta(minutes=int(settings.STACKPORT_METERING_INTERVAL_MINUTES))
+
+
+def interval_start(moment: datetime) -> datetime:
+    """The start of the interval ``moment`` falls in."""
+    moment = moment.astimezone(UTC)
+    midnight = moment.replace(hour=0, minute=0, second=0, microsecond=0)
+    length = interval_length()
+    return midnight + length * ((moment - midnight) // length)
+
+
+def due_intervals(now: datetime | None = None) -> list[datetime]:
+    """Starts of the finished intervals not metered yet, oldest first."""
+    now = now or timezone.now()
+    length = interval_length()
+    last = interval_start(now) - length
+    first = interval_start(now - timedelta(hours=int(settings.STACKPORT_METERING_CATCHUP_HOURS)))
+    done = set(
+        MeteringInterval.objects.filter(start__gte=first, finished_at__isnull=False).values_list(
+            "start", flat=True
+        )
+    )
+    starts = []
+    moment = first
+    while moment <= last:
+        if moment not in done:
+            starts.append(moment)
+        moment += length
+    return starts
+
+
+def _running(now: datetime) -> list[Environment]:
+    return list(
+        Environment.objects.filter(status__in=METERED_STATUSES, desired_running=True, created_at__lt=now)
+        .select_related("project__region")
+        .prefetch_related("components__component", "components__size")
+    )
+
+
+def _records(
+    start: datetime, end: datetime, environments: list[Environment], catalog: Catalog
+) -> list[UsageRecord]:
+    records = []
+    for env in environments:
+        if env.created_at >= end:
+            continue
+        seconds = int((end - max(start, env.created_at)).total_seconds())
+        hours = Decimal(seconds) / HOUR
+        for sc in env.components.all():
+            use = catalog.use({"component": sc.component.code, "size": sc.size.code, "replicas": sc.replicas})
+            records.append(
+                UsageRecord(
+                    organization_id=env.project.organization_id,
+                    project=env.project,
+                    project_name=env.project.name,
+                    environment=env,
+                    environment_ref=env.pk,
+                    component=sc.name,
+                    component_code=sc.component.code,
+                    region=env.project.region.code,
+                    size=sc.size.code,
+                    replicas=sc.replicas,
+                    interval_start=start,
+                    interval_end=end,
+                    seconds=seconds,
+                    cpu_hours=(use.cpus * hours).quantize(MICRO),
+                    memory_gb_hours=(use.memory_gb * hours).quantize(MICRO),
+                    storage_gb_hours=(Decimal(use.storage_gb) * hours).quantize(MICRO),
+                )
+            )
+    return records
+
+
+@transaction.atomic
+def meter_interval(
+    start: datetime, *, environments: list[Environment] | None = None, catalog: Catalog | None = None
+) -> int:
+    """Record the usage of the interval starting at ``start``; the number of new records
+    (0 when it was metered already). The interval's row is locked while it is metered and
+    marked finished in the same transaction, so concurrent runs wait and then skip it."""
+    end = start + interval_length()
+    interval, _ = MeteringInterval.objects.get_or_create(start=start, defaults={"end": end})
+    locked = (
+        MeteringInterval.objects.select_for_update().filter(pk=interval.pk, finished_at__isnull=True).first()
+    )
+    if locked is None:
+        return 0
+    if environments is None:
+        environments = _running(end)
+    UsageRecord.objects.bulk_create(
+        _records(start, end, environments, catalog or Catalog()), ignore_conflicts=True
+    )
+    written = UsageRecord.objects.filter(interval_start=start).count()
+    MeteringInterval.objects.filter(pk=locked.pk).update(finished_at=timezone.now(), records=written)
+    return written
+
+
+def record_usage(now: datetime | None = None) -> int:
+    """Meter every finished interval that is due; the number of records written. The
+    stacks are read once: every due interval is metered with them as they are now."""
+    now = now or timezone.now()
+    due = due_intervals(now)
+    if not due:
+        return 0
+    environments, catalog = _running(now), Catalog()
+    return sum(meter_interval(start, environments=environments, catalog=catalog) for start in due)

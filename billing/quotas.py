@@ -1,0 +1,293 @@
+"""The plan's limits, checked inside the service functions before anything is written.
+
+``check_stack`` is called by ``stacks.lifecycle`` before create, scale, upgrade, rollback,
+start and domain changes; ``stack_problems`` gives the wizard the same messages before the
+customer confirms. A change is refused only when it needs more than the plan allows *and*
+more than is used now, so scaling down is always possible, even over the limits.
+
+An organization without a subscription is on the default plan; with no plan at all there
+are no limits (a fresh install, and most tests).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any
+
+from django.db import transaction
+
+from billing.models import Plan, SubscriptionStatus
+from billing.pricing import Catalog
+from projects.models import Environment, EnvironmentStatus, Organization
+from projects.services import ServiceError
+
+GONE = (EnvironmentStatus.DESTROYING, EnvironmentStatus.DESTROYED)
+HOW_TO_GET_MORE = "Choose a bigger plan on the Billing page."
+NEARLY = Decimal("0.8")
+
+
+def plan_for(organization: Organization) -> Plan | None:
+    """The organization's plan: its subscription's, else the default plan, else none."""
+    from billing.models import Subscription
+
+    subscription = (
+        Subscription.objects.select_related("plan")
+        .filter(organization=organization)
+        .exclude(status=SubscriptionStatus.CANCELLED)
+        .first()
+    )
+    if subscription is not None:
+        return subscription.plan
+    return Plan.objects.filter(is_default=True).first()
+
+
+def number(value: Decimal | int) -> str:
+    """2.00 -> "2", 0.50 -> "0.5"."""
+    if isinstance(value, int):
+        return str(value)
+    text = format(value.normalize(), "f")
+    return text
+
+
+def _plural(count: Decimal | int, one: str, many: str) -> str:
+    return f"{number(count)} {one if count == 1 else many}"
+
+
+@dataclass
+class Totals:
+    projects: int = 0
+    environments: int = 0
+    cpus: Decimal = Decimal("0")
+    memory_mb: int = 0
+    storage_gb: int = 0
+    custom_domains: int = 0
+    # (environment id, component name) -> replicas
+    replicas: dict[tuple[int, str], int] = field(default_factory=dict)
+
+    def add_rows(self, env_id: int, rows: list[dict[str, Any]], catalog: Catalog, *, running: bool) -> None:
+        for row in rows:
+            use = catalog.use(row)
+            if running:
+                self.cpus += use.cpus
+                self.memory_mb += use.memory_mb
+            self.storage_gb += use.storage_gb
+            self.replicas[(env_id, str(row.get("name", "")))] = int(row.get("replicas") or 0)
+
+
+def _component_rows(environment: Environment) -> list[dict[str, Any]]:
+    return [
+        {"name": sc.name, "component": sc.component.code, "size": sc.size.code, "replicas": sc.replicas}
+        for sc in environment.components.select_related("component", "size")
+    ]
+
+
+def current_totals(
+    organization: Organization, *, exclude: Environment | None = None, catalog: Catalog | None = None
+) -> Totals:
+    """What the organization holds now (stopped environments hold storage, not CPU or memory)."""
+    from stacks.models import Domain
+
+    catalog = catalog or Catalog()
+    environments = list(
+        Environment.objects.filter(project__organization=organization)
+        .exclude(status__in=GONE)
+        .prefetch_related("components__component", "components__size")
+    )
+    totals = Totals(
+        projects=len({e.project_id for e in environments}),
+        environments=len(environments),
+        custom_domains=Domain.objects.filter(environment__in=environments).count(),
+    )
+    for env in environments:
+        if exclude is not None and env.pk == exclude.pk:
+            continue
+        rows = [
+            {"name": sc.name, "component": sc.component.code, "size": sc.size.code, "replicas": sc.replicas}
+            for sc in env.components.all()
+        ]
+        totals.add_rows(env.pk, rows, catalog, running=env.desired_running)
+    return totals
+
+
+@dataclass(frozen=True)
+class Problem:
+    resource: str
+    field: str
+    message: str
+
+
+# resource: (plan field, form field of a refusal, singular, plural)
+LIMITS: dict[str, tuple[str, str, str, str]] = {
+    "projects": ("max_projects", "name", "project", "projects"),
+    "environments": ("max_environments", "name", "environment", "environments"),
+    "cpus": ("max_cpus", "size", "CPU", "CPUs"),
+    "memory_mb": ("max_memory_mb", "size", "MB of memory", "MB of memory"),
+    "storage_gb": ("max_storage_gb", "component", "GB of storage", "GB of storage"),
+    "custom_domains": ("max_custom_domains", "hostname", "custom domain", "custom domains"),
+}
+
+
+def amount_of(resource: str, value: Decimal | int) -> str:
+    """ "2 CPUs", "1 project", "512 MB of memory"."""
+    _, _, one, many = LIMITS[resource]
+    return _plural(value, one, many)
+
+
+def _exceeds(plan: Plan, before: Totals, after: Totals) -> list[Problem]:
+    """The limits ``after`` passes that ``before`` did not already pass as far."""
+    problems = []
+    for resource, (plan_field, form_field, _, _) in LIMITS.items():
+        limit, was, needs = getattr(plan, plan_field), getattr(before, resource), getattr(after, resource)
+        if limit is not None and needs > limit and needs > was:
+            problems.append(
+                Problem(
+                    resource,
+                    form_field,
+                    f"Your plan {plan.name} allows {amount_of(resource, limit)}; this change needs "
+                    f"{amount_of(resource, needs)}. {HOW_TO_GET_MORE}",
+                )
+            )
+    if plan.max_replicas is not None:
+        allowed = _plural(plan.max_replicas, "replica", "replicas")
+        for key, replicas in after.replicas.items():
+            if replicas > plan.max_replicas and replicas > before.replicas.get(key, 0):
+                message = f"Your plan {plan.name} allows {allowed} per component; {key[1]} needs {replicas}."
+                problems.append(Problem("replicas", "replicas", f"{message} {HOW_TO_GET_MORE}"))
+    return problems
+
+
+def _problems(
+    *,
+    organization: Organization,
+    rows: list[dict[str, Any]] | None,
+    environment: Environment | None,
+    extra_domains: int,
+) -> list[Problem]:
+    plan = plan_for(organization)
+    if plan is None:
+        return []
+    catalog = Catalog()
+    before = current_totals(organization, catalog=catalog)
+    after = current_totals(organization, exclude=environment, catalog=catalog)
+    if environment is None:
+        after.projects += 1
+        after.environments += 1
+        env_id = 0
+    else:
+        env_id = environment.pk
+        if rows is None:
+            rows = _component_rows(environment)
+            # An unchanged stack (a domain change) keeps its running state.
+            after.add_rows(env_id, rows, catalog, running=environment.desired_running)
+            rows = []
+    after.add_rows(env_id, rows or [], catalog, running=True)
+    after.custom_domains += extra_domains
+    return _exceeds(plan, before, after)
+
+
+def stack_problems(
+    *,
+    organization: Organization,
+    rows: list[dict[str, Any]] | None,
+    environment: Environment | None = None,
+    extra_domains: int = 0,
+) -> list[str]:
+    """The messages ``check_stack`` would raise, for showing before the customer confirms."""
+    return [
+        p.message
+        for p in _problems(
+            organization=organization, rows=rows, environment=environment, extra_domains=extra_domains
+        )
+    ]
+
+
+def check_stack(
+    *,
+    organization: Organization,
+    rows: list[dict[str, Any]] | None,
+    environment: Environment | None = None,
+    extra_domains: int = 0,
+) -> None:
+    """Refuse (HTTP 402) a change whose stack needs more than the plan allows.
+
+    ``rows`` are the stack's component rows after the change (None: the environment's
+    stack unchanged); ``environment`` is the one changed, None for a new project (one more
+    project and environment). Call before anything is written.
+    """
+    if plan_for(organization) is None:
+        return
+    if transaction.get_connection().in_atomic_block:
+        # Two changes of one organization at once are checked one after the other.
+        Organization.objects.select_for_update().filter(pk=organization.pk).first()
+    problems = _problems(
+        organization=organization, rows=rows, environment=environment, extra_domains=extra_domains
+    )
+    if problems:
+        raise ServiceError(" ".join(p.message for p in problems), field=problems[0].field, status=402)
+
+
+# --- what the dashboard and the billing page show --------------------------------------------------
+@dataclass(frozen=True)
+class QuotaUse:
+    resource: str
+    label: str
+    used: Decimal | int
+    limit: Decimal | int | None
+
+    @property
+    def nearly_used(self) -> bool:
+        return self.limit is not None and Decimal(self.used) >= NEARLY * Decimal(self.limit)
+
+    @property
+    def exceeded(self) -> bool:
+        return self.limit is not None and self.used > self.limit
+
+    @property
+    def used_display(self) -> str:
+        return number(self.used)
+
+    @property
+    def limit_display(self) -> str:
+        return "unlimited" if self.limit is None else number(self.limit)
+
+
+def _quota_uses(plan: Plan | None, totals: Totals) -> list[QuotaUse]:
+    def limit(attr: str) -> Any:
+        return getattr(plan, attr) if plan is not None else None
+
+    labels = {
+        "projects": "Projects",
+        "environments": "Environments",
+        "cpus": "CPUs",
+        "memory_mb": "Memory (MB)",
+        "storage_gb": "Storage (GB)",
+        "custom_domains": "Custom domains",
+    }
+    return [
+        QuotaUse(resource, label, getattr(totals, resource), limit(LIMITS[resource][0]))
+        for resource, label in labels.items()
+    ]
+
+
+def usage_summary(organization: Organization) -> list[QuotaUse]:
+    """Each limited resource: what is held now against the plan's limit."""
+    return _quota_uses(plan_for(organization), current_totals(organization))
+
+
+def downgrade_problems(organization: Organization, plan: Plan) -> list[str]:
+    """Why ``organization`` cannot move to ``plan`` now (what it uses beyond the plan's limits)."""
+    totals = current_totals(organization)
+    problems = [
+        f"{plan.name} allows {amount_of(q.resource, q.limit or 0)}; you use {q.used_display} now."
+        for q in _quota_uses(plan, totals)
+        if q.exceeded
+    ]
+    if plan.max_replicas is not None:
+        too_many = sorted({name for (_, name), n in totals.replicas.items() if n > plan.max_replicas})
+        if too_many:
+            problems.append(
+                f"{plan.name} allows {_plural(plan.max_replicas, 'replica', 'replicas')} per component; "
+                f"{', '.join(too_many)} run more."
+            )
+    return problems

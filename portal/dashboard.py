@@ -1,0 +1,264 @@
+"""What the dashboard shows: one page of an organization's projects with their
+environments, what runs where, and what needs attention.
+
+Everything comes from the database (``Environment.backend_state`` says where a stack
+lives): rendering the dashboard never calls a backend. The number of queries is the same
+for 1 project or 10,000: a page of projects is loaded with its environments, components
+and operations in a fixed number of queries, attention is computed for that page only, and
+the organization-wide count is one SQL query.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import date, timedelta
+from typing import Any
+
+from django.core.cache import cache
+from django.core.paginator import Page, Paginator
+from django.db.models import Exists, OuterRef, Prefetch, Q, Subquery
+from django.utils import timezone
+
+from projects.models import Environment, EnvironmentStatus, Organization, Project
+from stacks import lifecycle, offers
+from stacks.models import ComponentVersion, Operation, OperationStatus, StackComponent, VersionStatus
+
+PAGE_SIZE = 20
+EOL_SOON_DAYS = 180  # as ComponentVersion.eol_soon
+QUOTA_CACHE_SECONDS = 60
+BUSY_STATUSES = (EnvironmentStatus.DEPLOYING, EnvironmentStatus.DESTROYING)
+
+
+@dataclass(frozen=True)
+class Attention:
+    level: str  # a Bootstrap colour: danger, warning, info
+    text: str
+
+
+@dataclass
+class EnvironmentRow:
+    environment: Environment
+    components: list[StackComponent]
+    operation: Operation | None  # the queued or running one
+    hosts: list[str]
+    attention: list[Attention] = field(default_factory=list)
+
+    @property
+    def busy(self) -> bool:
+        return self.operation is not None or self.environment.status in BUSY_STATUSES
+
+
+@dataclass
+class ProjectRow:
+    project: Project
+    environments: list[EnvironmentRow]
+
+    @property
+    def attention_count(self) -> int:
+        return sum(len(e.attention) for e in self.environments)
+
+
+@dataclass
+class Catalog:
+    """The few catalog facts attention needs, read once (the catalog is small)."""
+
+    versions: dict[int, ComponentVersion]  # by id
+    offered: dict[int, list[ComponentVersion]]  # component id -> offered versions, newest first
+
+    @classmethod
+    def load(cls) -> Catalog:
+        versions = list(
+            ComponentVersion.objects.select_related("component")
+            .only(
+                "id",
+                "component_id",
+                "component__stateful",
+                "version",
+                "status",
+                "digest",
+                "position",
+                "eol",
+                "migration",
+            )
+            .order_by("-position", "-id")
+        )
+        offered: dict[int, list[ComponentVersion]] = {}
+        for cv in versions:
+            if cv.status == VersionStatus.CURRENT and cv.digest:
+                offered.setdefault(cv.component_id, []).append(cv)
+        return cls(versions={cv.pk: cv for cv in versions}, offered=offered)
+
+    def upgrade_for(self, version_id: int) -> ComponentVersion | None:
+        """The newest offered version a component on ``version_id`` can move to, by the
+        rules of ``stacks.offers.upgrades_for`` (stateful ones need a tested migration)."""
+        running = self.versions.get(version_id)
+        if running is None:
+            return None
+        for cv in self.offered.get(running.component_id, []):
+            if cv.position <= running.position:
+                break
+            if not running.component.stateful or running.version in (cv.migration or {}).get("from", []):
+                return cv
+        return None
+
+    def attention_version_ids(self, today: date) -> list[int]:
+        """Versions whose users need attention: upgradable, end of life, or soon."""
+        soon = today + timedelta(days=EOL_SOON_DAYS)
+        return [
+            cv.pk
+            for cv in self.versions.values()
+            if cv.status == VersionStatus.END_OF_LIFE
+            or (cv.eol and cv.eol <= soon)
+            or self.upgrade_for(cv.pk)
+        ]
+
+
+def _last_operation(column: str) -> Subquery:
+    latest = Operation.objects.filter(environment=OuterRef("pk")).order_by("-created_at", "-id")
+    return Subquery(latest.values(column)[:1])
+
+
+def projects_page(organization: Organization, page_number: Any) -> Page:
+    projects = (
+        Project.objects.filter(organization=organization)
+        .select_related("region")
+        .prefetch_related(
+            Prefetch(
+                "environments",
+                queryset=Environment.objects.select_related("template", "framework")
+                .annotate(
+                    last_operation_id=_last_operation("id"),
+                    last_operation_kind=_last_operation("kind"),
+                    last_operation_status=_last_operation("status"),
+                )
+                .order_by("id"),
+            ),
+            Prefetch(
+                "environments__components",
+                queryset=StackComponent.objects.select_related("component", "version").order_by(
+                    "position", "id"
+                ),
+            ),
+        )
+        .order_by("name", "id")
+    )
+    return Paginator(projects, PAGE_SIZE).get_page(page_number)
+
+
+def environment_attention(
+    env: Environment, components: list[StackComponent], catalog: Catalog
+) -> list[Attention]:
+    if env.status == EnvironmentStatus.DESTROYED:
+        return []
+    found = []
+    if getattr(env, "last_operation_status", None) == OperationStatus.FAILED:
+        kind = str(getattr(env, "last_operation_kind", "") or "operation")
+        found.append(Attention("danger", f"The last {kind} failed."))
+    for sc in components:
+        version = sc.version
+        name = f"{sc.component.name} {version.version}"
+        if version.is_end_of_life:
+            found.append(Attention("danger", f"{name} has reached end of life."))
+        elif version.eol_soon and version.eol:
+            found.append(Attention("warning", f"{name} reaches end of life on {version.eol:%Y-%m-%d}."))
+        upgrade = catalog.upgrade_for(sc.version_id)
+        if upgrade is not None:
+            found.append(
+                Attention(
+                    "info", f"{sc.component.name} {upgrade.version} is available (runs {version.version})."
+                )
+            )
+    return found
+
+
+def project_rows(page: Page, catalog: Catalog) -> list[ProjectRow]:
+    projects: list[Project] = list(page.object_list)
+    environments = [env for p in projects for env in p.environments.all()]
+    active = lifecycle.active_operations(environments) if environments else {}
+    rows = []
+    for project in projects:
+        envs = []
+        for env in project.environments.all():
+            components = list(env.components.all())
+            envs.append(
+                EnvironmentRow(
+                    environment=env,
+                    components=components,
+                    operation=active.get(env.pk),
+                    hosts=offers.hosts_of(env),
+                    attention=environment_attention(env, components, catalog),
+                )
+            )
+        rows.append(ProjectRow(project=project, environments=envs))
+    return rows
+
+
+def attention_count(organization: Organization, catalog: Catalog) -> int:
+    """Environments of the whole organization that need attention (one query): last
+    operation failed, or a component on an upgradable or (soon) end-of-life version.
+
+    A union of the two small sets (failed operations, flagged components) rather than a
+    filter over every environment: its cost follows what needs attention, not the size of
+    the organization."""
+    live = Q(environment__project__organization=organization) & ~Q(
+        environment__status=EnvironmentStatus.DESTROYED
+    )
+    # Rows are created one at a time (one active operation per environment): no two of an
+    # environment's share a creation time, so a plain comparison uses operation_env_latest.
+    later = Operation.objects.filter(
+        environment=OuterRef("environment"), created_at__gt=OuterRef("created_at")
+    )
+    last_failed = (
+        Operation.objects.filter(live, status=OperationStatus.FAILED)
+        .exclude(Exists(later))
+        .values("environment_id")
+        .order_by()
+    )
+    flagged = StackComponent.objects.filter(
+        live, version_id__in=catalog.attention_version_ids(timezone.now().date())
+    ).values("environment_id")
+    return last_failed.union(flagged.order_by()).count()
+
+
+def quota_warnings(organization: Organization) -> list[Any]:
+    """Quotas nearly used up, from billing; skipped if billing has no quotas.
+
+    Held for a minute: billing adds up the whole organization's stacks, which grows with
+    its projects, and a nearly used quota does not need to show to the second.
+    """
+    try:
+        from billing import quotas
+    except ImportError:
+        return []
+    key = quota_cache_key(organization)
+    warnings = cache.get(key)
+    if warnings is None:
+        warnings = [
+            {"label": str(q.label), "used": _shown(q, "used"), "limit": _shown(q, "limit")}
+            for q in quotas.usage_summary(organization)
+            if q.nearly_used
+        ]
+        cache.set(key, warnings, QUOTA_CACHE_SECONDS)
+    return list(warnings)
+
+
+def quota_cache_key(organization: Organization) -> str:
+    return f"stackport:dashboard:quotas:{organization.pk}:{organization.created_at.timestamp()}"
+
+
+def _shown(quota: Any, what: str) -> str:
+    display = getattr(quota, f"{what}_display", None)
+    return str(display if display is not None else getattr(quota, what))
+
+
+def dashboard_context(organization: Organization, page_number: Any) -> dict[str, Any]:
+    page = projects_page(organization, page_number)
+    catalog = Catalog.load()
+    rows = project_rows(page, catalog)
+    return {
+        "page": page,
+        "rows": rows,
+        "live": any(e.busy for r in rows for e in r.environments),
+        "attention_total": attention_count(organization, catalog) if page.paginator.count else 0,
+        "quota_warnings": quota_warnings(organization),
+    }

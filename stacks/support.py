@@ -1,0 +1,385 @@
+"""What the hoster's support staff do to customers' stacks (Django admin actions call these).
+
+Each function is keyword-only, takes the staff ``actor`` and an ``origin``, runs in one
+transaction, writes a ``support.*`` audit row and queues at most the normal operations
+through ``stacks.lifecycle._queue`` (the customer's own code path), so what support starts
+looks, runs and is recorded like anything else. The actor is not a member of the
+customer's organization: the role checks of ``stacks.lifecycle`` are for customers, and
+these functions check the staff permission instead (``projects.operate_stacks``).
+
+The Docker backend cannot copy volumes between engines: an environment with data
+(stateful components) stays on its host; moving and draining say so instead of losing it.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from django.db import transaction
+from django.db.models import Q
+from django.utils import timezone
+
+from projects.models import Environment, EnvironmentStatus, Project
+from projects.services import Origin, ServiceError, record_audit_event
+from stacks import lifecycle
+from stacks.models import DockerHost, Operation, OperationKind, OperationStatus
+from stacks.spec import CONTENT_VOLUME
+
+if TYPE_CHECKING:
+    from projects.models import User
+
+OPERATE_PERMISSION = "projects.operate_stacks"
+GONE = (EnvironmentStatus.DESTROYING, EnvironmentStatus.DESTROYED)
+
+
+def _require_staff(actor: User) -> None:
+    if not (actor.is_active and actor.is_staff and actor.has_perm(OPERATE_PERMISSION)):
+        raise ServiceError("This needs the support permission to operate customers' stacks.", status=403)
+
+
+def _audit(
+    action: str, actor: User, project: Project, target: str, origin: Origin | None, **data: Any
+) -> None:
+    record_audit_event(
+        action=f"support.{action}",
+        actor=actor,
+        organization=project.organization,
+        target=target,
+        data={"project": project.pk, **data},
+        origin=origin,
+    )
+
+
+def _lock(environment: Environment) -> Environment:
+    locked = (
+        Environment.objects.select_for_update(of=("self",))
+        .select_related("project__organization")
+        .get(pk=environment.pk)
+    )
+    return locked
+
+
+def _live_environments(project: Project) -> list[Environment]:
+    return list(
+        Environment.objects.select_for_update(of=("self",))
+        .select_related("project__organization", "current_release")
+        .filter(project=project)
+        .exclude(status__in=GONE)
+    )
+
+
+def _require_not_suspended(environment: Environment) -> None:
+    if environment.project.suspended_at is not None:
+        raise ServiceError("This project is suspended; resume it first.", status=409)
+
+
+# --- suspension --------------------------------------------------------------------------------
+@transaction.atomic
+def suspend_project(
+    *, project: Project, actor: User, reason: str, origin: Origin | None = None
+) -> list[Operation]:
+    """Stop the project's containers (volumes and rows stay) and block the customer's
+    actions until support resumes it. What the customer wanted running stays recorded
+    (``desired_running``), so resuming starts exactly that again."""
+    _require_staff(actor)
+    reason = " ".join(str(reason).split())[:300]
+    if not reason:
+        raise ServiceError("Give a reason: the customer sees it.", field="reason")
+    project = (
+        Project.objects.select_for_update(of=("self",)).select_related("organization").get(pk=project.pk)
+    )
+    if project.suspended_at is not None:
+        raise ServiceError("This project is suspended already.", status=409)
+    project.suspended_at, project.suspended_reason = timezone.now(), reason
+    project.save(update_fields=["suspended_at", "suspended_reason"])
+    operations = []
+    for environment in _live_environments(project):
+        if environment.current_release_id is None and not environment.backend_state:
+            continue  # nothing ever ran
+        operations.append(
+            lifecycle._queue(
+                environment,
+                OperationKind.STOP,
+                actor,
+                release=environment.current_release,
+                params={"reason": "support.suspend"},
+                origin=origin,
+            )
+        )
+    _audit("project.suspend", actor, project, f"project {project.pk}", origin, reason=reason)
+    return operations
+
+
+@transaction.atomic
+def resume_project(*, project: Project, actor: User, origin: Origin | None = None) -> list[Operation]:
+    """Lift a suspension; start again what the customer had running."""
+    _require_staff(actor)
+    project = (
+        Project.objects.select_for_update(of=("self",)).select_related("organization").get(pk=project.pk)
+    )
+    if project.suspended_at is None:
+        raise ServiceError("This project is not suspended.", status=409)
+    reason = project.suspended_reason
+    project.suspended_at, project.suspended_reason = None, ""
+    project.save(update_fields=["suspended_at", "suspended_reason"])
+    operations = []
+    for environment in _live_environments(project):
+        if environment.desired_running and environment.current_release_id is not None:
+            operations.append(
+                lifecycle._queue(
+                    environment,
+                    OperationKind.START,
+                    actor,
+                    release=environment.current_release,
+                    params={"reason": "support.resume"},
+                    origin=origin,
+                )
+            )
+    _audit("project.resume", actor, project, f"project {project.pk}", origin, was=reason)
+    return operations
+
+
+# --- redeploy, reconcile, retry ----------------------------------------------------------------
+@transaction.atomic
+def redeploy_environment(*, environment: Environment, actor: User, origin: Origin | None = None) -> Operation:
+    """Apply the environment's current release again (containers re-created where their
+    spec or host changed, routes rewritten)."""
+    _require_staff(actor)
+    environment = _lock(environment)
+    if environment.status in GONE:
+        raise ServiceError("This environment has been destroyed.", status=409)
+    _require_not_suspended(environment)
+    release = environment.current_release or environment.releases.order_by("-number").first()
+    if release is None:
+        raise ServiceError("This environment has nothing to deploy yet.", status=409)
+    operation = lifecycle._queue(
+        environment,
+        OperationKind.DEPLOY,
+        actor,
+        release=release,
+        params={"reason": "support.redeploy"},
+        origin=origin,
+    )
+    _audit(
+        "environment.redeploy",
+        actor,
+        environment.project,
+        f"environment {environment.pk}",
+        origin,
+        operation=operation.pk,
+    )
+    return operation
+
+
+@transaction.atomic
+def reconcile_environment(*, environment: Environment, actor: User, origin: Origin | None = None) -> None:
+    """Run a reconciler pass now (rather than in up to 30 s): missing replicas of this
+    environment come back, lost routes are rewritten, lost operations resume."""
+    from stacks.tasks import reconcile_task
+
+    _require_staff(actor)
+    environment = _lock(environment)
+    _audit("environment.reconcile", actor, environment.project, f"environment {environment.pk}", origin)
+    transaction.on_commit(lambda: reconcile_task.delay())
+
+
+@transaction.atomic
+def retry_operation(*, operation: Operation, actor: User, origin: Origin | None = None) -> Operation:
+    """A failed operation once more, as a new operation of the same kind, release and
+    parameters (the failed one stays as it was, for the record)."""
+    _require_staff(actor)
+    operation = Operation.objects.select_related("environment__project__organization", "release").get(
+        pk=operation.pk
+    )
+    if operation.status != OperationStatus.FAILED:
+        raise ServiceError("Only a failed operation can be retried.", status=409)
+    environment = _lock(operation.environment)
+    if environment.status == EnvironmentStatus.DESTROYED:
+        raise ServiceError("This environment has been destroyed.", status=409)
+    if operation.kind not in (OperationKind.STOP, OperationKind.DESTROY):
+        _require_not_suspended(environment)
+        if environment.status == EnvironmentStatus.DESTROYING:
+            raise ServiceError("This environment is being destroyed.", status=409)
+    retry = lifecycle._queue(
+        environment,
+        operation.kind,
+        actor,
+        release=operation.release,
+        params={**operation.params, "retry_of": operation.pk},
+        origin=origin,
+    )
+    if operation.kind == OperationKind.DESTROY:
+        Environment.objects.filter(pk=environment.pk).update(status=EnvironmentStatus.DESTROYING)
+    _audit(
+        "operation.retry",
+        actor,
+        environment.project,
+        f"operation {operation.pk}",
+        origin,
+        kind=operation.kind,
+        operation=retry.pk,
+    )
+    return retry
+
+
+# --- hosts and placement ----------------------------------------------------------------------
+def stateful_components(environment: Environment) -> list[str]:
+    """Components whose data lives in volumes on the environment's host."""
+    names = []
+    for sc in environment.components.select_related("component"):
+        volumes = [v for v in sc.component.volumes if v.get("name") != CONTENT_VOLUME]
+        if sc.component.stateful or volumes:
+            names.append(sc.name)
+    return names
+
+
+def _target_host(environment: Environment, exclude: str) -> DockerHost | None:
+    from stacks.operations import free_memory_mb
+
+    hosts = list(
+        DockerHost.objects.filter(
+            region=environment.project.region, kernel=environment.kernel, state=DockerHost.State.ACTIVE
+        ).exclude(name=exclude)
+    )
+    if not hosts:
+        return None
+    free = free_memory_mb(hosts)
+    return max(hosts, key=lambda h: (free[h.name], h.name))
+
+
+def _move(
+    environment: Environment, host: DockerHost, actor: User, origin: Origin | None, reason: str
+) -> Operation:
+    """Point the environment's placement at ``host`` and converge there with a normal
+    deploy: the backend starts the new replicas on it, then retires those elsewhere."""
+    data = stateful_components(environment)
+    if data:
+        raise ServiceError(
+            f"{environment} keeps data in volumes ({', '.join(data)}); the Docker backend cannot copy "
+            "volumes between hosts, so it stays where it is.",
+            status=409,
+        )
+    release = environment.current_release
+    if release is None:
+        raise ServiceError(f"{environment} has nothing deployed yet.", status=409)
+    old = environment.backend_state.get("host", "")
+    state = {"host": host.name}  # a new home: its network (and subnet) are made there
+    Environment.objects.filter(pk=environment.pk).update(backend_state=state)
+    environment.backend_state = state
+    return lifecycle._queue(
+        environment,
+        OperationKind.DEPLOY,
+        actor,
+        release=release,
+        params={"reason": reason, "from_host": old, "to_host": host.name},
+        origin=origin,
+    )
+
+
+@transaction.atomic
+def move_environment(
+    *, environment: Environment, host: DockerHost, actor: User, origin: Origin | None = None
+) -> Operation:
+    """Move a stateless environment to another active host of its region and kernel line."""
+    _require_staff(actor)
+    environment = (
+        Environment.objects.select_for_update(of=("self",))
+        .select_related("project__organization", "project__region", "kernel", "current_release")
+        .get(pk=environment.pk)
+    )
+    if environment.status in GONE:
+        raise ServiceError("This environment has been destroyed.", status=409)
+    _require_not_suspended(environment)
+    host.refresh_from_db()
+    if host.state != DockerHost.State.ACTIVE:
+        raise ServiceError(f"{host} is not active.", field="host")
+    if host.region_id != environment.project.region_id or host.kernel_id != environment.kernel_id:
+        raise ServiceError(f"{host} does not serve this environment's region and kernel line.", field="host")
+    old = environment.backend_state.get("host", "")
+    if old == host.name:
+        raise ServiceError(f"{environment} is on {host} already.", field="host")
+    operation = _move(environment, host, actor, origin, "support.move")
+    _audit(
+        "environment.move",
+        actor,
+        environment.project,
+        f"environment {environment.pk}",
+        origin,
+        from_host=old,
+        to_host=host.name,
+        operation=operation.pk,
+    )
+    return operation
+
+
+@transaction.atomic
+def drain_host(*, host: DockerHost, actor: User, origin: Origin | None = None) -> dict[str, list[str]]:
+    """Move the stateless environments living on ``host`` to other active hosts with a
+    normal deploy each; the host is marked draining once those deploys have finished
+    (``finish_host_drain``), so it gets nothing new. Environments with data stay (the
+    backend cannot copy volumes between hosts) and are listed in the result."""
+    _require_staff(actor)
+    host = DockerHost.objects.select_for_update(of=("self",)).get(pk=host.pk)
+    if host.state != DockerHost.State.ACTIVE:
+        raise ServiceError(f"{host} is {host.get_state_display().lower()} already.", status=409)
+    result: dict[str, list[str]] = {"moved": [], "stays": [], "busy": []}
+    operations = []
+    environments = (
+        Environment.objects.select_for_update(of=("self",))
+        .select_related("project__organization", "project__region", "kernel", "current_release")
+        .filter(backend_state__host=host.name)
+        .exclude(status__in=GONE)
+    )
+    for environment in environments:
+        target = _target_host(environment, exclude=host.name)
+        if target is None or stateful_components(environment) or environment.current_release is None:
+            result["stays"].append(environment.key)
+            continue
+        if environment.project.suspended_at is not None:
+            # Stopped by support: nothing runs; it converges on its new home when resumed.
+            state = {"host": target.name}
+            Environment.objects.filter(pk=environment.pk).update(backend_state=state)
+            result["moved"].append(environment.key)
+            continue
+        try:
+            with transaction.atomic():
+                operations.append(_move(environment, target, actor, origin, "support.drain").pk)
+        except ServiceError:
+            result["busy"].append(environment.key)  # an operation runs: drain again later
+            continue
+        result["moved"].append(environment.key)
+    labels = dict(host.labels)
+    labels["drain_operations"] = operations
+    DockerHost.objects.filter(pk=host.pk).update(labels=labels)
+    record_audit_event(
+        action="support.host.drain",
+        actor=actor,
+        target=f"host {host.name}",
+        data={"host": host.name, **result, "operations": operations},
+        origin=origin,
+    )
+    if not operations:
+        finish_host_drain(host_id=host.pk)
+    else:
+        from projects.tasks import finish_host_drain_task
+
+        transaction.on_commit(lambda: finish_host_drain_task.apply_async((host.pk,), countdown=5))
+    return result
+
+
+def finish_host_drain(*, host_id: int) -> bool:
+    """Mark the host draining once the moves ``drain_host`` queued have ended (whatever
+    their outcome: a failed move is retried by support, the host takes nothing new)."""
+    host = DockerHost.objects.filter(pk=host_id).first()
+    if host is None or host.state != DockerHost.State.ACTIVE:
+        return True
+    pending = host.labels.get("drain_operations", [])
+    if Operation.objects.filter(
+        Q(pk__in=pending) & Q(status__in=[OperationStatus.QUEUED, OperationStatus.RUNNING])
+    ).exists():
+        return False
+    labels = {k: v for k, v in host.labels.items() if k != "drain_operations"}
+    DockerHost.objects.filter(pk=host.pk, state=DockerHost.State.ACTIVE).update(
+        state=DockerHost.State.DRAINING, labels=labels
+    )
+    return True

@@ -1,0 +1,236 @@
+"""Support's service functions: suspension, redeploy, reconcile, retry, moves and drains.
+No engine: operations are queued (on commit, which these tests never reach) and finished by
+hand where a test needs the next step."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from django.contrib.auth.models import Group
+
+from projects.models import AuditEvent, Environment, EnvironmentStatus, User
+from projects.services import ServiceError
+from stacks import lifecycle, support
+from stacks.models import DockerHost, KernelVersion, Operation, OperationKind, OperationStatus, Region
+from tests.factories import UserFactory
+
+pytestmark = pytest.mark.django_db
+
+
+def staff(*groups: str, **fields: Any) -> User:
+    user = UserFactory(is_staff=True, **fields)
+    for name in groups:
+        user.groups.add(Group.objects.get(name=name))
+    return User.objects.get(pk=user.pk)  # fresh permission cache
+
+
+@pytest.fixture
+def supporter(team: Any) -> User:
+    return staff("Support", email="support@hoster.test")
+
+
+def running(env: Environment, host: str = "") -> Environment:
+    """As if the queued deploy had run: its release current, the stack running on ``host``."""
+    op = env.operations.get(status=OperationStatus.QUEUED)
+    Operation.objects.filter(pk=op.pk).update(status=OperationStatus.SUCCEEDED)
+    Environment.objects.filter(pk=env.pk).update(
+        current_release=op.release,
+        status=EnvironmentStatus.RUNNING,
+        backend_state={"host": host} if host else {},
+    )
+    env.refresh_from_db()
+    return env
+
+
+def finish(env: Environment) -> None:
+    Operation.objects.filter(environment=env, status__in=["queued", "running"]).update(
+        status=OperationStatus.SUCCEEDED
+    )
+
+
+@pytest.fixture
+def shop(team: Any, offered_catalog: None) -> Environment:
+    env = lifecycle.create_project(
+        organization=team.org, actor=team.developer, name="Shop", region="eu-central", template="static-site"
+    )
+    return running(env)
+
+
+def test_suspension_stops_the_stack_and_refuses_the_customer_with_the_reason(
+    team: Any, shop: Environment, supporter: User
+) -> None:
+    (stop,) = support.suspend_project(project=shop.project, actor=supporter, reason="Unpaid invoice 2026-11")
+    assert stop.kind == OperationKind.STOP and stop.requested_by == supporter
+    shop.refresh_from_db()
+    assert shop.project.suspended_at is not None
+    assert shop.desired_running  # what the customer wants is kept for the resume
+    assert AuditEvent.objects.filter(
+        action="support.project.suspend", actor=supporter, organization=team.org
+    ).exists()
+    finish(shop)
+    refusals = [
+        lambda: lifecycle.scale(environment=shop, actor=team.developer, component="web", replicas=2),
+        lambda: lifecycle.set_running(environment=shop, actor=team.owner, running=True),
+        lambda: lifecycle.set_variable(environment=shop, actor=team.developer, name="A", value="b"),
+        lambda: lifecycle.add_domain(environment=shop, actor=team.developer, hostname="shop.example.com"),
+        lambda: lifecycle.destroy(environment=shop, actor=team.owner, confirmation="Shop"),
+    ]
+    for refused in refusals:
+        with pytest.raises(ServiceError) as exc:
+            refused()
+        assert exc.value.status == 423
+        assert exc.value.message == (
+            "This project is suspended by support: Unpaid invoice 2026-11. Contact support to resume it."
+        )
+    assert not Operation.objects.filter(environment=shop, status="queued").exists()
+
+
+def test_resume_starts_again_what_ran_and_the_customer_can_act(
+    team: Any, shop: Environment, supporter: User
+) -> None:
+    support.suspend_project(project=shop.project, actor=supporter, reason="abuse report")
+    finish(shop)
+    (start,) = support.resume_project(project=shop.project, actor=supporter)
+    assert start.kind == OperationKind.START
+    assert AuditEvent.objects.filter(action="support.project.resume").exists()
+    finish(shop)
+    op = lifecycle.scale(environment=shop, actor=team.developer, component="web", replicas=2)
+    assert op.kind == OperationKind.SCALE
+
+
+def test_suspending_twice_or_without_a_reason_is_refused(shop: Environment, supporter: User) -> None:
+    with pytest.raises(ServiceError, match="reason"):
+        support.suspend_project(project=shop.project, actor=supporter, reason="  ")
+    support.suspend_project(project=shop.project, actor=supporter, reason="x")
+    with pytest.raises(ServiceError, match="already"):
+        support.suspend_project(project=shop.project, actor=supporter, reason="x")
+
+
+def test_support_actions_need_the_operate_permission(shop: Environment) -> None:
+    for user in (staff(), staff("Catalog managers"), staff("Billing")):
+        with pytest.raises(ServiceError) as exc:
+            support.suspend_project(project=shop.project, actor=user, reason="x")
+        assert exc.value.status == 403
+        with pytest.raises(ServiceError):
+            support.redeploy_environment(environment=shop, actor=user)
+    assert support.redeploy_environment(environment=shop, actor=staff(is_superuser=True)).kind == "deploy"
+
+
+def test_redeploy_queues_a_deploy_of_the_current_release(shop: Environment, supporter: User) -> None:
+    op = support.redeploy_environment(environment=shop, actor=supporter)
+    assert (op.kind, op.release_id, op.params["reason"]) == (
+        "deploy",
+        shop.current_release_id,
+        "support.redeploy",
+    )
+    assert AuditEvent.objects.filter(action="support.environment.redeploy", data__operation=op.pk).exists()
+    assert AuditEvent.objects.filter(action="environment.deploy", actor=supporter).exists()
+    with pytest.raises(ServiceError, match="Another operation"):
+        support.redeploy_environment(environment=shop, actor=supporter)
+
+
+def test_reconcile_now_queues_a_reconciler_pass(
+    shop: Environment, supporter: User, django_capture_on_commit_callbacks: Any, monkeypatch: Any
+) -> None:
+    calls = []
+    monkeypatch.setattr("stacks.tasks.reconcile_task.delay", lambda: calls.append(1))
+    with django_capture_on_commit_callbacks(execute=True):
+        support.reconcile_environment(environment=shop, actor=supporter)
+    assert calls == [1]
+    assert AuditEvent.objects.filter(action="support.environment.reconcile").exists()
+
+
+def test_retry_makes_a_new_operation_like_the_failed_one(shop: Environment, supporter: User) -> None:
+    failed = Operation.objects.create(
+        environment=shop,
+        kind=OperationKind.SCALE,
+        status=OperationStatus.FAILED,
+        release=shop.current_release,
+        params={"component": "web", "replicas": 2},
+        error="not healthy: web-1",
+    )
+    retry = support.retry_operation(operation=failed, actor=supporter)
+    assert retry.pk != failed.pk and retry.status == OperationStatus.QUEUED
+    assert (retry.kind, retry.release_id) == (failed.kind, failed.release_id)
+    assert retry.params == {"component": "web", "replicas": 2, "retry_of": failed.pk}
+    assert AuditEvent.objects.filter(action="support.operation.retry", data__operation=retry.pk).exists()
+    with pytest.raises(ServiceError, match="Only a failed"):
+        support.retry_operation(operation=retry, actor=supporter)
+
+
+# --- hosts ------------------------------------------------------------------------------------
+def add_host(name: str, env: Environment, **fields: Any) -> DockerHost:
+    return DockerHost.objects.create(
+        name=name,
+        url="unix:///nonexistent.sock",
+        region=env.project.region,
+        kernel=env.kernel,
+        memory_mb=8192,
+        **fields,
+    )
+
+
+def test_a_stateless_environment_moves_to_another_host_with_a_deploy(
+    shop: Environment, supporter: User
+) -> None:
+    add_host("h1", shop)
+    h2 = add_host("h2", shop)
+    Environment.objects.filter(pk=shop.pk).update(backend_state={"host": "h1", "subnet": "10.64.3.0/24"})
+    op = support.move_environment(environment=shop, host=h2, actor=supporter)
+    shop.refresh_from_db()
+    assert shop.backend_state == {"host": "h2"}
+    assert op.kind == "deploy" and op.params["from_host"] == "h1" and op.params["to_host"] == "h2"
+    assert AuditEvent.objects.filter(action="support.environment.move", data__to_host="h2").exists()
+
+
+def test_an_environment_with_data_does_not_move(team: Any, offered_catalog: None, supporter: User) -> None:
+    env = running(
+        lifecycle.create_project(
+            organization=team.org, actor=team.developer, name="Blog", region="eu-central", template="lamp"
+        ),
+        host="h1",
+    )
+    add_host("h1", env)
+    h2 = add_host("h2", env)
+    with pytest.raises(ServiceError, match="cannot copy volumes between hosts"):
+        support.move_environment(environment=env, host=h2, actor=supporter)
+    env.refresh_from_db()
+    assert env.backend_state == {"host": "h1"}
+
+
+def test_a_host_of_another_kernel_line_is_refused(shop: Environment, supporter: User) -> None:
+    other = KernelVersion.objects.exclude(pk=shop.kernel_id).first() or KernelVersion.objects.create(
+        line="9.9", name="9.9"
+    )
+    host = DockerHost.objects.create(
+        name="odd", url="unix:///x.sock", region=Region.objects.get(code="eu-central"), kernel=other
+    )
+    with pytest.raises(ServiceError, match="region and kernel"):
+        support.move_environment(environment=shop, host=host, actor=supporter)
+
+
+def test_drain_moves_stateless_stacks_keeps_data_and_marks_the_host_after(
+    team: Any, shop: Environment, supporter: User
+) -> None:
+    h1 = add_host("h1", shop)
+    add_host("h2", shop)
+    Environment.objects.filter(pk=shop.pk).update(backend_state={"host": "h1"})
+    blog = running(
+        lifecycle.create_project(
+            organization=team.org, actor=team.developer, name="Blog", region="eu-central", template="lamp"
+        ),
+        host="h1",
+    )
+    result = support.drain_host(host=h1, actor=supporter)
+    assert result == {"moved": [shop.key], "stays": [blog.key], "busy": []}
+    shop.refresh_from_db()
+    assert shop.backend_state["host"] == "h2"
+    h1.refresh_from_db()
+    assert h1.state == DockerHost.State.ACTIVE  # the move still needs to see its old containers
+    assert not support.finish_host_drain(host_id=h1.pk)
+    finish(shop)
+    assert support.finish_host_drain(host_id=h1.pk)
+    h1.refresh_from_db()
+    assert h1.state == DockerHost.State.DRAINING and "drain_operations" not in h1.labels
+    assert AuditEvent.objects.filter(action="support.host.drain", target="host h1").exists()

@@ -1,0 +1,344 @@
+"""The new-project wizard: pre-built or assembled stacks, the catalog's rules applied as
+the customer picks, price and quota before confirming, errors next to the fields."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from django.test import Client
+
+from projects.models import Environment, Project
+from projects.services import ServiceError
+from stacks.models import ComponentVersion, Operation, VersionStatus
+from tests.conftest import Team, client_for
+
+pytestmark = pytest.mark.django_db
+URL = "/projects/new/"
+PAYLOAD = "<script>alert(\"x\")</script> & 'q'"
+HTMX = {"HX-Request": "true"}
+
+
+def html(response: Any) -> str:
+    return response.content.decode()
+
+
+def near(page: str, anchor: str, text: str, span: int = 2500) -> bool:
+    """``text`` shows within ``span`` characters after ``anchor`` (next to that field)."""
+    at = page.find(anchor)
+    return at >= 0 and text in page[at : at + span]
+
+
+def template_data(**extra: Any) -> dict[str, Any]:
+    return {
+        "name": "Shop",
+        "region": "eu-central",
+        "environment": "production",
+        "mode": "template",
+        "template": "lamp",
+        "kernel": "",
+        **extra,
+    }
+
+
+def assembled(rows: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
+    data: dict[str, Any] = {
+        "name": "Mine",
+        "region": "eu-central",
+        "environment": "production",
+        "mode": "assemble",
+        "kernel": "",
+        "framework": "",
+        "c-TOTAL_FORMS": str(len(rows)),
+        "c-INITIAL_FORMS": "0",
+        **extra,
+    }
+    for i, row in enumerate(rows):
+        for key, value in row.items():
+            if key == "public":
+                if value:
+                    data[f"c-{i}-public"] = "on"
+            else:
+                data[f"c-{i}-{key}"] = str(value)
+    return data
+
+
+NGINX = {
+    "name": "web",
+    "component": "nginx",
+    "version": "1.26",
+    "size": "small",
+    "replicas": 1,
+    "public": True,
+}
+PHP = {"name": "php", "component": "php-fpm", "version": "8.4", "size": "small", "replicas": 1}
+PYTHON = {"name": "app", "component": "python", "version": "3.13", "size": "small", "replicas": 1}
+APACHE = {
+    "name": "web",
+    "component": "apache",
+    "version": "2.4",
+    "size": "small",
+    "replicas": 1,
+    "public": True,
+}
+DB = {"name": "db", "component": "postgresql", "version": "17", "size": "small", "replicas": 1}
+
+
+@pytest.fixture
+def client(team: Team, offered_catalog: None) -> Client:
+    return client_for(team.developer)
+
+
+def nothing_written() -> bool:
+    return not Project.objects.exists() and not Operation.objects.exists()
+
+
+# --- the page ------------------------------------------------------------------------------------
+def test_wizard_page_preselects_a_template_and_waits_for_a_check(client: Client) -> None:
+    response = client.get(URL + "?template=wordpress")
+    assert response.status_code == 200
+    page = html(response)
+    assert 'value="wordpress" id="template-wordpress"' in page
+    assert (
+        'id="template-wordpress"\n' in page
+        or "checked" in page[page.index('id="template-wordpress"') :][:300]
+    )
+    assert 'id="create" disabled' in page
+    assert "Frankfurt (EU Central)" in page and "Linux 6.12 LTS" in page
+
+
+def test_the_wizard_needs_a_developer(team: Team, offered_catalog: None) -> None:
+    assert client_for(team.viewer).get(URL).status_code == 403
+    before = Project.objects.count()
+    assert client_for(team.viewer).post(URL, template_data(step="create")).status_code == 403
+    assert Project.objects.count() == before
+    response = Client().get(URL)
+    assert response.status_code == 302 and "/accounts/login/" in response["Location"]
+
+
+def test_the_wizard_refuses_other_methods(client: Client) -> None:
+    assert client.put(URL).status_code == 405
+    assert client.delete(URL).status_code == 405
+
+
+def test_creates_in_the_current_organization_only(team: Team, offered_catalog: None) -> None:
+    response = client_for(team.outsider).post(URL, template_data(step="create"))
+    assert response.status_code == 302
+    assert Project.objects.get().organization == team.outsider_org
+
+
+# --- pre-built stacks ---------------------------------------------------------------------------
+def test_preview_of_a_template_shows_price_quota_and_enables_create(client: Client) -> None:
+    response = client.post(URL, template_data(), headers=HTMX)
+    assert response.status_code == 200
+    page = html(response)
+    assert "<html" not in page and page.lstrip().startswith('<form id="wizard"')
+    assert 'id="price"' in page and "a month" in page
+    assert 'id="quota-ok"' in page
+    assert 'id="create" disabled' not in page
+    assert nothing_written()
+
+
+def test_without_htmx_the_preview_renders_the_whole_page(client: Client) -> None:
+    page = html(client.post(URL, template_data(step="preview")))
+    assert "<html" in page and 'id="price"' in page
+
+
+def test_typing_refreshes_only_the_summary(client: Client) -> None:
+    page = html(client.post(URL, template_data(part="summary"), headers=HTMX))
+    assert page.lstrip().startswith('<div id="summary"') and 'id="price"' in page
+
+
+def test_create_from_a_template(client: Client, team: Team) -> None:
+    response = client.post(URL, template_data(step="create", environment="staging", kernel="6.1"))
+    environment = Environment.objects.get()
+    assert response.status_code == 302 and response["Location"] == f"/environments/{environment.pk}/"
+    assert environment.name == "staging" and environment.kernel.line == "6.1"
+    assert environment.project.name == "Shop" and environment.template.code == "lamp"
+    assert environment.project.organization == team.org
+    assert environment.operations.get().kind == "deploy"
+
+
+@pytest.mark.parametrize(
+    ("data", "anchor", "message"),
+    [
+        ({"name": ""}, 'for="id_name"', "This field is required."),
+        (
+            {"environment": "Prod!"},
+            'for="id_environment"',
+            "Use 1 to 30 lower-case letters, digits and hyphens.",
+        ),
+        ({"region": "mars"}, 'for="id_region"', "Select a valid choice."),
+        (
+            {"region": "eu-west", "kernel": "6.1"},
+            'for="id_kernel"',
+            "Amsterdam (EU West) offers Linux 6.12 LTS only.",
+        ),
+        ({"template": ""}, 'id="templates"', "Choose one of the pre-built stacks."),
+        ({"template": "nope"}, 'id="templates"', "Select a valid choice."),
+    ],
+)
+def test_bad_choices_are_explained_next_to_the_field_and_nothing_is_written(
+    client: Client, data: dict[str, str], anchor: str, message: str
+) -> None:
+    response = client.post(URL, template_data(step="create", **data))
+    assert response.status_code == 400
+    page = html(response)
+    assert near(page, anchor, message, 6000), message
+    assert 'id="create" disabled' in page
+    assert nothing_written()
+    # The same in the preview: shown, not an error status (htmx swaps it).
+    preview = client.post(URL, template_data(**data), headers=HTMX)
+    assert preview.status_code == 200 and message in html(preview)
+
+
+def test_a_duplicate_project_name_is_refused_by_the_service(client: Client) -> None:
+    assert client.post(URL, template_data(step="create")).status_code == 302
+    response = client.post(URL, template_data(step="create"))
+    assert response.status_code == 400
+    assert near(html(response), 'for="id_name"', "A project with this name exists already.")
+    assert Project.objects.count() == 1
+
+
+def test_a_template_without_a_published_version_cannot_be_chosen(client: Client) -> None:
+    ComponentVersion.objects.filter(component__code="mariadb").update(status=VersionStatus.DEPRECATED)
+    response = client.post(URL, template_data(step="create"))
+    assert response.status_code == 400
+    assert "LAMP cannot be deployed right now: no published version of MariaDB." in html(response)
+    assert nothing_written()
+
+
+def test_over_quota_stacks_are_shown_and_cannot_be_created(client: Client, monkeypatch: Any) -> None:
+    monkeypatch.setattr(
+        "billing.quotas.stack_problems", lambda **kw: ["Your plan allows 1 CPU; this stack needs 2."]
+    )
+    page = html(client.post(URL, template_data(), headers=HTMX))
+    assert 'id="quota"' in page and "Your plan allows 1 CPU; this stack needs 2." in page
+    assert 'id="create" disabled' in page
+    response = client.post(URL, template_data(step="create"))
+    assert response.status_code == 400 and nothing_written()
+
+
+def test_a_refusal_by_the_service_keeps_its_status(client: Client, monkeypatch: Any) -> None:
+    def refuse(**kwargs: Any) -> None:
+        raise ServiceError("Your plan allows 2 projects.", status=402)
+
+    monkeypatch.setattr("stacks.lifecycle.create_project", refuse)
+    response = client.post(URL, template_data(step="create"))
+    assert response.status_code == 402 and "Your plan allows 2 projects." in html(response)
+
+
+def test_names_are_escaped(client: Client) -> None:
+    page = html(client.post(URL, template_data(name=PAYLOAD, environment=PAYLOAD)))
+    assert PAYLOAD not in page and "&lt;script&gt;alert(&quot;x&quot;)" in page
+    response = client.post(URL, template_data(step="create", name=PAYLOAD))
+    assert response.status_code == 302
+    assert Project.objects.get().name == PAYLOAD
+
+
+# --- assembling ---------------------------------------------------------------------------------
+def test_switching_to_assemble_starts_from_the_chosen_template(client: Client) -> None:
+    data = template_data(mode="assemble")
+    page = html(client.post(URL, data, headers=HTMX))
+    assert 'name="c-TOTAL_FORMS" value="3"' in page
+    for i, code in enumerate(("apache", "php-fpm", "mariadb")):
+        assert f'name="c-{i}-component"' in page
+        assert f'<option value="{code}" selected' in page
+    assert 'id="price"' in page and 'id="create" disabled' not in page
+
+
+def test_assemble_and_create(client: Client) -> None:
+    rows = [NGINX, PYTHON, DB]
+    response = client.post(URL, assembled(rows, step="create", framework="python"))
+    assert response.status_code == 302
+    environment = Environment.objects.get()
+    assert [(c.name, c.component.code, c.version.version) for c in environment.components.all()] == [
+        ("web", "nginx", "1.26"),
+        ("app", "python", "3.13"),
+        ("db", "postgresql", "17"),
+    ]
+
+
+def test_a_component_that_needs_another_says_which(client: Client) -> None:
+    response = client.post(URL, assembled([PHP], step="create"))
+    assert response.status_code == 400
+    page = html(response)
+    assert near(
+        page,
+        'for="id_c-0-component"',
+        "PHP-FPM does not answer HTTP itself. Add one of: Apache httpd, nginx.",
+    )
+    assert 'id="create" disabled' in page and nothing_written()
+
+
+def test_works_with_rules_refuse_a_pairing(client: Client) -> None:
+    page = html(client.post(URL, assembled([APACHE, PYTHON]), headers=HTMX))
+    assert "Python works with nginx, not with Apache httpd." in page
+    assert 'id="create" disabled' in page
+
+
+def test_the_framework_needs_its_runtime_and_add_brings_it(client: Client) -> None:
+    page = html(client.post(URL, assembled([NGINX], framework="php"), headers=HTMX))
+    assert near(page, 'for="id_framework"', "The PHP framework needs a PHP-FPM component: add one.")
+    page = html(client.post(URL, assembled([NGINX], framework="php", step="add"), headers=HTMX))
+    assert 'name="c-TOTAL_FORMS" value="2"' in page
+    assert '<option value="php-fpm" selected' in page and 'value="app"' in page
+    assert "needs a PHP-FPM component" not in page and 'id="create" disabled' not in page
+
+
+def test_remove_a_row(client: Client) -> None:
+    page = html(client.post(URL, {**assembled([NGINX, DB]), "drop": "1"}, headers=HTMX))
+    assert (
+        'name="c-TOTAL_FORMS" value="1"' in page and "postgresql" not in page.split('id="summary"')[1][:800]
+    )
+
+
+@pytest.mark.parametrize(
+    ("change", "field", "message"),
+    [
+        ({"size": "xlarge"}, "size", "nginx cannot run at size &#x27;xlarge&#x27;."),
+        ({"replicas": 11}, "replicas", "Replicas must be a whole number from 0 to 10."),
+        ({"name": "Web!"}, "name", "1 to 30 lower-case letters, digits and hyphens, a letter first."),
+    ],
+)
+def test_bad_rows_are_explained_next_to_the_field(
+    client: Client, change: dict[str, Any], field: str, message: str
+) -> None:
+    response = client.post(URL, assembled([{**NGINX, **change}], step="create"))
+    assert response.status_code == 400
+    assert near(html(response), f'for="id_c-0-{field}"', message), message
+    assert nothing_written()
+
+
+def test_stateful_components_run_one_replica(client: Client) -> None:
+    page = html(client.post(URL, assembled([NGINX, {**DB, "replicas": 2}]), headers=HTMX))
+    assert near(page, 'for="id_c-1-replicas"', "PostgreSQL keeps data and runs as a single replica.")
+
+
+def test_an_end_of_life_version_is_refused(client: Client) -> None:
+    ComponentVersion.objects.filter(component__code="nginx", version="1.22").update(
+        status=VersionStatus.END_OF_LIFE
+    )
+    page = html(client.post(URL, assembled([{**NGINX, "version": "1.22"}]), headers=HTMX))
+    assert near(page, 'for="id_c-0-version"', "nginx 1.22 is not available (end of life).")
+
+
+def test_deprecated_versions_are_offered_with_their_end_of_life(client: Client) -> None:
+    page = html(client.post(URL, assembled([NGINX]), headers=HTMX))
+    assert "1.22 (deprecated, end of life on 2028-06-30)" in page
+
+
+def test_changing_the_component_picks_one_of_its_versions(client: Client) -> None:
+    page = html(client.post(URL, assembled([{**NGINX, "component": "apache"}]), headers=HTMX))
+    assert '<option value="2.4" selected' in page and "has no version" not in page
+
+
+def test_two_public_components_and_duplicate_names(client: Client) -> None:
+    page = html(client.post(URL, assembled([NGINX, {**NGINX, "component": "nginx"}]), headers=HTMX))
+    assert "Another component is named &#x27;web&#x27; already." in page
+    assert "Only one component can receive the public route." in page
+
+
+def test_an_empty_assembly(client: Client) -> None:
+    response = client.post(URL, assembled([], step="create"))
+    assert response.status_code == 400 and "Add at least one component." in html(response)
