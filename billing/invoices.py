@@ -354,6 +354,8 @@ def organizations_to_invoice(year: int, month: int) -> list[Organization]:
     )
     return list(
         Organization.objects.filter(Q(pk__in=with_usage) | Q(pk__in=subscribed))
+        # Sales demos are the hoster's own cost and are removed whole when they expire.
+        .exclude(is_demo=True)
         .exclude(invoices__period_start=start.date())
         .order_by("pk")
     )

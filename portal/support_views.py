@@ -9,6 +9,7 @@ the one that stops it. Start and stop are in the audit log.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
@@ -41,15 +42,29 @@ class ViewAsMiddleware:
             user = request.user
             if not (user.is_authenticated and user.is_staff and user.has_perm(VIEW_AS_PERMISSION)):
                 session.pop(VIEW_AS_SESSION_KEY, None)
-            elif request.method not in SAFE_METHODS and request.path not in (
-                reverse("support:view_as_stop"),
-                reverse("account_logout"),
-            ):
-                return HttpResponseForbidden(
-                    "You are viewing as a customer: read-only. Stop viewing as the customer to make changes.",
-                    content_type="text/plain",
-                )
+            elif request.method not in SAFE_METHODS:
+                if request.path == reverse("account_logout"):
+                    _record_stop(request, session[VIEW_AS_SESSION_KEY], ended_by="sign-out")
+                elif request.path != reverse("support:view_as_stop"):
+                    return HttpResponseForbidden(
+                        "You are viewing as a customer: read-only. "
+                        "Stop viewing as the customer to make changes.",
+                        content_type="text/plain",
+                    )
         return self.get_response(request)
+
+
+def _record_stop(request: HttpRequest, data: dict[str, Any], *, ended_by: str) -> Organization | None:
+    organization = Organization.objects.filter(pk=int(data.get("org") or 0)).first()
+    record_audit_event(
+        action="support.view_as.stop",
+        actor=request.user,  # type: ignore[arg-type]
+        organization=organization,
+        target=f"organization {data.get('org')}",
+        data={"started": data.get("started", ""), "ended_by": ended_by},
+        origin=Origin.from_request(request),
+    )
+    return organization
 
 
 def _require_staff_permission(request: AuthedRequest, permission: str) -> None:
@@ -86,15 +101,7 @@ def view_as_stop(request: AuthedRequest) -> HttpResponse:
     data = request.session.pop(VIEW_AS_SESSION_KEY, None)
     if not data:
         return redirect("portal:dashboard")
-    organization = Organization.objects.filter(pk=data.get("org")).first()
-    record_audit_event(
-        action="support.view_as.stop",
-        actor=request.user,
-        organization=organization,
-        target=f"organization {data.get('org')}",
-        data={"started": data.get("started", "")},
-        origin=Origin.from_request(request),
-    )
+    organization = _record_stop(request, data, ended_by="stop")
     if organization is not None and request.user.is_staff:
         return redirect("admin:projects_organization_change", organization.pk)
     return redirect("portal:dashboard")

@@ -449,7 +449,9 @@ class Operation(models.Model):
             # An environment's latest operation (dashboard, environment page) and the
             # dashboard's organization-wide count of environments whose last one failed.
             models.Index(fields=["environment", "-created_at", "-id"], name="operation_env_latest"),
-            models.Index(fields=["environment"], condition=models.Q(status="failed"), name="operation_failed"),
+            models.Index(
+                fields=["environment"], condition=models.Q(status="failed"), name="operation_failed"
+            ),
         ]
 
     def __str__(self) -> str:

@@ -14,11 +14,12 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import structlog
+from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.db.models import Avg, Count, Max, QuerySet
 from django.db.models.functions import ExtractMinute, Floor, TruncHour, TruncMinute
 from django.http import Http404, HttpResponse, JsonResponse
-from django.shortcuts import render
+from django.shortcuts import redirect, render
 from django.utils import timezone
 from django.views.decorators.http import require_GET
 from docker.errors import DockerException
@@ -92,9 +93,9 @@ def component_logs(request: AuthedRequest, environment_id: int, component: str) 
     environment = get_environment_for_user(request, environment_id)
     sc = get_component(environment, component)
     after = request.GET.get("after", "")
-    tailing = bool(request.htmx and not request.htmx.boosted and after)
+    tailing = bool(request.htmx and not request.htmx.boosted and "after" in request.GET)
     lines, error = read_logs(environment, sc.name, PAGE_LINES)
-    if tailing:
+    if tailing:  # only lines written since the last one shown
         lines = [line for line in lines if line.at > after]
     context = {
         "environment": environment,
@@ -104,7 +105,8 @@ def component_logs(request: AuthedRequest, environment_id: int, component: str) 
         "tailing": tailing,
         "error": error,
         "cursor": max([after, *(line.at for line in lines)]),
-        "live": environment.status in TAIL_STATUSES and not error,
+        # Following needs the lines' timestamps (to know which are new).
+        "live": environment.status in TAIL_STATUSES and not error and all(line.at for line in lines),
     }
     if tailing:
         return render(request, "stacks/logs.html#tail", context)
@@ -117,12 +119,9 @@ def component_logs_download(request: AuthedRequest, environment_id: int, compone
     environment = get_environment_for_user(request, environment_id)
     sc = get_component(environment, component)
     lines, error = read_logs(environment, sc.name, DOWNLOAD_LINES)
-    if error:
-        return HttpResponse(
-            f"The logs are not available right now: {error}\n",
-            status=503,
-            content_type="text/plain; charset=utf-8",
-        )
+    if error:  # back to the viewer, which says why
+        messages.error(request, f"The logs could not be downloaded: {error}")
+        return redirect("stacks:component_logs", environment_id=environment.pk, component=sc.name)
     body = "".join(
         f"{line.source} {line.at} {line.text}\n" if line.at else f"{line.text}\n" for line in lines
     )

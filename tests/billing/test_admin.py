@@ -67,7 +67,13 @@ def test_a_bad_adjustment_is_refused_next_to_the_field(
 ) -> None:
     response = staff_client.post(
         reverse("admin:billing_adjustment_add"),
-        {"organization": team.org.pk, "kind": "credit", "amount": amount, "currency": "EUR", "description": "x"},
+        {
+            "organization": team.org.pk,
+            "kind": "credit",
+            "amount": amount,
+            "currency": "EUR",
+            "description": "x",
+        },
     )
     assert response.status_code == 200
     assert message in response.content.decode()

@@ -8,8 +8,8 @@ import re
 from typing import Any
 
 import pytest
-from playwright.sync_api import expect
 from django.contrib.auth.models import Group
+from playwright.sync_api import expect
 
 from projects.models import AuditEvent, Environment, EnvironmentStatus, Project, User
 from stacks import lifecycle
@@ -76,7 +76,7 @@ def test_support_retries_suspends_and_resumes_while_the_customer_sees_it(
     staff.wait_for_url(re.compile(r".*/admin/projects/organization/\d+/change/"))
     expect(staff.get_by_text("Shop").first).to_be_visible()
     staff.goto(f"/admin/projects/project/{shop.project.pk}/change/")
-    assert staff.get_by_text("not healthy: web-1 exited (137)").is_visible()
+    expect(staff.get_by_text("not healthy: web-1 exited (137)")).to_be_visible()
 
     # 2. Retry the failed operation: a new one is queued through the service.
     failed = Operation.objects.get(status=OperationStatus.FAILED)
@@ -92,7 +92,7 @@ def test_support_retries_suspends_and_resumes_while_the_customer_sees_it(
     _admin_action(staff, shop.project.pk, "suspend_projects")
     staff.fill("input[name=reason]", REASON)
     staff.click("input[type=submit][value='Suspend projects']")
-    assert staff.get_by_text("Suspended 1 project(s)").is_visible()
+    expect(staff.get_by_text("Suspended 1 project(s)")).to_be_visible()
     assert Project.objects.get(pk=shop.project.pk).suspended_reason == REASON
     stop = Operation.objects.get(status=OperationStatus.QUEUED)
     assert stop.kind == OperationKind.STOP
@@ -108,7 +108,7 @@ def test_support_retries_suspends_and_resumes_while_the_customer_sees_it(
     # 5. Resume: the customer's stack starts again and they can act.
     staff.goto("/admin/projects/project/")
     _admin_action(staff, shop.project.pk, "resume_projects")
-    assert staff.get_by_text("Resumed 1 project(s)").is_visible()
+    expect(staff.get_by_text("Resumed 1 project(s)")).to_be_visible()
     start = Operation.objects.get(status=OperationStatus.QUEUED)
     assert start.kind == OperationKind.START
     Operation.objects.filter(pk=start.pk).update(status=OperationStatus.SUCCEEDED)

@@ -424,3 +424,18 @@ def test_a_stateful_upgrade_is_offered_only_with_a_tested_migration(
     assert "PostgreSQL 17 is available (runs 15)." in with_path
     assert "PostgreSQL 17 is available" not in without
     assert "Nothing needs attention." in without
+
+
+def test_a_large_organizations_count_is_held_briefly(
+    team: Team, shop: Environment, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("portal.dashboard.LARGE_ORGANIZATION", 1)
+    client = client_for(team.viewer)
+
+    first = client.get(DASHBOARD).content.decode()
+    Operation.objects.filter(environment=shop).update(status=OperationStatus.FAILED)
+    second = client.get(DASHBOARD).content.decode()
+
+    assert "Nothing needs attention." in first
+    assert "Nothing needs attention." in second  # the count is cached ...
+    assert "The last deploy failed." in second  # ... the rows are live

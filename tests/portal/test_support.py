@@ -261,3 +261,19 @@ def test_the_demo_page_is_for_sales_staff_only(team: Any, offered_catalog: None)
     )
     bad = sales.post(reverse("support:demo_start"), {"template": "nope"})
     assert bad.status_code == 400
+
+
+def test_signing_out_ends_view_as_in_the_audit_log(team: Any, shop: Environment) -> None:
+    supporter = staff("Support")
+    client = client_for(supporter)
+    client.post(reverse("support:view_as_start", args=[team.org.pk]))
+    assert client.post(reverse("account_logout")).status_code == 302
+    stop = AuditEvent.objects.get(action="support.view_as.stop", actor=supporter)
+    assert stop.data["ended_by"] == "sign-out"
+
+
+def test_the_nav_links_the_demo_page_for_sales_only(team: Any) -> None:
+    assert "Start a demo" in client_for(staff("Sales")).get(reverse("portal:dashboard")).content.decode()
+    assert (
+        "Start a demo" not in client_for(staff("Support")).get(reverse("portal:dashboard")).content.decode()
+    )

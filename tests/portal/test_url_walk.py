@@ -53,7 +53,11 @@ def routes(resolver: URLResolver | None = None, prefix: str = "") -> Iterator[st
 
 def walked_routes() -> list[str]:
     return sorted(
-        {r for r in routes() if not r.startswith(SKIP_PREFIXES) and r not in SKIP_ROUTES and PARAM_RE.search(r)}
+        {
+            r
+            for r in routes()
+            if not r.startswith(SKIP_PREFIXES) and r not in SKIP_ROUTES and PARAM_RE.search(r)
+        }
     )
 
 
@@ -166,7 +170,8 @@ def snapshot() -> tuple[Any, ...]:
     """Every row a refused request must leave as it was."""
     models = [Organization, Membership, Invitation, Environment, Operation, Release, StackComponent, Domain]
     state: list[Any] = [
-        list(m.objects.order_by("pk").values_list(*[f.attname for f in m._meta.concrete_fields])) for m in models
+        list(m.objects.order_by("pk").values_list(*[f.attname for f in m._meta.concrete_fields]))
+        for m in models
     ]
     state.append(list(Variable.objects.order_by("pk").values_list("pk", "name", "value", "updated_at")))
     state.append(list(ApiToken.objects.order_by("pk").values_list("pk", "name", "revoked_at")))

@@ -3,6 +3,7 @@ removed completely after it (the engine test checks hosts and the edge too)."""
 
 from __future__ import annotations
 
+import io
 from datetime import timedelta
 from typing import Any
 
@@ -174,3 +175,41 @@ def test_a_demo_serves_through_the_edge_and_leaves_nothing_after_expiry(
 
         DockerBackend(hosts=[{"name": "local", "url": "unix:///var/run/docker.sock"}]).destroy(key, {})
         client.close()
+
+
+class _Router:
+    def __enter__(self) -> _Router:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def remove_route(self, route_id: str) -> bool:
+        return False
+
+    def routes(self) -> dict[str, Any]:
+        return {}
+
+
+@pytest.mark.django_db
+def test_reset_demo_destroys_the_demo_stacks_and_seeds_them_again(
+    offered_catalog: None, sales: User, monkeypatch: Any
+) -> None:
+    from django.core.management import call_command
+
+    from projects.services import ensure_verified_user
+    from stacks import lifecycle
+
+    monkeypatch.setattr("stacks.operations.edge", _Router)
+    user, _ = ensure_verified_user(email="demo@stackport.localhost", password="stackport-demo")
+    org = user.memberships.get().organization
+    old = lifecycle.create_project(
+        organization=org, actor=user, name="Old experiment", region="eu-central", template="nodejs"
+    )
+    sales_demo = demos.start_demo(actor=sales, template="static-site")
+    call_command("reset_demo", "--sales", stdout=io.StringIO())
+    assert not Project.objects.filter(pk=old.project_id).exists()
+    assert not Organization.objects.filter(pk=sales_demo.organization.pk).exists()
+    names = set(Project.objects.filter(organization=org).values_list("name", flat=True))
+    assert names == {"Demo static site", "Demo Python app"}
+    assert Organization.objects.filter(pk=org.pk).exists()

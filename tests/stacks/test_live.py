@@ -176,15 +176,18 @@ def test_download_is_a_text_attachment(team: Team, environment: Environment, bac
     assert backend.calls[0][2] == 5000
 
 
-def test_download_answers_503_when_the_backend_fails(
+def test_a_failed_download_goes_back_to_the_viewer_with_the_reason(
     team: Team, environment: Environment, backend: FakeBackend
 ) -> None:
-    backend.error = BackendError("no host")
+    backend.error = BackendError("no <host>")
+    client = client_for(team.viewer)
 
-    response = client_for(team.viewer).get(url("component_logs_download", environment))
+    response = client.get(url("component_logs_download", environment))
+    page = client.get(response["Location"]).content.decode()
 
-    assert response.status_code == 503
-    assert response.content.decode() == "The logs are not available right now: no host\n"
+    assert response.status_code == 302
+    assert response["Location"] == url("component_logs", environment)
+    assert "The logs could not be downloaded: no &lt;host&gt;" in page
 
 
 @pytest.mark.parametrize(
@@ -295,3 +298,29 @@ def test_samples_are_recorded_by_a_scheduled_task(environment: Environment, back
 
     rows = list(ResourceSampleRow.objects.filter(environment=environment).order_by("replica"))
     assert [(r.component, r.replica, r.cpu_percent) for r in rows] == [("web", 0, 12.5), ("web", 1, 7.5)]
+
+
+def test_lines_without_timestamps_are_shown_but_not_followed(
+    team: Team, environment: Environment, backend: FakeBackend
+) -> None:
+    backend.lines = ["plain line one", "plain <line> two"]
+
+    page = client_for(team.viewer).get(url("component_logs", environment)).content.decode()
+
+    assert "plain line one" in page and "plain &lt;line&gt; two" in page
+    assert 'hx-trigger="every 2s"' not in page
+
+
+def test_an_empty_log_is_followed_from_the_start(
+    team: Team, environment: Environment, backend: FakeBackend
+) -> None:
+    backend.lines = []
+    client = client_for(team.viewer)
+
+    page = client.get(url("component_logs", environment)).content.decode()
+    backend.lines = ["env-1-web-a0 2026-12-02T10:00:09.000000000Z hello"]
+    tail = client.get(url("component_logs", environment), {"after": ""}, headers={"HX-Request": "true"})
+
+    assert "No lines yet." in page
+    assert f'hx-get="{url("component_logs", environment)}?after="' in page
+    assert "hello" in tail.content.decode() and "<html" not in tail.content.decode()

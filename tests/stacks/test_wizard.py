@@ -342,3 +342,39 @@ def test_two_public_components_and_duplicate_names(client: Client) -> None:
 def test_an_empty_assembly(client: Client) -> None:
     response = client.post(URL, assembled([], step="create"))
     assert response.status_code == 400 and "Add at least one component." in html(response)
+
+
+# --- the service's environment name ------------------------------------------------------------
+@pytest.mark.parametrize("bad", ["", "Prod", "a b", "x" * 31, "prod/1", "ünï"])
+def test_create_project_refuses_a_bad_environment_name(team: Team, offered_catalog: None, bad: str) -> None:
+    from stacks import lifecycle
+
+    with pytest.raises(ServiceError) as err:
+        lifecycle.create_project(
+            organization=team.org,
+            actor=team.developer,
+            name="Shop",
+            region="eu-central",
+            template="lamp",
+            environment=bad,
+        )
+    assert err.value.field == "environment" and "lower-case letters, digits and hyphens" in err.value.message
+    assert nothing_written()
+
+
+def test_create_project_names_the_environment(team: Team, offered_catalog: None) -> None:
+    from stacks import lifecycle
+
+    environment = lifecycle.create_project(
+        organization=team.org,
+        actor=team.developer,
+        name="Shop",
+        region="eu-central",
+        template="lamp",
+        environment="staging-2",
+    )
+    assert environment.name == "staging-2"
+    default = lifecycle.create_project(
+        organization=team.org, actor=team.developer, name="Other", region="eu-central", template="lamp"
+    )
+    assert default.name == "production"

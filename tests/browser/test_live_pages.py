@@ -1,0 +1,102 @@
+"""The live pages in Chromium under the real Content-Security-Policy: the dashboard's
+status polls until the operation ends, the log tail appends new lines, uPlot draws."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from django.conf import settings as django_settings
+from django.test import Client
+from django.utils import timezone
+
+from projects.models import Environment, EnvironmentStatus
+from stacks import lifecycle
+from stacks.models import Operation, OperationStatus, ResourceSampleRow
+from tests.conftest import Team
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+
+
+class FakeBackend:
+    lines: list[str] = ["env-1-web-a0 2026-12-02T10:00:01.000000000Z first line"]
+
+    def logs(self, key: str, state: dict[str, Any], component: str, tail: int = 200) -> list[str]:
+        return list(self.lines)
+
+
+@pytest.fixture
+def signed_in(page: Any, live_server: Any, team: Team) -> str:
+    client = Client()
+    client.force_login(team.owner, backend="django.contrib.auth.backends.ModelBackend")
+    cookie = client.cookies[django_settings.SESSION_COOKIE_NAME].value
+    page.context.add_cookies(
+        [{"name": django_settings.SESSION_COOKIE_NAME, "value": cookie, "url": live_server.url}]
+    )
+    return str(live_server.url)
+
+
+@pytest.fixture
+def environment(team: Team, offered_catalog: None) -> Environment:
+    return lifecycle.create_project(
+        organization=team.org, actor=team.owner, name="Shop", region="eu-central", template="static-site"
+    )
+
+
+def test_dashboard_polls_until_the_operation_ends(
+    page: Any, signed_in: str, environment: Environment, console_errors: list[str]
+) -> None:
+    page.goto(f"{signed_in}/")
+    assert page.locator("#dashboard-status[hx-trigger]").count() == 1
+    Operation.objects.filter(environment=environment).update(status=OperationStatus.SUCCEEDED)
+    Environment.objects.filter(pk=environment.pk).update(status=EnvironmentStatus.RUNNING)
+
+    page.locator("#projects .badge", has_text="running").wait_for(timeout=15000)
+    assert page.locator("#dashboard-status[hx-trigger]").count() == 0
+    assert console_errors == []
+
+
+def test_log_tail_appends_new_lines(
+    page: Any,
+    signed_in: str,
+    environment: Environment,
+    console_errors: list[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    Environment.objects.filter(pk=environment.pk).update(status=EnvironmentStatus.RUNNING)
+    fake = FakeBackend()
+    fake.lines = list(FakeBackend.lines)
+    monkeypatch.setattr("stacks.operations.backend_for", lambda environment: fake)
+
+    page.goto(f"{signed_in}/environments/{environment.pk}/components/web/logs/")
+    assert page.locator(".log-line").count() == 1
+    fake.lines.append("env-1-web-a0 2026-12-02T10:00:05.000000000Z <b>second</b> line")
+
+    page.locator(".log-text", has_text="<b>second</b> line").wait_for(timeout=15000)
+    assert page.locator(".log-line").count() == 2
+    assert page.locator("#logs-follow-switch:not(.d-none)").count() == 1
+    assert console_errors == []
+
+
+def test_resource_charts_are_drawn_by_uplot(
+    page: Any, signed_in: str, environment: Environment, console_errors: list[str]
+) -> None:
+    now = timezone.now()
+    ResourceSampleRow.objects.bulk_create(
+        ResourceSampleRow(
+            environment=environment,
+            component="web",
+            taken_at=now - timedelta(minutes=m),
+            cpu_percent=5 + m % 7,
+            memory_bytes=(80 + m) * 2**20,
+        )
+        for m in range(50)
+    )
+
+    page.goto(f"{signed_in}/environments/{environment.pk}/components/web/metrics/")
+
+    page.locator("[data-chart=cpu] .uplot").wait_for(timeout=15000)
+    assert page.locator("[data-chart=memory] .uplot").count() == 1
+    assert page.locator("#cpu-sparkline.d-none").count() == 1
+    assert console_errors == []
