@@ -8,10 +8,12 @@ import re
 from typing import Any
 
 import pytest
+from django.apps import apps as django_apps
 from django.contrib.auth.models import Group
 from playwright.sync_api import expect
 
 from projects.models import AuditEvent, Environment, EnvironmentStatus, Project, User
+from projects.receivers import sync_staff_groups
 from stacks import lifecycle
 from stacks.models import Operation, OperationKind, OperationStatus
 from tests.conftest import client_for
@@ -63,6 +65,8 @@ def test_support_retries_suspends_and_resumes_while_the_customer_sees_it(
     browser: Any, live_server: Any, team: Any, shop: Environment
 ) -> None:
     base = live_server.url
+    # Live-server tests flush the database between tests; make the groups as migrate does.
+    sync_staff_groups(django_apps)
     supporter = UserFactory(is_staff=True, email="support@hoster.test")
     supporter.groups.add(Group.objects.get(name="Support"))
     staff = _signed_in(browser, base, supporter)
