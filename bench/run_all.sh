@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Run the three benchmarks one after the other (each sets up and removes everything it
+# Run the four benchmarks one after the other (each sets up and removes everything it
 # needs; see bench/README.md). Extra arguments go to every script, e.g. --runs 5.
 # Each script's last line is its ratio; they are repeated together at the end.
 set -euo pipefail
@@ -16,5 +16,11 @@ for script in deploy upgrade edge; do
   summary+=("$(tail -n 1 "$out")")
   rm -f "$out"
 done
+# The page benchmark needs no engine and takes no --runs.
+echo "== bench/pages.py"
+out=$(mktemp)
+.venv/bin/python bench/pages.py | tee "$out"
+summary+=("$(tail -n 1 "$out")")
+rm -f "$out"
 echo "== summary"
 printf '%s\n' "${summary[@]}"

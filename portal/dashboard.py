@@ -33,7 +33,6 @@ from stacks.models import (
 
 PAGE_SIZE = 20
 EOL_SOON_DAYS = 180  # as ComponentVersion.eol_soon
-QUOTA_CACHE_SECONDS = 60
 LARGE_ORGANIZATION = 1000  # projects; from here on the organization-wide count is cached
 ATTENTION_CACHE_SECONDS = 30
 COMPONENT_FIELDS = (
@@ -260,25 +259,16 @@ def organization_attention(organization: Organization, catalog: Catalog, project
 
 
 def quota_warnings(organization: Organization) -> list[Any]:
-    """Quotas nearly used up, from billing; skipped if billing has no quotas.
-
-    Held for a minute: billing adds up the whole organization's stacks, which grows with
-    its projects, and a nearly used quota does not need to show to the second.
-    """
+    """Quotas nearly used up, from billing (summed in SQL: a few queries at any size)."""
     try:
         from billing import quotas
     except ImportError:
         return []
-    key = cache_key("quotas", organization)
-    warnings = cache.get(key)
-    if warnings is None:
-        warnings = [
-            {"label": str(q.label), "used": _shown(q, "used"), "limit": _shown(q, "limit")}
-            for q in quotas.usage_summary(organization)
-            if q.nearly_used
-        ]
-        cache.set(key, warnings, QUOTA_CACHE_SECONDS)
-    return list(warnings)
+    return [
+        {"label": str(q.label), "used": _shown(q, "used"), "limit": _shown(q, "limit")}
+        for q in quotas.usage_summary(organization)
+        if q.nearly_used
+    ]
 
 
 def cache_key(what: str, organization: Organization) -> str:

@@ -26,19 +26,16 @@ from projects.access import (
     get_membership_for_user,
     set_current_organization,
 )
-from projects.forms import AuditSearchForm, InviteForm, OrganizationForm, RoleForm, SwitchOrganizationForm
+from projects.forms import (
+    AuditSearchForm,
+    InviteForm,
+    OrganizationForm,
+    RoleForm,
+    SwitchOrganizationForm,
+    attempt,
+)
 from projects.models import ApiToken, AuditEvent, Membership, Role, User
-from projects.services import Origin, ServiceError
-
-
-def _attempt(form: forms.Form, call: Callable[[], Any]) -> tuple[Any, int]:
-    """Run a service call; a refusal becomes a form error and its HTTP status."""
-    try:
-        return call(), 200
-    except ServiceError as exc:
-        field = exc.field if exc.field in form.fields else None
-        form.add_error(field, exc.message)
-        return None, exc.status
+from projects.services import Origin
 
 
 def _org_url(membership: Membership) -> str:
@@ -53,7 +50,7 @@ def organization_create(request: AuthedRequest) -> HttpResponse:
     if request.method == "POST":
         status = 400
         if form.is_valid():
-            org, status = _attempt(
+            org, status = attempt(
                 form,
                 lambda: services.create_organization(
                     name=form.cleaned_data["name"], owner=request.user, origin=Origin.from_request(request)
@@ -91,7 +88,7 @@ def organization_detail(request: AuthedRequest, org_id: int) -> HttpResponse:
         membership = get_membership_for_user(request, org_id, role=Role.ADMIN)
         status = 400
         if form.is_valid():
-            done, status = _attempt(
+            done, status = attempt(
                 form,
                 lambda: services.rename_organization(
                     organization=org,
@@ -129,7 +126,7 @@ def member_invite(request: AuthedRequest, org_id: int) -> HttpResponse:
     if request.method == "POST":
         status = 400
         if form.is_valid():
-            invitation, status = _attempt(
+            invitation, status = attempt(
                 form,
                 lambda: services.invite_member(
                     organization=membership.organization,
@@ -167,7 +164,7 @@ def member_role(request: AuthedRequest, org_id: int, member_id: int) -> HttpResp
     member = get_member_of_org(membership, member_id)
     form = RoleForm(request.POST)
     if form.is_valid():
-        done, status = _attempt(
+        done, status = attempt(
             form,
             lambda: services.change_member_role(
                 membership=member,
@@ -198,7 +195,7 @@ def member_remove(request: AuthedRequest, org_id: int, member_id: int) -> HttpRe
     form = forms.Form(request.POST if request.method == "POST" else None)
     status = 200
     if request.method == "POST":
-        done, status = _attempt(
+        done, status = attempt(
             form,
             lambda: (
                 services.remove_member(
@@ -274,7 +271,7 @@ def invitation(request: HttpRequest, token: str) -> HttpResponse:
         if not request.user.is_authenticated:
             return redirect(f"{reverse('account_login')}?next={request.path}")
         user = cast(User, request.user)  # signed in: checked just above
-        membership, status = _attempt(
+        membership, status = attempt(
             form,
             lambda: services.accept_invitation(
                 invitation=invite, user=user, origin=Origin.from_request(request)
@@ -349,7 +346,7 @@ def api_tokens(request: AuthedRequest) -> HttpResponse:
     if request.method == "POST":
         status = 400
         if form.is_valid():
-            created, status = _attempt(
+            created, status = attempt(
                 form,
                 lambda: services.create_api_token(
                     user=request.user,

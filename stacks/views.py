@@ -28,8 +28,9 @@ from projects.access import (
     get_operation_for_user,
     get_project_for_user,
 )
+from projects.forms import attempt
 from projects.models import Environment, EnvironmentStatus, Membership, Role
-from projects.services import Origin, ServiceError
+from projects.services import Origin
 from stacks import forms as stack_forms
 from stacks import lifecycle, offers
 from stacks.models import (
@@ -71,16 +72,6 @@ def _partial(request: HttpRequest, template: str, name: str) -> str:
     return f"{template}#{name}" if request.htmx and not request.htmx.boosted else template  # type: ignore[attr-defined]
 
 
-def _attempt(form: forms.Form, call: Callable[[], Any]) -> tuple[Any, int]:
-    """Run a service call; a refusal becomes a form error (next to its field) and its status."""
-    try:
-        return call(), 200
-    except ServiceError as exc:
-        field = exc.field if exc.field in form.fields else None
-        form.add_error(field, exc.message)
-        return None, exc.status
-
-
 # --- the wizard ----------------------------------------------------------------------------------
 @login_required
 @require_http_methods(["GET", "POST"])
@@ -93,7 +84,7 @@ def project_new(request: AuthedRequest) -> HttpResponse:
     wizard = stack_forms.Wizard(request, membership)
     if request.method == "POST" and wizard.action == "create":
         if wizard.can_create:
-            environment, status = _attempt(wizard.form, lambda: wizard.create(Origin.from_request(request)))
+            environment, status = attempt(wizard.form, lambda: wizard.create(Origin.from_request(request)))
             if environment:
                 messages.success(request, f"Creating {environment.project.name}: the deploy has started.")
                 return redirect("stacks:environment", environment_id=environment.pk)
@@ -226,7 +217,7 @@ def _act(
     form = form_class(request.POST, request.FILES)
     status = 400
     if form.is_valid():
-        _result, status = _attempt(form, lambda: call(environment, form.cleaned_data))
+        _result, status = attempt(form, lambda: call(environment, form.cleaned_data))
         if status == 200:
             messages.success(request, success.format(**form.cleaned_data))
             return redirect(reverse("stacks:environment", kwargs={"environment_id": environment.pk}))
@@ -328,7 +319,7 @@ def domain_remove(request: AuthedRequest, environment_id: int, domain_id: int) -
     if domain is None:
         raise Http404
     form = forms.Form(request.POST)
-    done, status = _attempt(
+    done, status = attempt(
         form,
         lambda: (
             lifecycle.remove_domain(domain=domain, actor=request.user, origin=Origin.from_request(request))

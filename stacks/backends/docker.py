@@ -682,12 +682,22 @@ class DockerBackend(Backend):
 
     def logs(self, key: str, state: dict[str, Any], component: str, tail: int = 200) -> Iterator[str]:
         for host in self.hosts:
-            client = self.client(host["name"])
-            for c in list_containers(
-                client, all=True, filters={"label": [f"{LABEL}={key}", f"{COMPONENT}={component}"]}
-            ):
-                for line in c.logs(tail=tail, timestamps=True).decode(errors="replace").splitlines():
-                    yield f"{c.name} {line}"
+            try:
+                client = self.client(host["name"])
+                found = list_containers(
+                    client, all=True, filters={"label": [f"{LABEL}={key}", f"{COMPONENT}={component}"]}
+                )
+                chunks = []
+                for c in found:
+                    try:
+                        chunks.append((c.name, c.logs(tail=tail, timestamps=True)))
+                    except NotFound:
+                        continue  # removed while we read: its lines are gone with it
+            except (APIError, DockerException, OSError) as exc:
+                raise _wrap(exc, f"reading the logs of {key} on {host['name']}") from exc
+            for name, data in chunks:
+                for line in data.decode(errors="replace").splitlines():
+                    yield f"{name} {line}"
 
     def samples(self, key: str, state: dict[str, Any]) -> list[ResourceSample]:
         result = []
