@@ -38,9 +38,9 @@ pytestmark = pytest.mark.django_db
 DASHBOARD = reverse("portal:dashboard")
 # Pinned: the session and allauth's session tracking (7, savepoints included), membership,
 # projects count, catalog, projects page, environments, components, active operations,
-# attention count, invitations (2), the menu's memberships, and billing's quota sums (7: plan,
-# sizes, components, counts, domains, component groups). The same for 1 or 10,000 projects.
-DASHBOARD_QUERIES = 25
+# attention count, invitations (2), the menu's memberships. Quotas come from the cache after
+# the first request. The same for 1 or 10,000 projects.
+DASHBOARD_QUERIES = 18
 
 
 def test_anonymous_user_is_redirected_to_login() -> None:
