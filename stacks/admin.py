@@ -190,8 +190,9 @@ class DockerHostAdmin(SupportActionsMixin, admin.ModelAdmin):
                 continue
             self.message_user(
                 request,
-                f"{host}: moving {len(result['moved'])} environment(s); it is marked draining once they "
-                "have moved. Staying (data in volumes or no other host): "
+                f"{host}: marked draining; moving {len(result['moved'])} environment(s) to other hosts, "
+                f"redeploying {len(result['respread'])} with replicas on it. "
+                "Staying (data in volumes or no other host): "
                 f"{', '.join(result['stays']) or 'none'}. "
                 f"Busy, drain again later: {', '.join(result['busy']) or 'none'}.",
                 messages.WARNING if result["stays"] or result["busy"] else messages.SUCCESS,

@@ -63,16 +63,16 @@ def free_memory_mb(hosts: list[DockerHost]) -> dict[str, int]:
     return {h.name: h.memory_mb - promised[h.name] for h in hosts}
 
 
-def hosts_for(environment: Environment) -> list[dict[str, str]]:
-    """Active hosts of the environment's region and kernel line: the stack's own host first,
-    then by free memory (a new stack's home is the host with the most room)."""
-    hosts = list(
-        DockerHost.objects.filter(
-            region=environment.project.region, kernel=environment.kernel, state=DockerHost.State.ACTIVE
-        )
-    )
+def hosts_for(environment: Environment) -> list[dict[str, Any]]:
+    """The hosts of the environment's region and kernel line the backend works on: active
+    ones first (the stack's own host first, then by free memory: a new stack's home is the
+    host with the most room), then draining ones marked ``drain`` — nothing new is placed
+    there, but the backend still sees (and removes) what of the stack runs on them. A
+    stack whose home is a draining host keeps it as its home (its volumes are there)."""
+    in_region = DockerHost.objects.filter(region=environment.project.region, kernel=environment.kernel)
+    hosts = list(in_region.filter(state=DockerHost.State.ACTIVE))
     free = free_memory_mb(hosts)
-    listed = [{"name": h.name, "url": h.url, "pool": h.address_pool} for h in hosts]
+    listed: list[dict[str, Any]] = [{"name": h.name, "url": h.url, "pool": h.address_pool} for h in hosts]
     own = environment.backend_state.get("host")
     listed.sort(key=lambda h: (h["name"] != own, -free[h["name"]], h["name"]))
     if not own and listed:
@@ -87,6 +87,9 @@ def hosts_for(environment: Environment) -> list[dict[str, str]]:
         host = DockerHost.objects.filter(name=own).exclude(state=DockerHost.State.DOWN).first()
         if host:
             listed.insert(0, {"name": host.name, "url": host.url, "pool": host.address_pool})
+    named = {h["name"] for h in listed}
+    for host in in_region.filter(state=DockerHost.State.DRAINING).exclude(name__in=named).order_by("name"):
+        listed.append({"name": host.name, "url": host.url, "pool": host.address_pool, "drain": True})
     return listed
 
 

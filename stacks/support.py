@@ -314,23 +314,42 @@ def move_environment(
 
 @transaction.atomic
 def drain_host(*, host: DockerHost, actor: User, origin: Origin | None = None) -> dict[str, list[str]]:
-    """Move the stateless environments living on ``host`` to other active hosts with a
-    normal deploy each; the host is marked draining once those deploys have finished
-    (``finish_host_drain``), so it gets nothing new. Environments with data stay (the
-    backend cannot copy volumes between hosts) and are listed in the result."""
+    """Mark ``host`` draining (nothing new is placed on it from now on) and move its work
+    elsewhere with a normal deploy each: stateless environments living on it get a new home
+    on another active host; on routed hosts (address pools) the stacks living elsewhere
+    whose public replicas spread onto it are redeployed where they are, which takes those
+    replicas off it. The backend still sees the draining host, so each deploy removes what
+    ran there. Environments with data stay (the backend cannot copy volumes between hosts)
+    and are listed in the result; "busy" ones had an operation running: drain them again."""
     _require_staff(actor)
     host = DockerHost.objects.select_for_update(of=("self",)).get(pk=host.pk)
-    if host.state != DockerHost.State.ACTIVE:
-        raise ServiceError(f"{host} is {host.get_state_display().lower()} already.", status=409)
-    result: dict[str, list[str]] = {"moved": [], "stays": [], "busy": []}
+    if host.state == DockerHost.State.DOWN:
+        raise ServiceError(f"{host} is down: nothing of it can be moved.", status=409)
+    # Draining again (after "busy" ones) moves what is still there.
+    DockerHost.objects.filter(pk=host.pk).update(state=DockerHost.State.DRAINING)
+    result: dict[str, list[str]] = {"moved": [], "stays": [], "respread": [], "busy": []}
     operations = []
     environments = (
         Environment.objects.select_for_update(of=("self",))
         .select_related("project__organization", "project__region", "kernel", "current_release")
-        .filter(backend_state__host=host.name)
+        .filter(project__region=host.region, kernel=host.kernel)
         .exclude(status__in=GONE)
     )
     for environment in environments:
+        home = environment.backend_state.get("host")
+        if home != host.name:
+            if not host.address_pool or not home or environment.current_release is None:
+                continue
+            if environment.project.suspended_at is not None or not environment.desired_running:
+                continue  # nothing runs: it converges off the host when started again
+            try:
+                with transaction.atomic():
+                    operations.append(_redeploy(environment, actor, origin).pk)
+            except ServiceError:
+                result["busy"].append(environment.key)
+                continue
+            result["respread"].append(environment.key)
+            continue
         target = _target_host(environment, exclude=host.name)
         if target is None or stateful_components(environment) or environment.current_release is None:
             result["stays"].append(environment.key)
@@ -367,11 +386,22 @@ def drain_host(*, host: DockerHost, actor: User, origin: Origin | None = None) -
     return result
 
 
+def _redeploy(environment: Environment, actor: User, origin: Origin | None) -> Operation:
+    return lifecycle._queue(
+        environment,
+        OperationKind.DEPLOY,
+        actor,
+        release=environment.current_release,
+        params={"reason": "support.drain"},
+        origin=origin,
+    )
+
+
 def finish_host_drain(*, host_id: int) -> bool:
-    """Mark the host draining once the moves ``drain_host`` queued have ended (whatever
-    their outcome: a failed move is retried by support, the host takes nothing new)."""
+    """Once the moves ``drain_host`` queued have ended (whatever their outcome: a failed
+    move is retried by support), forget them; True when nothing is pending any more."""
     host = DockerHost.objects.filter(pk=host_id).first()
-    if host is None or host.state != DockerHost.State.ACTIVE:
+    if host is None:
         return True
     pending = host.labels.get("drain_operations", [])
     if Operation.objects.filter(
@@ -379,7 +409,5 @@ def finish_host_drain(*, host_id: int) -> bool:
     ).exists():
         return False
     labels = {k: v for k, v in host.labels.items() if k != "drain_operations"}
-    DockerHost.objects.filter(pk=host.pk, state=DockerHost.State.ACTIVE).update(
-        state=DockerHost.State.DRAINING, labels=labels
-    )
+    DockerHost.objects.filter(pk=host.pk).update(labels=labels)
     return True

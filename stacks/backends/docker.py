@@ -83,7 +83,7 @@ class DockerBackend(Backend):
 
     def __init__(
         self,
-        hosts: list[dict[str, str]] | None = None,
+        hosts: list[dict[str, Any]] | None = None,
         edge_pickup: float = EDGE_PICKUP,
         dns_drain: float = DNS_DRAIN,
     ) -> None:
@@ -109,8 +109,13 @@ class DockerBackend(Backend):
 
     def place(self, spec: StackSpec, state: dict[str, Any]) -> str:
         """The stack's home host: its data services and single replicas live there, kept
-        once chosen (its volumes are there)."""
-        return str(state.get("host") or self.hosts[0]["name"])
+        once chosen (its volumes are there). A new stack's home is never a draining host."""
+        if state.get("host"):
+            return str(state["host"])
+        placeable = [h for h in self.hosts if not h.get("drain")]
+        if not placeable:
+            raise BackendError("no active host to place the stack on", permanent=False)
+        return str(placeable[0]["name"])
 
     @property
     def multi_host(self) -> bool:
@@ -124,7 +129,8 @@ class DockerBackend(Backend):
         home = self.place(spec, state)
         if not self.multi_host or comp.stateful or not comp.public_port:
             return home
-        names = sorted(h["name"] for h in self.hosts)  # stable, whatever order placement prefers
+        # Stable, whatever order placement prefers; nothing new on a draining host.
+        names = sorted(h["name"] for h in self.hosts if not h.get("drain") or h["name"] == home)
         start = names.index(home) if home in names else 0
         return names[(start + index) % len(names)]
 

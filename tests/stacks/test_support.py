@@ -4,6 +4,7 @@ hand where a test needs the next step."""
 
 from __future__ import annotations
 
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -13,6 +14,7 @@ from projects.models import AuditEvent, Environment, EnvironmentStatus, User
 from projects.services import ServiceError
 from stacks import lifecycle, support
 from stacks.models import DockerHost, KernelVersion, Operation, OperationKind, OperationStatus, Region
+from stacks.operations import hosts_for
 from tests.factories import UserFactory
 
 pytestmark = pytest.mark.django_db
@@ -210,7 +212,7 @@ def test_a_host_of_another_kernel_line_is_refused(shop: Environment, supporter: 
         support.move_environment(environment=shop, host=host, actor=supporter)
 
 
-def test_drain_moves_stateless_stacks_keeps_data_and_marks_the_host_after(
+def test_drain_marks_the_host_at_once_moves_stateless_stacks_and_keeps_data(
     team: Any, shop: Environment, supporter: User
 ) -> None:
     h1 = add_host("h1", shop)
@@ -223,14 +225,51 @@ def test_drain_moves_stateless_stacks_keeps_data_and_marks_the_host_after(
         host="h1",
     )
     result = support.drain_host(host=h1, actor=supporter)
-    assert result == {"moved": [shop.key], "stays": [blog.key], "busy": []}
+    assert result == {"moved": [shop.key], "stays": [blog.key], "respread": [], "busy": []}
     shop.refresh_from_db()
     assert shop.backend_state["host"] == "h2"
     h1.refresh_from_db()
-    assert h1.state == DockerHost.State.ACTIVE  # the move still needs to see its old containers
+    assert h1.state == DockerHost.State.DRAINING  # nothing new goes there from now on
+    # The move's backend still sees h1 (to remove what ran there) but places nothing on it.
+    hosts = hosts_for(shop)
+    assert [(h["name"], h.get("drain", False)) for h in hosts] == [("h2", False), ("h1", True)]
     assert not support.finish_host_drain(host_id=h1.pk)
     finish(shop)
     assert support.finish_host_drain(host_id=h1.pk)
     h1.refresh_from_db()
     assert h1.state == DockerHost.State.DRAINING and "drain_operations" not in h1.labels
     assert AuditEvent.objects.filter(action="support.host.drain", target="host h1").exists()
+    # Draining again (once the busy ones are free) is allowed; a host that is down is refused.
+    assert support.drain_host(host=h1, actor=supporter)["stays"] == [blog.key]
+    DockerHost.objects.filter(pk=h1.pk).update(state=DockerHost.State.DOWN)
+    with pytest.raises(ServiceError, match="down"):
+        support.drain_host(host=h1, actor=supporter)
+
+
+def test_drain_of_a_routed_host_redeploys_stacks_spread_onto_it(shop: Environment, supporter: User) -> None:
+    h1 = add_host("h1", shop, address_pool="10.225.0.0/16")
+    add_host("h2", shop, address_pool="10.226.0.0/16")
+    Environment.objects.filter(pk=shop.pk).update(backend_state={"host": "h2", "number": 7})
+    result = support.drain_host(host=h1, actor=supporter)
+    assert result["respread"] == [shop.key]
+    op = shop.operations.get(status=OperationStatus.QUEUED)
+    assert op.kind == OperationKind.DEPLOY and op.release_id == shop.current_release_id
+    shop.refresh_from_db()
+    assert shop.backend_state == {"host": "h2", "number": 7}  # same home, same network
+
+
+def test_the_public_component_never_spreads_onto_a_draining_host(shop: Environment) -> None:
+    from stacks.backends.docker import DockerBackend
+
+    hosts = [
+        {"name": "h1", "url": "unix:///x", "pool": "10.225.0.0/16"},
+        {"name": "h2", "url": "unix:///y", "pool": "10.226.0.0/16", "drain": True},
+        {"name": "h3", "url": "unix:///z", "pool": "10.227.0.0/16"},
+    ]
+    backend = DockerBackend(hosts=hosts)
+    comp = SimpleNamespace(stateful=False, public_port=8080)
+    spread = {backend.host_of(None, {"host": "h1"}, comp, i) for i in range(6)}  # type: ignore[arg-type]
+    assert spread == {"h1", "h3"}
+    assert backend.place(None, {}) == "h1"  # type: ignore[arg-type]
+    with pytest.raises(Exception, match="no active host"):
+        DockerBackend(hosts=[hosts[1]]).place(None, {})  # type: ignore[arg-type]
