@@ -297,8 +297,9 @@ STACKPORT_STACK_PREFIX = env.str(
 )
 if not re.fullmatch(r"[a-z][a-z0-9]{0,15}", STACKPORT_STACK_PREFIX):
     raise ImproperlyConfigured("STACKPORT_STACK_PREFIX: 1-16 lower-case letters and digits, a letter first.")
-# git sources: file:// repositories only where the operator allows them (tests, demos).
-STACKPORT_GIT_ALLOW_FILE = env.bool("STACKPORT_GIT_ALLOW_FILE", default=DJANGO_ENV != "production")
+# git sources are fetched from public addresses only; these "host" or "host:port" entries are
+# the operator's own servers that may be private (an internal git mirror). Never the worker's disk.
+STACKPORT_GIT_TRUSTED_HOSTS = [h.lower() for h in env.list("STACKPORT_GIT_TRUSTED_HOSTS", default=[])]
 # A running operation whose worker sent no heartbeat for this long is run again.
 STACKPORT_OPERATION_STALE_SECONDS = env.int("STACKPORT_OPERATION_STALE_SECONDS", default=60)
 # Sales demos (projects/demos.py): removed this long after they start, the salesperson warned before.

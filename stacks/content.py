@@ -13,8 +13,10 @@ import gzip
 import hashlib
 import io
 import lzma
+import math
 import os
 import re
+import shlex
 import signal
 import stat
 import subprocess
@@ -23,11 +25,13 @@ import tempfile
 import time
 import zipfile
 import zlib
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Protocol, cast
 from urllib.parse import urlsplit
+
+from stacks.addresses import AddressRefused, check_host, resolve_public
 
 MAX_ARCHIVE_BYTES = 100 * 2**20  # compressed upload
 MAX_UNPACKED_BYTES = 512 * 2**20  # sum of file sizes after unpacking
@@ -38,7 +42,8 @@ _MTIME = 315_532_800  # 1980-01-01, the zip epoch: fixed so equal content hashes
 _CHUNK = 64 * 1024
 _FORMATS = "zip, tar, tar.gz, tar.bz2 or tar.xz"
 _BAD_CHARS = re.compile(r"[\x00-\x1f\x7f-\x9f\\]")
-_SCP_URL = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]*@[A-Za-z0-9][A-Za-z0-9.-]*:(?!//)\S+$")
+_SCP_URL = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]*@(?P<host>[A-Za-z0-9][A-Za-z0-9.-]*):(?!//)\S+$")
+_PORTS = {"https": 443, "http": 80, "ssh": 22}
 # git check-ref-format: no leading "-" or "/", no trailing "/" or ".", not "@", no "..", "@{",
 # "//", no control characters, space or ~^:?*[\, no part starting with "." or ending in ".lock".
 _BAD_BRANCH = re.compile(r"^[-/]|[/.]$|^@$|\.\.|@\{|//|[\x00-\x20\x7f~^:?*\[\\]|(^|/)\.|\.lock(/|$)")
@@ -281,6 +286,7 @@ def _read_tar(stream: _Limited, tree: _Tree) -> None:
 # the walk below sees and refuses them; core.symlinks=false would silently turn them into files.
 _GIT_CONFIG = (
     "protocol.allow=never protocol.https.allow=always protocol.http.allow=always protocol.ssh.allow=always"
+    " protocol.file.allow=never http.followRedirects=false"
     " core.symlinks=true core.hooksPath=/dev/null core.fsmonitor=false submodule.recurse=false"
 ).split()
 _GIT_ENV = {
@@ -289,7 +295,6 @@ _GIT_ENV = {
     "GIT_CONFIG_NOSYSTEM": "1",
     "GIT_CONFIG_GLOBAL": os.devnull,
     "GIT_PROTOCOL_FROM_USER": "0",
-    "GIT_SSH_COMMAND": "ssh -o BatchMode=yes",
     "GIT_LFS_SKIP_SMUDGE": "1",
 }
 _AUTH_FAILED = re.compile(
@@ -304,22 +309,35 @@ def fetch_git(
     *,
     max_unpacked_bytes: int = MAX_UNPACKED_BYTES,
     max_files: int = MAX_FILES,
+    max_download_bytes: int = MAX_UNPACKED_BYTES,
     timeout: float = GIT_TIMEOUT,
-    allow_file: bool = False,
+    trusted_hosts: Collection[str] = (),
 ) -> Content:
     """Shallow-clone one branch (or tag) of a repository and return its files as a normalized tar.
 
-    ``allow_file`` admits file:// URLs: for tests and trusted local mirrors, never customer input.
+    Only public hosts (or the operator's ``trusted_hosts``, "host" or "host:port"): the host is
+    resolved once, checked, and git is pinned to that address; no redirects; the clone is
+    bounded in time and in bytes on disk. Never the worker's own disk, keys or git setup.
     """
-    _check_url(url, allow_file=allow_file)
+    source = _check_url(url, trusted_hosts=trusted_hosts)
     _check_branch(branch)
+    try:
+        address = resolve_public(source.host, source.port, trusted=trusted_hosts)
+    except AddressRefused as exc:
+        raise ContentError(f"Refused: {exc.message}", "git_url") from None
     tree = _Tree("repository", "git_url", max_files, max_unpacked_bytes)
     deadline = time.monotonic() + timeout
     with tempfile.TemporaryDirectory(prefix="stackport-git-") as home:
         # A clean environment: nothing from the worker's own git setup, only PATH and proxies.
         env = {name: os.environ[name] for name in ("PATH", *_PROXY_VARS) if name in os.environ}
-        env.update(_GIT_ENV, HOME=home)
-        work = _clone(url, branch, env, deadline, allow_file=allow_file)
+        env.update(_GIT_ENV, HOME=home, GIT_SSH_COMMAND=_ssh_command(source, address, home))
+        pin = [f"http.curloptResolve={source.host}:{source.port}:{_bracketed(address)}"]
+        work = Path(home, "work")
+        clone = ["clone", "--depth", "1", "--single-branch", "--no-tags", "--branch", branch, "--template="]
+        args = [a for c in (*_GIT_CONFIG, *pin) for a in ("-c", c)] + clone + ["--", url, str(work)]
+        code, _, err = _git(args, env, deadline, watch=(work, max_download_bytes))
+        if code != 0:
+            raise _git_error(err, url, branch)
         commit = _git(["rev-parse", "HEAD"], env, deadline, cwd=work)[1].strip() or None
         for entry in _git(["ls-files", "--stage", "-z"], env, deadline, cwd=work)[1].split("\0"):
             if entry.startswith("160000 "):
@@ -329,19 +347,41 @@ def fetch_git(
     return tree.build(strip=False, commit=commit)
 
 
-def _clone(url: str, branch: str, env: dict[str, str], deadline: float, *, allow_file: bool) -> Path:
-    config = [*_GIT_CONFIG, f"protocol.file.allow={'always' if allow_file else 'never'}"]
-    work = Path(env["HOME"], "work")
-    args = [a for c in config for a in ("-c", c)] + ["clone", "--depth", "1", "--single-branch", "--no-tags"]
-    code, _, err = _git([*args, "--branch", branch, "--template=", "--", url, str(work)], env, deadline)
-    if code != 0:
-        raise _git_error(err, url, branch)
-    return work
+@dataclass(frozen=True)
+class _Source:
+    scheme: str  # https, http or ssh (scp-like addresses are ssh)
+    host: str  # lower case, IPv6 without brackets
+    port: int
 
 
-def validate_git_source(url: str, branch: str, *, allow_file: bool) -> None:
-    """Check a repository address and branch without running anything (for the request)."""
-    _check_url(url, allow_file=allow_file)
+def _bracketed(address: str) -> str:
+    return f"[{address}]" if ":" in address else address
+
+
+def _ssh_command(source: _Source, address: str, home: str) -> str:
+    """ssh pinned to the checked address, with nothing of the worker's: no config, agent,
+    identity or known hosts of its user (OpenSSH reads those from the real home, not $HOME)."""
+    options = {
+        "BatchMode": "yes",
+        "HostName": address,
+        "HostKeyAlias": source.host,
+        "UserKnownHostsFile": f"{home}/known_hosts",
+        "GlobalKnownHostsFile": os.devnull,
+        "StrictHostKeyChecking": "accept-new",
+        "IdentitiesOnly": "yes",
+        "IdentityAgent": "none",
+        "IdentityFile": f"{home}/no-identity",
+        "ProxyCommand": "none",
+        "ProxyJump": "none",
+        "ConnectTimeout": "20",
+    }
+    return shlex.join(["ssh", "-F", os.devnull, *(f"-o{k}={v}" for k, v in options.items())])
+
+
+def validate_git_source(url: str, branch: str, *, trusted_hosts: Collection[str] = ()) -> None:
+    """Check a repository address and branch without running anything or resolving names (for
+    the request: the worker resolves and checks the host again before it connects)."""
+    _check_url(url, trusted_hosts=trusted_hosts)
     _check_branch(branch)
 
 
@@ -349,7 +389,7 @@ def redact_url(url: str) -> str:
     return _redact(url)
 
 
-def _check_url(url: str, *, allow_file: bool) -> None:
+def _check_url(url: str, *, trusted_hosts: Collection[str]) -> _Source:
     bad = ContentError(
         f"{_show(_redact(url))} is not a repository address we can fetch. "
         "Use https://host/path, ssh://host/path or git@host:path.",
@@ -359,19 +399,29 @@ def _check_url(url: str, *, allow_file: bool) -> None:
         raise bad
     match = re.match(r"^([A-Za-z][A-Za-z0-9+.-]*)://", url)
     scheme = match[1].lower() if match else None
-    if scheme is None and not _SCP_URL.match(url):  # also refuses transports such as ext::command
-        raise bad
-    if scheme == "file" and not allow_file:
-        raise ContentError("Repositories on this server's disk (file://) are not allowed.", "git_url")
-    if scheme in (None, "file"):
-        return
+    if scheme == "file" or (scheme is None and url.startswith((".", "/", "~"))):
+        raise ContentError(
+            "Repositories on this server's disk are not allowed: use a public address.", "git_url"
+        )
+    if scheme is None:
+        scp = _SCP_URL.match(url)  # also refuses transports such as ext::command
+        if not scp:
+            raise bad
+        source = _Source("ssh", scp["host"].lower(), 22)
+    else:
+        try:
+            parts = urlsplit(url)
+            host, user, port = parts.hostname or "", parts.username or "", parts.port
+        except ValueError:
+            raise bad from None
+        if scheme not in _PORTS or not host or host.startswith("-") or user.startswith("-"):
+            raise bad
+        source = _Source(scheme, host, port or _PORTS[scheme])
     try:
-        parts = urlsplit(url)
-        host, user = parts.hostname or "", parts.username or ""
-    except ValueError:
-        raise bad from None
-    if scheme not in ("https", "http", "ssh") or not host or host.startswith("-") or user.startswith("-"):
-        raise bad
+        check_host(source.host, source.port, trusted=trusted_hosts)
+    except AddressRefused as exc:
+        raise ContentError(f"Refused: {exc.message}", "git_url") from None
+    return source
 
 
 def _check_branch(branch: str) -> None:
@@ -381,9 +431,11 @@ def _check_branch(branch: str) -> None:
 
 
 def _redact(url: str) -> str:
-    """The URL without the credentials a customer may have put in it (a plain git@ user stays)."""
-    url = re.sub(r"^([A-Za-z][A-Za-z0-9+.-]*://)[^/@]*@", r"\1***@", url)
-    return re.sub(r"^[^/@:]*:[^/@]*@", "***@", url)
+    """The URL without the credentials a customer may have put in it: user and password, and
+    every query and fragment value (``?private_token=...``). A plain git@ user stays."""
+    url = re.sub(r"^([A-Za-z][A-Za-z0-9+.-]*://)[^/@?#]*@", r"\1***@", url)
+    url = re.sub(r"^[^/@:]*:[^/@]*@", "***@", url)
+    return re.sub(r"([?&#][^=&#]*=)[^&#]*", r"\1***", url)
 
 
 def _git_error(stderr: str, url: str, branch: str) -> ContentError:
@@ -392,12 +444,19 @@ def _git_error(stderr: str, url: str, branch: str) -> ContentError:
         return ContentError(f"The branch {_show(branch)} does not exist in {shown}.", "branch")
     if _AUTH_FAILED.search(stderr):
         return ContentError(f"The repository {shown} asks for credentials or refused them.", "git_url")
+    if re.search(r"returned error: 30[1278]|redirect", stderr, re.IGNORECASE):
+        return ContentError(f"The repository {shown} redirects elsewhere; give its final address.", "git_url")
     return ContentError(f"The repository {shown} could not be fetched. Check the address.", "git_url")
 
 
 def _git(
-    args: list[str], env: dict[str, str], deadline: float, cwd: Path | None = None
+    args: list[str],
+    env: dict[str, str],
+    deadline: float,
+    cwd: Path | None = None,
+    watch: tuple[Path, int] | None = None,
 ) -> tuple[int, str, str]:
+    """Run git; ``watch`` = (folder, bytes): stop it once the folder grows past that size."""
     # Its own session: on timeout we kill git with its helpers (ssh, git-remote-https) at once.
     proc = subprocess.Popen(  # noqa: S603 - an argument list, no shell; url and branch checked above
         ["git", *args],  # noqa: S607 - the server's git, found on its PATH
@@ -408,14 +467,39 @@ def _git(
         stderr=subprocess.PIPE,
         start_new_session=True,
     )
-    try:
-        out, err = proc.communicate(timeout=max(deadline - time.monotonic(), 0.01))
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.communicate()
-        raise ContentError("Fetching the repository took too long.", "git_url") from None
-    return proc.returncode, out.decode("utf-8", "replace"), err.decode("utf-8", "replace")
+    while True:
+        out: bytes | None
+        err: bytes | None
+        try:
+            out, err = proc.communicate(timeout=min(max(deadline - time.monotonic(), 0.01), 0.25))
+        except subprocess.TimeoutExpired:
+            out = err = None
+        refusal = _over_limits(deadline if out is None else math.inf, watch)
+        if refusal and out is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+        if refusal:
+            raise refusal
+        if out is not None and err is not None:
+            return proc.returncode, out.decode("utf-8", "replace"), err.decode("utf-8", "replace")
+
+
+def _over_limits(deadline: float, watch: tuple[Path, int] | None) -> ContentError | None:
+    if watch and _folder_bytes(watch[0]) > watch[1]:
+        return ContentError(f"The repository is larger than {watch[1] // 2**20} MB to download.", "git_url")
+    if time.monotonic() >= deadline:
+        return ContentError("Fetching the repository took too long.", "git_url")
+    return None
+
+
+def _folder_bytes(root: Path) -> int:
+    total = 0
+    for dirpath, _, filenames in os.walk(root):
+        for name in filenames:
+            with contextlib.suppress(OSError):
+                total += os.lstat(os.path.join(dirpath, name)).st_size
+    return total
 
 
 def _read_worktree(root: Path, tree: _Tree) -> None:

@@ -484,7 +484,7 @@ def deploy_content(
         from stacks.content import ContentError, redact_url, validate_git_source
 
         try:
-            validate_git_source(git_url, branch, allow_file=settings.STACKPORT_GIT_ALLOW_FILE)
+            validate_git_source(git_url, branch, trusted_hosts=settings.STACKPORT_GIT_TRUSTED_HOSTS)
         except ContentError as exc:
             raise ServiceError(exc.message, field=exc.field) from exc
         # No content yet: the operation fetches it (and a resumed one knows it has).

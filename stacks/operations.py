@@ -339,7 +339,8 @@ def _fetch_git(op: Operation, release: Release) -> None:
             max_unpacked_bytes=settings.STACKPORT_CONTENT_MAX_BYTES,
             max_files=settings.STACKPORT_CONTENT_MAX_FILES,
             timeout=300,
-            allow_file=settings.STACKPORT_GIT_ALLOW_FILE,
+            max_download_bytes=settings.STACKPORT_CONTENT_MAX_BYTES,
+            trusted_hosts=settings.STACKPORT_GIT_TRUSTED_HOSTS,
         )
     except ContentError as exc:
         raise OperationFailed(exc.message) from exc

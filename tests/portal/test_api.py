@@ -393,6 +393,41 @@ def test_bad_input_answers_4xx_with_a_clear_message(team: Team, env: Environment
         ("put", f"/environments/{env.pk}/variables", {"name": "A", "value": "x\x00y"}, 400, "value"),
         ("put", f"/environments/{env.pk}/variables", {"value": "x"}, 422, "name"),
         ("post", f"/environments/{env.pk}/git", {"url": "ftp://x/y", "branch": "main"}, 400, None),
+        (
+            "post",
+            f"/environments/{env.pk}/git",
+            {"url": "file:///work/main", "branch": "main"},
+            400,
+            "git_url",
+        ),
+        (
+            "post",
+            f"/environments/{env.pk}/git",
+            {"url": "http://127.0.0.1:2019/", "branch": "main"},
+            400,
+            "git_url",
+        ),
+        (
+            "post",
+            f"/environments/{env.pk}/git",
+            {"url": "http://[::1]:6379/", "branch": "main"},
+            400,
+            "git_url",
+        ),
+        (
+            "post",
+            f"/environments/{env.pk}/git",
+            {"url": "http://2130706433/", "branch": "main"},
+            400,
+            "git_url",
+        ),
+        (
+            "post",
+            f"/environments/{env.pk}/git",
+            {"url": "http://169.254.169.254/", "branch": "main"},
+            400,
+            "git_url",
+        ),
         ("post", f"/environments/{env.pk}/rollback", {"release": 99}, 404, "release"),
     ]
     for method, path, body, status, field in cases:

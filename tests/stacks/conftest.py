@@ -16,6 +16,8 @@ import pytest
 import requests
 from django.db import transaction
 
+from tests.stacks.gitserver import GitServer
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -38,6 +40,13 @@ def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout} s waiting for {what}")
         time.sleep(0.05)
+
+
+@pytest.fixture
+def git_server(tmp_path: Path) -> Iterator[GitServer]:
+    """git's smart-HTTP server on loopback serving the repositories under tmp_path."""
+    with GitServer(tmp_path).running() as running:
+        yield running
 
 
 @dataclass

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import io
 import os
+import socket
 import subprocess
 import tarfile
 import time
 import zipfile
+from collections.abc import Callable, Iterator
 from dataclasses import FrozenInstanceError
 from pathlib import Path
 
@@ -15,7 +17,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from stacks.content import Content, ContentError, _check_branch, fetch_git, normalize_archive
+from stacks import addresses
+from stacks.content import Content, ContentError, _check_branch, fetch_git, normalize_archive, redact_url
+from tests.stacks.gitserver import GitServer
 
 MTIME = 315_532_800
 MB = 2**20
@@ -344,12 +348,27 @@ def repo(tmp_path: Path) -> Path:
     return repo
 
 
-def fetch(repo: Path, branch: str, **limits: float) -> Content:
-    options = {"max_unpacked_bytes": MB, "max_files": 100, "timeout": 30, **limits}
-    return fetch_git(f"file://{repo}", branch, allow_file=True, **options)  # type: ignore[arg-type]
+@pytest.fixture
+def fetch(git_server: GitServer) -> Callable[..., Content]:
+    def fetch(repo: Path, branch: str, **limits: float) -> Content:
+        options = {"max_unpacked_bytes": MB, "max_files": 100, "timeout": 30, **limits}
+        url = git_server.url(repo.name)
+        return fetch_git(url, branch, trusted_hosts=[git_server.host], **options)  # type: ignore[arg-type]
+
+    return fetch
 
 
-def test_fetch_each_branch(repo):
+@pytest.fixture
+def public_dns(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every name resolves to one public address (the fake git of these tests never connects)."""
+
+    def getaddrinfo(host: str, port: int, *args: object, **kwargs: object) -> list[tuple]:
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("93.184.215.14", port))]
+
+    monkeypatch.setattr(addresses.socket, "getaddrinfo", getaddrinfo)
+
+
+def test_fetch_each_branch(repo, fetch):
     main, feature = fetch(repo, "main"), fetch(repo, "feature/new-ui")
     assert main.commit == git(repo, "rev-parse", "main").strip()
     assert feature.commit == git(repo, "rev-parse", "feature/new-ui").strip()
@@ -364,27 +383,27 @@ def test_fetch_each_branch(repo):
     assert fetch(repo, "main").sha256 == main.sha256 != feature.sha256
 
 
-def test_git_and_archive_of_the_same_files_hash_alike(repo):
+def test_git_and_archive_of_the_same_files_hash_alike(repo, fetch):
     files = {"app.py": b"v1\n", "lib/util.py": b"u\n", "run.sh": b"#!/bin/sh\n"}
     data = make_zip([(n, d, 0o100755 if n == "run.sh" else 0o100644) for n, d in files.items()])
     assert normalize(data).sha256 == fetch(repo, "main").sha256
 
 
-def test_unknown_branch_is_a_clear_error(repo):
+def test_unknown_branch_is_a_clear_error(repo, fetch, git_server):
     with pytest.raises(ContentError) as caught:
         fetch(repo, "nope")
     assert caught.value.field == "branch"
-    assert caught.value.message == f"The branch nope does not exist in file://{repo}."
+    assert caught.value.message == f"The branch nope does not exist in {git_server.url('repo')}."
 
 
-def test_symlink_in_repository_is_refused(repo):
+def test_symlink_in_repository_is_refused(repo, fetch):
     (repo / "passwd").symlink_to("/etc/passwd")
     commit(repo, {}, "link")
     with pytest.raises(ContentError, match=r"^The repository contains a link: passwd -> /etc/passwd\. Links"):
         fetch(repo, "main")
 
 
-def test_submodule_in_repository_is_refused(repo):
+def test_submodule_in_repository_is_refused(repo, fetch):
     git(
         repo,
         "update-index",
@@ -397,14 +416,14 @@ def test_submodule_in_repository_is_refused(repo):
         fetch(repo, "main")
 
 
-def test_repository_limits_apply(repo):
+def test_repository_limits_apply(repo, fetch):
     with pytest.raises(ContentError, match=r"^The repository contains more than 2 files and folders"):
         fetch(repo, "main", max_files=2)
     with pytest.raises(ContentError, match=r"^The repository is larger than 5 bytes when unpacked"):
         fetch(repo, "main", max_unpacked_bytes=5)
 
 
-def test_unreachable_repository(tmp_path):
+def test_unreachable_repository(tmp_path, fetch):
     with pytest.raises(ContentError) as caught:
         fetch(tmp_path / "missing", "main")
     assert caught.value.field == "git_url"
@@ -427,7 +446,7 @@ def fake_git(tmp_path, monkeypatch):
     return install
 
 
-def test_timeout_kills_git_and_its_helpers(fake_git, tmp_path):
+def test_timeout_kills_git_and_its_helpers(fake_git, tmp_path, public_dns):
     marker = tmp_path / "survived"
     fake_git(f"(sleep 1; touch {marker}) & sleep 30")
     started = time.monotonic()
@@ -438,7 +457,7 @@ def test_timeout_kills_git_and_its_helpers(fake_git, tmp_path):
     assert not marker.exists()
 
 
-def test_credentials_never_reach_messages(fake_git):
+def test_credentials_never_reach_messages(fake_git, public_dns):
     fake_git("echo \"fatal: unable to access 'https://bob:s3cret@git.example.test/a.git/'\" >&2; exit 128")
     with pytest.raises(ContentError) as caught:
         fetch_git("https://bob:s3cret@git.example.test/a.git", "main")
@@ -457,7 +476,7 @@ def test_credentials_never_reach_messages(fake_git):
         assert "s3cret" not in caught.value.message and "***@git.example.test" in caught.value.message
 
 
-def test_git_gets_a_safe_argument_list_and_environment(fake_git, tmp_path):
+def test_git_gets_a_safe_argument_list_and_environment(fake_git, tmp_path, public_dns):
     log = tmp_path / "log"
     fake_git(f'for a in "$@"; do echo "$a" >> {log}; done; env >> {log}; exit 1')
     with pytest.raises(ContentError):
@@ -468,7 +487,23 @@ def test_git_gets_a_safe_argument_list_and_environment(fake_git, tmp_path):
         "clone", "--depth", "1", "--single-branch", "--no-tags", "--branch", "release/1.0", "--template=", "--",
         "git@git.example.test:acme/app.git", lines[clone + 10],
     ]  # fmt: skip
-    assert {"protocol.allow=never", "protocol.file.allow=never", "core.symlinks=true"} <= set(lines)
+    assert {
+        "protocol.allow=never",
+        "protocol.file.allow=never",
+        "http.followRedirects=false",
+        "http.curloptResolve=git.example.test:22:93.184.215.14",
+        "core.symlinks=true",
+    } <= set(lines)
+    ssh = next(line for line in lines if line.startswith("GIT_SSH_COMMAND="))
+    home = Path(lines[clone + 10]).parent
+    for option in (
+        "-F /dev/null",
+        "-oHostName=93.184.215.14",
+        "-oIdentityAgent=none",
+        "-oIdentitiesOnly=yes",
+    ):
+        assert option in ssh
+    assert f"-oUserKnownHostsFile={home}/known_hosts" in ssh and f"-oIdentityFile={home}/no-identity" in ssh
     assert {
         "GIT_TERMINAL_PROMPT=0",
         "GIT_CONFIG_NOSYSTEM=1",
@@ -522,7 +557,8 @@ BAD_BRANCHES = [
 
 
 @pytest.mark.parametrize(
-    ("url", "branch"), [(u, "main") for u in BAD_URLS] + [("https://h/a.git", b) for b in BAD_BRANCHES]
+    ("url", "branch"),
+    [(u, "main") for u in BAD_URLS] + [("https://git.example.org/a.git", b) for b in BAD_BRANCHES],
 )
 def test_injection_is_refused_before_any_process_runs(monkeypatch, url, branch):
     def no_process(*args, **kwargs):
@@ -538,12 +574,12 @@ def test_injection_is_refused_before_any_process_runs(monkeypatch, url, branch):
     "url",
     [
         "https://github.com/acme/app.git",
-        "http://git.local:8080/a",
-        "ssh://git@host:2222/a.git",
+        "http://git.example.org:8080/a",
+        "ssh://git@git.example.org:2222/a.git",
         "git@github.com:acme/app.git",
     ],
 )
-def test_ordinary_urls_are_accepted(fake_git, url):
+def test_ordinary_urls_are_accepted(fake_git, url, public_dns):
     fake_git("exit 1")
     with pytest.raises(ContentError, match="could not be fetched"):
         fetch_git(url, "main")
@@ -560,3 +596,159 @@ def test_branch_rules_are_never_looser_than_git(branch):
         ["git", "check-ref-format", "--branch", branch], capture_output=True, env=GIT_ENV
     )
     assert checked.returncode == 0, branch
+
+
+# --- git fetches cannot be pointed inward ----------------------------------------------------------
+
+
+@pytest.fixture
+def listener() -> Iterator[tuple[int, list[object]]]:
+    """A loopback port that records every connection made to it."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(16)
+    sock.settimeout(0.05)
+    accepted: list[object] = []
+    yield int(sock.getsockname()[1]), accepted
+    while True:
+        try:
+            accepted.append(sock.accept())
+        except (TimeoutError, OSError):
+            break
+    sock.close()
+
+
+HOSTILE_URLS = [
+    "file:///work/main",
+    "file://localhost/etc",
+    "/work/main/.git",
+    "./repo",
+    "~/repo",
+    "ext::sh -c id",
+    "--upload-pack=touch /tmp/x",
+    "http://127.0.0.1:{port}/a.git",
+    "http://localhost:{port}/a.git",
+    "http://LOCALHOST.:{port}/a.git",
+    "http://app.localhost:{port}/a.git",
+    "http://127.1:{port}/a.git",
+    "http://2130706433:{port}/a.git",
+    "http://0x7f000001:{port}/a.git",
+    "http://0177.0.0.1:{port}/a.git",
+    "http://0.0.0.0:{port}/a.git",
+    "http://[::1]:{port}/a.git",
+    "http://[::]:{port}/a.git",
+    "http://[::ffff:127.0.0.1]:{port}/a.git",
+    "http://[::ffff:7f00:1]:{port}/a.git",
+    "http://[2002:7f00:1::1]:{port}/a.git",
+    "http://[64:ff9b::7f00:1]:{port}/a.git",
+    "http://169.254.169.254/latest/meta-data/",
+    "http://[fe80::1]/a.git",
+    "http://[fd00::1]/a.git",
+    "http://10.0.0.1/a.git",
+    "http://172.16.5.4/a.git",
+    "http://192.168.1.1/a.git",
+    "http://100.64.0.1/a.git",
+    "http://224.0.0.1/a.git",
+    "http://metadata.google.internal/computeMetadata/v1/",
+    "http://printer.local/a.git",
+    "http://gitserver:{port}/a.git",
+    "ssh://git@127.0.0.1:{port}/a.git",
+    "git@localhost:acme/app.git",
+    "git@10.1.2.3:acme/app.git",
+]
+
+
+@pytest.mark.parametrize("template", HOSTILE_URLS)
+def test_hostile_git_urls_are_refused_before_any_connection(monkeypatch, listener, template):
+    port, accepted = listener
+    url = template.format(port=port)
+
+    def no_process(*args, **kwargs):
+        raise AssertionError("a process was started")
+
+    monkeypatch.setattr(subprocess, "Popen", no_process)
+    with pytest.raises(ContentError) as caught:
+        fetch_git(url, "main")
+    assert caught.value.field == "git_url"
+    assert caught.value.message.startswith(("Refused: ", "Repositories on this git_server's disk", url[:8]))
+    assert not accepted
+
+
+def test_a_name_that_resolves_inward_is_refused_when_fetched(monkeypatch, listener):
+    port, accepted = listener
+
+    def getaddrinfo(host, port, *args, **kwargs):
+        answers = {"inward.example.org": "127.0.0.1", "mixed.example.org": "10.0.0.7"}
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (answers.get(host, "93.184.215.14"), port))] + (
+            [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("93.184.215.14", port))]
+            if host == "mixed.example.org"
+            else []
+        )
+
+    monkeypatch.setattr(addresses.socket, "getaddrinfo", getaddrinfo)
+    for host in ("inward.example.org", "mixed.example.org"):
+        with pytest.raises(ContentError) as caught:
+            fetch_git(f"http://{host}:{port}/a.git", "main")
+        assert (
+            caught.value.message
+            == f"Refused: {host} points to an address that is not public; only public hosts can be fetched from."
+        )
+        assert "127.0.0.1" not in caught.value.message and "10.0.0.7" not in caught.value.message
+    assert not accepted
+
+
+def test_git_connects_to_the_address_it_checked(monkeypatch, repo, git_server):
+    """The name is resolved once by us and git is pinned to that answer: a name nothing else
+    resolves (repo.example.org) reaches the git_server at the address we checked."""
+
+    def getaddrinfo(host, port, *args, **kwargs):
+        assert host == "repo.example.org"
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.1", port))]
+
+    monkeypatch.setattr(addresses.socket, "getaddrinfo", getaddrinfo)
+    url = f"http://repo.example.org:{git_server.port}/repo"
+    content = fetch_git(url, "main", trusted_hosts=[f"repo.example.org:{git_server.port}"], timeout=30)
+    assert content.commit == git(repo, "rev-parse", "main").strip()
+    with pytest.raises(
+        ContentError, match=r"^Refused: repo.example.org points to an address that is not public"
+    ):
+        fetch_git(url, "main", trusted_hosts=[f"repo.example.org:{git_server.port + 1}"], timeout=30)
+
+
+def test_redirects_are_not_followed(repo, git_server, listener):
+    port, accepted = listener
+    git_server.redirects["/moved/"] = f"http://127.0.0.1:{port}/"
+    with pytest.raises(ContentError) as caught:
+        fetch_git(git_server.url("moved/repo"), "main", trusted_hosts=[git_server.host], timeout=30)
+    assert caught.value.message == (
+        f"The repository {git_server.url('moved/repo')} redirects elsewhere; give its final address."
+    )
+    assert not accepted
+
+
+def test_a_large_download_is_stopped_at_its_limit(repo, git_server):
+    commit(repo, {"blob.bin": os.urandom(3 * MB)}, "big")
+    with pytest.raises(ContentError, match=r"^The repository is larger than 1 MB to download"):
+        fetch_git(
+            git_server.url("repo"), "main", trusted_hosts=[git_server.host], max_download_bytes=MB, timeout=60
+        )
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("https://bob:s3cret@git.example.org/a.git", "https://***@git.example.org/a.git"),
+        (
+            "https://git.example.org/a.git?private_token=s3cret",
+            "https://git.example.org/a.git?private_token=***",
+        ),
+        (
+            "https://git.example.org/a.git?x=1&token=s3cret#k=s3cret",
+            "https://git.example.org/a.git?x=***&token=***#k=***",
+        ),
+        ("oauth2:s3cret@git.example.org:a.git", "***@git.example.org:a.git"),
+        ("git@git.example.org:acme/app.git", "git@git.example.org:acme/app.git"),
+    ],
+)
+def test_credentials_are_redacted(url, shown):
+    assert redact_url(url) == shown

@@ -34,6 +34,7 @@ from stacks.reconcile import reconcile
 from tests.portal.test_celery import _database_url
 from tests.stacks import test_lifecycle
 from tests.stacks.conftest import REPO_ROOT, Caddy, fetch, wait_until
+from tests.stacks.gitserver import GitServer
 from tests.stacks.test_content import commit, git
 from tests.stacks.test_lifecycle import STATIC, containers, deploy, get, run
 
@@ -101,7 +102,12 @@ def test_an_uploaded_zip_is_served_refused_when_unsafe_and_rolled_back(
 
 
 def test_a_git_branch_is_deployed_and_an_unknown_branch_keeps_the_old_content(
-    team: Any, stackport: Caddy, cleanup: list[Environment], tmp_path: Path
+    team: Any,
+    stackport: Caddy,
+    cleanup: list[Environment],
+    tmp_path: Path,
+    git_server: GitServer,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     repo = tmp_path / "repo"
     repo.mkdir()
@@ -111,10 +117,13 @@ def test_a_git_branch_is_deployed_and_an_unknown_branch_keeps_the_old_content(
     git(repo, "checkout", "-q", "-b", "next")
     sha = commit(repo, {"index.html": f"<p>{next_mark}</p>\n".encode()}, "next")
     git(repo, "checkout", "-q", "main")
-    assert settings.STACKPORT_GIT_ALLOW_FILE
+    monkeypatch.setattr(settings, "STACKPORT_GIT_TRUSTED_HOSTS", [git_server.host])
 
     env = deploy(team, cleanup, template="static-site")
-    url = f"file://{repo}"
+    for inward in (f"file://{repo}", str(repo), "http://127.0.0.1:2019/config/"):
+        with pytest.raises(ServiceError, match=r"^(Refused|Repositories on this server's disk)"):
+            lifecycle.deploy_content(environment=env, actor=team.developer, git_url=inward, branch="next")
+    url = git_server.url("repo")
     op = run(lifecycle.deploy_content(environment=env, actor=team.developer, git_url=url, branch="next"))
     assert "Fetch the repository" in [s["name"] for s in op.steps]
     response = get(stackport, env)

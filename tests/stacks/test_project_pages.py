@@ -461,6 +461,18 @@ def test_git_source(team: Team, static_env: Environment) -> None:
     )
     assert response.status_code == 400 and "is not a repository address we can fetch" in page(response)
     assert state() == before
+    for inward, says in [
+        ("file:///work/main", "Repositories on this server&#x27;s disk are not allowed"),
+        ("/work/main", "Repositories on this server&#x27;s disk are not allowed"),
+        ("http://localhost:8000/x.git", "Refused: localhost is not a public host name"),
+        ("http://127.1:5000/x.git", "Refused: 127.1 is not a public address"),
+        ("http://169.254.169.254/latest/", "Refused: 169.254.169.254 is not a public address"),
+    ]:
+        response = client.post(
+            f"/environments/{static_env.pk}/content/git/", {"git_url": inward, "branch": "main"}
+        )
+        assert response.status_code == 400 and says in page(response), inward
+        assert state() == before
     response = client.post(
         f"/environments/{static_env.pk}/content/git/",
         {"git_url": "https://user:pw@git.example.test/shop.git", "branch": "main"},
