@@ -87,7 +87,7 @@ deb http://deb.debian.org/debian-security {debian}-security main\\n' \\
 #   LOGGED_IN_SALT NONCE_SALT
 #                     required, each a random secret of at least 32 characters, generated
 #                     per stack and kept like a password.
-#   optional: WP_HOME (fixed site URL; default: scheme and host of the request, port 80/443),
+#   optional: WP_HOME (fixed site URL; default: scheme, host and port of the request),
 #             WP_TABLE_PREFIX (default wp_), WP_UPLOADS_DIR (uploads folder relative to
 #             /srv/app, default wp-content/uploads: mount a writable volume there in both
 #             nginx and php-fpm, the code volume itself is read-only).
@@ -172,9 +172,8 @@ if (!preg_match('/^[A-Za-z0-9_]{1,20}$/', $table_prefix)) {
     stackport_refuse(503, 'WP_TABLE_PREFIX may hold only letters, digits and underscores.');
 }
 
-// Site address: WP_HOME if set, else the scheme and host of the request (nginx passes
-// HTTPS=on when the edge router says the client used https, and the Host without its port:
-// a site on a port other than 80/443 needs WP_HOME).
+// Site address: WP_HOME if set, else the scheme, host and port of the request (nginx passes
+// HTTPS=on when the edge router says the client used https, and the Host with its port).
 $stackport_home = stackport_env('WP_HOME');
 if ($stackport_home === null) {
     $host = strtolower($_SERVER['HTTP_HOST'] ?? 'localhost');

@@ -15,6 +15,7 @@ from typing import Any
 import docker
 import pytest
 import requests
+from django.conf import settings
 
 from projects.models import Environment, EnvironmentStatus
 from projects.services import ServiceError
@@ -350,6 +351,50 @@ def test_every_template_deploys_and_serves_its_page_through_the_edge(
     assert len([c for c in containers(engine_client, env) if c.status == "running"]) == expected
     # Data stays inside the project: the page needed the database and cache it reached by name.
     assert "error" not in response.text.lower()[:2000] or template == "wordpress"
+
+
+def test_wordpress_once_installed_serves_its_pages_on_the_edge_port(
+    team: Any, stackport: Caddy, cleanup: list[Environment]
+) -> None:
+    """The browser's Host carries the edge's port (:8080); WordPress's address has it too.
+    Debian's nginx used to pass the host without the port to PHP, and every page of an
+    installed WordPress redirected to itself for ever."""
+    env = deploy(team, cleanup, name="Blog", template="wordpress")
+    host = f"{env.hostname}:{settings.STACKPORT_EDGE_PUBLIC_PORT}"
+    with requests.Session() as session:
+        session.trust_env = False
+
+        def visit(method: str, path: str, **kwargs: Any) -> requests.Response:
+            return session.request(
+                method,
+                f"{stackport.edge_url}{path}",
+                headers={"Host": host},
+                allow_redirects=False,
+                timeout=30,
+                **kwargs,
+            )
+
+        form = {
+            "weblog_title": "Stackport blog",
+            "user_name": "editor",
+            "admin_password": "a-long-Passw0rd-for-tests",
+            "admin_password2": "a-long-Passw0rd-for-tests",
+            "pw_weak": "1",
+            "admin_email": "editor@example.test",
+            "blog_public": "0",
+        }
+        installed = visit("POST", "/wp-admin/install.php?step=2", data=form)
+        assert installed.status_code == 200 and "Success!" in installed.text, installed.text[:500]
+        for path in ("/", "/?p=1", "/wp-login.php"):
+            response = visit("GET", path)
+            assert response.status_code == 200, (path, response.status_code, response.headers.get("Location"))
+        home = visit("GET", "/")
+        assert "Stackport blog" in home.text and f"http://{host}/" in home.text
+        login = visit(
+            "POST", "/wp-login.php", data={"log": "editor", "pwd": form["admin_password"], "testcookie": "1"}
+        )
+        assert login.status_code == 302 and login.headers["Location"] == f"http://{host}/wp-admin/"
+        assert visit("GET", "/wp-admin/").status_code == 200
 
 
 def can_connect(container: Any, address: str, port: int) -> bool:
