@@ -29,6 +29,7 @@ from billing.models import (
     SubscriptionStatus,
     UsageRecord,
 )
+from projects.admin import OrganizationAdmin
 from projects.models import User
 from projects.services import Origin, ServiceError
 
@@ -282,3 +283,20 @@ class AdjustmentAdmin(admin.ModelAdmin):
             origin=Origin.from_request(request),
         )
         obj.pk = created.pk
+
+
+# --- the organization's subscription, on the tenancy admin's organization page ----------------
+class SubscriptionInline(admin.StackedInline):
+    model = Subscription
+    extra = 0
+    can_delete = False
+    show_change_link = True
+
+    def get_readonly_fields(self, request: HttpRequest, obj: object = None) -> list[str]:
+        return [f.name for f in Subscription._meta.fields]
+
+    def has_add_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False
+
+
+OrganizationAdmin.more_inlines = [*OrganizationAdmin.more_inlines, SubscriptionInline]

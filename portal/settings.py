@@ -308,6 +308,8 @@ STACKPORT_DEMO_WARN_MINUTES = env.int("STACKPORT_DEMO_WARN_MINUTES", default=30)
 
 # --- billing (docs/billing.md) --------------------------------------------------------------
 STACKPORT_CURRENCY = env.str("STACKPORT_CURRENCY", default="EUR")
+# What a stack may use and what it costs (stacks.policy): billing's plans, quotas and prices.
+STACKPORT_STACK_POLICY = env.str("STACKPORT_STACK_POLICY", default="billing.policy.BillingPolicy")
 STACKPORT_PAYMENT_BACKEND = env.str(
     "STACKPORT_PAYMENT_BACKEND", default="billing.payments.PayByInvoiceBackend"
 )
@@ -353,8 +355,8 @@ CELERY_BEAT_SCHEDULE = {
     "reconcile": {"task": "stacks.reconcile_task", "schedule": 30.0},
     "samples": {"task": "stacks.record_samples_task", "schedule": 60.0},
     "prune-images": {"task": "stacks.prune_images_task", "schedule": 6 * 3600.0},
-    "warn-expiring-demos": {"task": "projects.warn_expiring_demos_task", "schedule": 300.0},
-    "expire-demos": {"task": "projects.expire_demos_task", "schedule": 60.0},
+    "warn-expiring-demos": {"task": "portal.warn_expiring_demos_task", "schedule": 300.0},
+    "expire-demos": {"task": "portal.expire_demos_task", "schedule": 60.0},
     "metering": {"task": "billing.record_usage_task", "schedule": 300.0},
     "monthly-invoices": {"task": "billing.generate_invoices_task", "schedule": 3600.0},
 }

@@ -21,8 +21,8 @@ from django.utils import timezone
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_http_methods, require_POST
 
+from portal.demos import START_PERMISSION, demo_lifetime, start_demo
 from projects.access import VIEW_AS_PERMISSION, VIEW_AS_SESSION_KEY, AuthedRequest
-from projects.demos import START_PERMISSION, demo_lifetime, start_demo
 from projects.models import Organization
 from projects.services import Origin, ServiceError, record_audit_event
 

@@ -1,4 +1,4 @@
-"""Portal-wide tasks: liveness of the worker and beat."""
+"""Portal-wide tasks: liveness of the worker and beat, and the sales demos' lifetime."""
 
 import socket
 
@@ -18,3 +18,17 @@ def ping_task() -> dict[str, str]:
 @shared_task(name="portal.heartbeat_task", ignore_result=True)
 def heartbeat_task() -> None:
     cache.set(HEARTBEAT_KEY, timezone.now().isoformat(), timeout=None)
+
+
+@shared_task(name="portal.warn_expiring_demos_task", ignore_result=True)
+def warn_expiring_demos_task() -> int:
+    from portal.demos import warn_expiring_demos
+
+    return warn_expiring_demos()
+
+
+@shared_task(name="portal.expire_demos_task", ignore_result=True)
+def expire_demos_task() -> dict[str, int]:
+    from portal.demos import expire_demos
+
+    return expire_demos()

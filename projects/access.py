@@ -6,8 +6,6 @@ A member whose role is too low gets 403: they can see the organization, not chan
 
 from __future__ import annotations
 
-from typing import Any
-
 from django.core.exceptions import PermissionDenied
 from django.http import Http404, HttpRequest
 from django_htmx.middleware import HtmxDetails
@@ -172,18 +170,3 @@ def get_environment_for_user(
         request, environment.project.organization_id, role=role
     )
     return environment
-
-
-def get_operation_for_user(request: HttpRequest, operation_id: int, *, role: str = Role.VIEWER) -> Any:
-    """An operation of an environment the user may see; 404 otherwise."""
-    from stacks.models import Operation
-
-    operation = (
-        Operation.objects.select_related("environment__project__organization").filter(pk=operation_id).first()
-        if request.user.is_authenticated
-        else None
-    )
-    if operation is None:
-        raise Http404
-    get_membership_for_user(request, operation.environment.project.organization_id, role=role)
-    return operation

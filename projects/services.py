@@ -18,6 +18,7 @@ from django.http import HttpRequest
 from django.utils import timezone
 
 from projects.models import AuditEvent, Invitation, Membership, Organization, Role
+from projects.signals import organization_created
 
 if TYPE_CHECKING:
     from projects.models import User
@@ -98,9 +99,7 @@ def _clean_name(name: str) -> str:
 def create_organization(*, name: str, owner: User, origin: Origin | None = None) -> Organization:
     org = Organization.objects.create(name=_clean_name(name))
     Membership.objects.create(organization=org, user=owner, role=Role.OWNER)
-    from billing.services import start_trial  # billing builds on tenancy: imported late
-
-    start_trial(organization=org, origin=origin)
+    organization_created.send(sender=Organization, organization=org, origin=origin)
     record_audit_event(
         action="organization.created", actor=owner, organization=org, target=org.name, origin=origin
     )

@@ -1,22 +1,42 @@
-"""Catalog administration for the hoster's catalog staff."""
+"""Django admin of stacks: the catalog (catalog staff), hosts, and customers' projects,
+environments, operations and releases (support staff), whose actions call ``stacks.support``
+(the customer's own code paths, each in the audit log). Read-only where hand edits are wrong."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from django.contrib import admin
+from django.contrib import admin, messages
+from django.db.models import Count, QuerySet
 from django.http import HttpRequest
+from django.template.response import TemplateResponse
+from django.urls import reverse
+from django.utils import timezone
+from django.utils.html import format_html, format_html_join
+from django.utils.safestring import SafeString
 
+from projects.access import VIEW_AS_PERMISSION
+from projects.admin_helpers import ReadOnlyInline, SupportActionsMixin, action_form, staff_user
+from projects.models import Environment, Organization, Project
+from projects.services import Origin
 from stacks.models import (
     CompatibilityRule,
     Component,
     ComponentVersion,
+    DockerHost,
+    Domain,
     Framework,
     KernelVersion,
+    Operation,
+    OperationStatus,
     Region,
+    Release,
+    ResourceSampleRow,
     Size,
+    StackComponent,
     StackTemplate,
     StackTemplateComponent,
+    Variable,
 )
 
 PIPELINE_FIELDS = (
@@ -119,22 +139,6 @@ class StackTemplateAdmin(admin.ModelAdmin):
 
 
 # --- hosts and running stacks ------------------------------------------------------------------------
-from django.contrib import messages  # noqa: E402
-from django.db.models import QuerySet  # noqa: E402
-from django.utils import timezone  # noqa: E402
-
-from projects.access import VIEW_AS_PERMISSION  # noqa: E402
-from projects.admin import ReadOnlyInline, SupportActionsMixin, _staff  # noqa: E402
-from stacks.models import (  # noqa: E402
-    DockerHost,
-    Domain,
-    Operation,
-    OperationStatus,
-    Release,
-    ResourceSampleRow,
-    StackComponent,
-    Variable,
-)
 
 
 def secret_text(obj: Variable) -> str:
@@ -179,12 +183,12 @@ class DockerHostAdmin(SupportActionsMixin, admin.ModelAdmin):
         description="Drain (move stateless stacks elsewhere, then mark draining)", permissions=["operate"]
     )
     def drain(self, request: HttpRequest, queryset: QuerySet[DockerHost]) -> None:
-        from projects.services import Origin, ServiceError
+        from projects.services import ServiceError
         from stacks.support import drain_host
 
         for host in queryset:
             try:
-                result = drain_host(host=host, actor=_staff(request), origin=Origin.from_request(request))  # type: ignore[arg-type]
+                result = drain_host(host=host, actor=staff_user(request), origin=Origin.from_request(request))  # type: ignore[arg-type]
             except ServiceError as exc:
                 self.message_user(request, f"{host}: {exc.message}", messages.ERROR)
                 continue
@@ -279,7 +283,7 @@ class OperationAdmin(SupportActionsMixin, admin.ModelAdmin):
         self.run_service(
             request,
             queryset.filter(status=OperationStatus.FAILED),
-            lambda op, origin: retry_operation(operation=op, actor=_staff(request), origin=origin),
+            lambda op, origin: retry_operation(operation=op, actor=staff_user(request), origin=origin),
             "Queued {count} retry(ies).",
         )
         skipped = queryset.exclude(status=OperationStatus.FAILED).count()
@@ -389,3 +393,243 @@ class ResourceSampleAdmin(admin.ModelAdmin):
 
     def has_change_permission(self, request: HttpRequest, obj: object = None) -> bool:
         return False
+
+
+# --- projects and environments ----------------------------------------------------------------
+class SuspendedFilter(admin.SimpleListFilter):
+    title = "suspended"
+    parameter_name = "suspended"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        return [("yes", "Suspended"), ("no", "Not suspended")]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> QuerySet[Any]:
+        if self.value() in ("yes", "no"):
+            return queryset.filter(suspended_at__isnull=self.value() == "no")
+        return queryset
+
+
+class EnvironmentInline(ReadOnlyInline):
+    model = Environment
+    fields = readonly_fields = (
+        "name",
+        "status",
+        "status_detail",
+        "template",
+        "current_release",
+        "created_at",
+    )
+
+
+@admin.register(Project)
+class ProjectAdmin(SupportActionsMixin, admin.ModelAdmin):
+    list_display = ["name", "organization", "region", "environment_count", "suspended_at", "created_at"]
+    search_fields = ["name", "organization__name", "organization__memberships__user__email"]
+    list_filter = [SuspendedFilter, "region", "organization__is_demo"]
+    list_select_related = ["organization", "region"]
+    fields = readonly_fields = (
+        "name",
+        "organization",
+        "region",
+        "created_by",
+        "created_at",
+        "suspended_at",
+        "suspended_reason",
+        "stacks_overview",
+    )
+    inlines = [EnvironmentInline]
+    actions = ["suspend_projects", "resume_projects"]
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Project]:
+        return super().get_queryset(request).annotate(environments_n=Count("environments"))
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False  # customers create projects (or start_demo does)
+
+    @admin.display(description="environments", ordering="environments_n")
+    def environment_count(self, obj: Project) -> int:
+        return getattr(obj, "environments_n", 0)
+
+    @admin.display(description="stacks")
+    def stacks_overview(self, obj: Project) -> SafeString:
+        """Each environment's components, latest operations and domains, on one page."""
+        blocks = []
+        for env in obj.environments.all():
+            components = ", ".join(
+                f"{c.name} ({c.version}, {c.replicas}× {c.size.code})"
+                for c in env.components.select_related("size", "version__component")
+            )
+            operations = format_html_join(
+                "",
+                '<li><a href="{}">{} #{}</a> {} {}</li>',
+                (
+                    (
+                        reverse("admin:stacks_operation_change", args=[op.pk]),
+                        op.get_kind_display(),
+                        op.pk,
+                        op.status,
+                        (op.error or "")[:120],
+                    )
+                    for op in Operation.objects.filter(environment=env).order_by("-created_at", "-id")[:5]
+                ),
+            )
+            domains = ", ".join(str(d) for d in env.domains.all()) or "—"
+            blocks.append(
+                format_html(
+                    '<div><strong><a href="{}">{}</a></strong> {} · {}<br>components: {}<br>domains: {} · '
+                    "{}<ul>{}</ul></div>",
+                    reverse("admin:projects_environment_change", args=[env.pk]),
+                    env.name,
+                    env.get_status_display(),
+                    env.backend_state.get("host", "not placed"),
+                    components or "—",
+                    env.hostname,
+                    domains,
+                    operations,
+                )
+            )
+        return format_html_join("", "{}", ((b,) for b in blocks)) if blocks else SafeString("—")
+
+    @admin.action(
+        description="Suspend (stop containers, keep data, block the customer)", permissions=["operate"]
+    )
+    def suspend_projects(self, request: HttpRequest, queryset: QuerySet[Project]) -> TemplateResponse | None:
+        from stacks.support import suspend_project
+
+        if "apply" not in request.POST:
+            return action_form(
+                request,
+                queryset,
+                "suspend_projects",
+                "Suspend projects",
+                {"name": "reason", "label": "Reason (the customer sees it)", "type": "text"},
+            )
+        reason = request.POST.get("reason", "")
+        self.run_service(
+            request,
+            queryset,
+            lambda p, origin: suspend_project(
+                project=p, actor=staff_user(request), reason=reason, origin=origin
+            ),
+            "Suspended {count} project(s); their containers are stopping.",
+        )
+        return None
+
+    @admin.action(description="Resume (start again what was running)", permissions=["operate"])
+    def resume_projects(self, request: HttpRequest, queryset: QuerySet[Project]) -> None:
+        from stacks.support import resume_project
+
+        self.run_service(
+            request,
+            queryset,
+            lambda p, origin: resume_project(project=p, actor=staff_user(request), origin=origin),
+            "Resumed {count} project(s).",
+        )
+
+
+@admin.register(Environment)
+class EnvironmentAdmin(SupportActionsMixin, admin.ModelAdmin):
+    list_display = [
+        "__str__",
+        "organization",
+        "status",
+        "host",
+        "kernel",
+        "template",
+        "current_release",
+        "created_at",
+    ]
+    list_filter = ["status", "project__region", "kernel", "template"]
+    search_fields = [
+        "project__name",
+        "project__organization__name",
+        "project__organization__memberships__user__email",
+    ]
+    list_select_related = ["project__organization", "kernel", "template", "current_release"]
+    fields = readonly_fields = (
+        "project",
+        "name",
+        "kernel",
+        "framework",
+        "template",
+        "desired_running",
+        "status",
+        "status_detail",
+        "current_release",
+        "public_address",
+        "backend_state",
+        "created_at",
+        "destroyed_at",
+    )
+    actions = ["redeploy", "reconcile_now", "move_to_host"]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def get_inline_instances(self, request: HttpRequest, obj: Environment | None = None) -> list[Any]:
+        inlines = [StackComponentInline, OperationInline, DomainInline, VariableInline]
+        return [inline(self.model, self.admin_site) for inline in inlines] if obj else []
+
+    @admin.display(description="organization", ordering="project__organization__name")
+    def organization(self, obj: Environment) -> Organization:
+        return obj.project.organization
+
+    @admin.display(description="host")
+    def host(self, obj: Environment) -> str:
+        return str(obj.backend_state.get("host", "—"))
+
+    @admin.display(description="address")
+    def public_address(self, obj: Environment) -> str:
+        return obj.public_url
+
+    @admin.action(description="Redeploy the current release", permissions=["operate"])
+    def redeploy(self, request: HttpRequest, queryset: QuerySet[Environment]) -> None:
+        from stacks.support import redeploy_environment
+
+        self.run_service(
+            request,
+            queryset,
+            lambda e, origin: redeploy_environment(environment=e, actor=staff_user(request), origin=origin),
+            "Queued a redeploy of {count} environment(s).",
+        )
+
+    @admin.action(description="Reconcile now", permissions=["operate"])
+    def reconcile_now(self, request: HttpRequest, queryset: QuerySet[Environment]) -> None:
+        from stacks.support import reconcile_environment
+
+        self.run_service(
+            request,
+            queryset,
+            lambda e, origin: reconcile_environment(environment=e, actor=staff_user(request), origin=origin),
+            "A reconciler pass is queued ({count} environment(s) asked).",
+        )
+
+    @admin.action(description="Move to another host", permissions=["operate"])
+    def move_to_host(self, request: HttpRequest, queryset: QuerySet[Environment]) -> TemplateResponse | None:
+        from stacks.support import move_environment
+
+        if "apply" not in request.POST:
+            hosts = DockerHost.objects.filter(state=DockerHost.State.ACTIVE).select_related(
+                "region", "kernel"
+            )
+            choices = [(h.pk, f"{h.name} ({h.region.code}, {h.kernel or 'no kernel line'})") for h in hosts]
+            return action_form(
+                request,
+                queryset,
+                "move_to_host",
+                "Move environments",
+                {"name": "host", "label": "Target host", "type": "select", "choices": choices},
+            )
+        host = DockerHost.objects.filter(pk=request.POST.get("host") or 0).first()
+        if host is None:
+            self.message_user(request, "Choose a host.", messages.ERROR)
+            return None
+        self.run_service(
+            request,
+            queryset,
+            lambda e, origin: move_environment(
+                environment=e, host=host, actor=staff_user(request), origin=origin
+            ),
+            f"Queued the move of {{count}} environment(s) to {host}.",
+        )
+        return None

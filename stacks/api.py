@@ -20,17 +20,19 @@ from ninja.pagination import LimitOffsetPagination, paginate
 from pydantic import Field
 
 from projects.api import (
+    PATH_LOOKUPS,
     actor,
     origin,
     scoped_environment,
     scoped_membership,
-    scoped_operation,
     scoped_project,
+    within_token,
 )
 from projects.api import visible_organizations as _visible_organizations
 from projects.models import Environment, EnvironmentStatus, Project, Role
 from projects.services import ServiceError
 from stacks import lifecycle
+from stacks.access import get_operation_for_user
 from stacks.models import (
     ACTIVE_OPERATION_STATUSES,
     Component,
@@ -53,6 +55,15 @@ catalog_router = Router(tags=["catalog"])
 router = Router(tags=["projects"])
 
 LOG_LINES_MAX = 2000
+
+
+def scoped_operation(request: HttpRequest, operation_id: int) -> Any:
+    operation = get_operation_for_user(request, operation_id)
+    within_token(request, operation.environment.project.organization_id)
+    return operation
+
+
+PATH_LOOKUPS["operation_id"] = scoped_operation
 
 
 # --- schemas -------------------------------------------------------------------------------------

@@ -28,6 +28,7 @@ from stacks.models import (
     StackTemplateComponent,
 )
 from stacks.offers import pickable_versions
+from stacks.policy import stack_policy
 from stacks.spec import SpecError, validate_component_row
 
 WIZARD_URL = reverse_lazy("stacks:project_new")
@@ -374,13 +375,11 @@ class Wizard:
             valid = False
             self.rows = [f.row() for f in self.formset.forms if not f.errors]
         if self.rows and self.form.chosen_region is not None:
-            from billing.pricing import estimate_monthly
-            from billing.quotas import stack_problems
-
-            self.price = estimate_monthly(
+            policy = stack_policy()
+            self.price = policy.estimate_monthly(
                 organization=self.organization, region=self.form.chosen_region, rows=self.rows
             )
-            self.quota = stack_problems(organization=self.organization, rows=self.rows)
+            self.quota = policy.stack_problems(organization=self.organization, rows=self.rows)
         self.can_create = bool(valid and self.rows and not self.quota)
 
     def _check_assembled(self, compatibility_problems: Any) -> bool:

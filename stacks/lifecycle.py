@@ -16,8 +16,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 from django.conf import settings
 from django.db import IntegrityError, transaction
 
-from billing.quotas import check_stack
-from portal.crypto import encrypt
+from projects.crypto import encrypt
 from projects.models import Environment, EnvironmentStatus, Organization, Project, Role
 from projects.services import Origin, ServiceError, _require_role, record_audit_event
 from stacks import content_store
@@ -33,6 +32,7 @@ from stacks.models import (
     StackTemplate,
     VersionStatus,
 )
+from stacks.policy import stack_policy
 from stacks.spec import SpecError, ensure_generated_credentials, validate_component_row
 
 if TYPE_CHECKING:
@@ -150,7 +150,7 @@ def create_project(
     if Project.objects.filter(organization=organization, name=name).exists():
         raise ServiceError("A project with this name exists already.", field="name")
     _check_rows(rows)
-    check_stack(organization=organization, rows=rows)
+    stack_policy().check_stack(organization=organization, rows=rows)
 
     project = Project.objects.create(
         organization=organization, name=name, region=region_obj, created_by=actor
@@ -179,7 +179,7 @@ def create_project(
         data={"name": name, "region": region_obj.code, "template": template or "", "kernel": kernel_obj.line},
         origin=origin,
     )
-    _queue(environment_obj, OperationKind.DEPLOY, actor, release=release, origin=origin)
+    queue_operation(environment_obj, OperationKind.DEPLOY, actor, release=release, origin=origin)
     return environment_obj
 
 
@@ -261,7 +261,7 @@ def _new_release(
     return release
 
 
-def _queue(
+def queue_operation(
     environment: Environment,
     kind: str,
     actor: User | None,
@@ -357,10 +357,12 @@ def scale(
     if size is not None:
         row["size"] = size
     _check_rows(rows)
-    check_stack(organization=environment.project.organization, rows=rows, environment=environment)
+    stack_policy().check_stack(
+        organization=environment.project.organization, rows=rows, environment=environment
+    )
     _set_components(environment, rows)
     release = _new_release(environment, rows, actor, note=f"scale {component}")
-    return _queue(
+    return queue_operation(
         environment,
         OperationKind.SCALE,
         actor,
@@ -414,10 +416,14 @@ def upgrade(
             params["migrate"] = "dump-restore"
     row["version"] = target.version
     _check_rows(rows)
-    check_stack(organization=environment.project.organization, rows=rows, environment=environment)
+    stack_policy().check_stack(
+        organization=environment.project.organization, rows=rows, environment=environment
+    )
     _set_components(environment, rows)
     release = _new_release(environment, rows, actor, note=f"upgrade {component} to {target.version}")
-    return _queue(environment, OperationKind.UPGRADE, actor, release=release, params=params, origin=origin)
+    return queue_operation(
+        environment, OperationKind.UPGRADE, actor, release=release, params=params, origin=origin
+    )
 
 
 @transaction.atomic
@@ -435,9 +441,11 @@ def rollback(
         _check_rows(rows)
     except ServiceError as exc:
         raise ServiceError(f"Release {target.number} cannot run any more: {exc.message}") from exc
-    check_stack(organization=environment.project.organization, rows=rows, environment=environment)
+    stack_policy().check_stack(
+        organization=environment.project.organization, rows=rows, environment=environment
+    )
     _set_components(environment, rows)
-    return _queue(
+    return queue_operation(
         environment,
         OperationKind.ROLLBACK,
         actor,
@@ -479,7 +487,7 @@ def deploy_content(
         release = _new_release(
             environment, rows, actor, source=Release.Source.UPLOAD, detail=filename, content=stored
         )
-        return _queue(environment, OperationKind.DEPLOY, actor, release=release, origin=origin)
+        return queue_operation(environment, OperationKind.DEPLOY, actor, release=release, origin=origin)
     if git_url:
         from stacks.content import ContentError, redact_url, validate_git_source
 
@@ -497,7 +505,7 @@ def deploy_content(
             note="git",
             keep_content=False,
         )
-        return _queue(
+        return queue_operation(
             environment,
             OperationKind.DEPLOY,
             actor,
@@ -522,11 +530,13 @@ def set_running(
         raise ServiceError("This environment has nothing deployed yet.", status=409)
     if running:
         rows = _current_rows(environment)
-        check_stack(organization=environment.project.organization, rows=rows, environment=environment)
+        stack_policy().check_stack(
+            organization=environment.project.organization, rows=rows, environment=environment
+        )
     Environment.objects.filter(pk=environment.pk).update(desired_running=running)
     environment.desired_running = running
     kind = OperationKind.START if running else OperationKind.STOP
-    return _queue(environment, kind, actor, release=environment.current_release, origin=origin)
+    return queue_operation(environment, kind, actor, release=environment.current_release, origin=origin)
 
 
 @transaction.atomic
@@ -538,9 +548,30 @@ def destroy(
     _editable(environment, actor, Role.ADMIN)
     if confirmation.strip() != environment.project.name:
         raise ServiceError("Type the project's name exactly to confirm.", field="confirmation")
-    operation = _queue(environment, OperationKind.DESTROY, actor, origin=origin)
+    operation = queue_operation(environment, OperationKind.DESTROY, actor, origin=origin)
     Environment.objects.filter(pk=environment.pk).update(status=EnvironmentStatus.DESTROYING)
     return operation
+
+
+def destroy_unconfirmed(
+    *, environment: Environment, reason: str, origin: Origin | None = None
+) -> Operation | None:
+    """The hoster's own removal (an expired demo, a cancelled account): the destroy operation
+    with no actor and no typed confirmation. None when the environment is gone already;
+    ServiceError (409) while another operation runs."""
+    with transaction.atomic():
+        locked = (
+            Environment.objects.select_for_update(of=("self",))
+            .select_related("project__organization")
+            .get(pk=environment.pk)
+        )
+        if locked.status == EnvironmentStatus.DESTROYED:
+            return None
+        operation = queue_operation(
+            locked, OperationKind.DESTROY, None, params={"reason": reason}, origin=origin
+        )
+        Environment.objects.filter(pk=locked.pk).update(status=EnvironmentStatus.DESTROYING)
+        return operation
 
 
 def requeue(operation: Operation) -> None:
@@ -578,7 +609,7 @@ def set_variable(
     Secrets are stored encrypted and never shown again (the audit row has no value)."""
     from django.utils import timezone
 
-    from portal.crypto import encrypt
+    from projects.crypto import encrypt
     from stacks.models import Variable
     from stacks.spec import validate_env_name, validate_env_value
 
@@ -664,7 +695,7 @@ def add_domain(
     if Domain.objects.filter(hostname=host, path_prefix=prefix).exists():
         raise ServiceError("This domain is already in use.", field="hostname", status=409)
     organization = environment.project.organization
-    check_stack(organization=organization, rows=None, environment=environment, extra_domains=1)
+    stack_policy().check_stack(organization=organization, rows=None, environment=environment, extra_domains=1)
     domain = Domain.objects.create(environment=environment, hostname=host, path_prefix=prefix)
     record_audit_event(
         action="domain.add",

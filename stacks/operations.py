@@ -20,7 +20,7 @@ from django.conf import settings
 from django.db import close_old_connections, connection, transaction
 from django.utils import timezone
 
-from portal.crypto import decrypt
+from projects.crypto import decrypt
 from projects.models import Environment, EnvironmentStatus
 from stacks import content_store
 from stacks.backends.base import Backend, BackendError, StackSpec, get_backend

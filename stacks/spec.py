@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from django.conf import settings
 
-from portal.crypto import decrypt, encrypt
+from projects.crypto import decrypt, encrypt
 from stacks.backends.base import ComponentSpec, StackSpec, VolumeSpec
 from stacks.models import (
     RUNNABLE_STATUSES,

@@ -2,7 +2,7 @@
 
 Each function is keyword-only, takes the staff ``actor`` and an ``origin``, runs in one
 transaction, writes a ``support.*`` audit row and queues at most the normal operations
-through ``stacks.lifecycle._queue`` (the customer's own code path), so what support starts
+through ``stacks.lifecycle.queue_operation`` (the customer's own code path), so what support starts
 looks, runs and is recorded like anything else. The actor is not a member of the
 customer's organization: the role checks of ``stacks.lifecycle`` are for customers, and
 these functions check the staff permission instead (``projects.operate_stacks``).
@@ -97,7 +97,7 @@ def suspend_project(
         if environment.current_release_id is None and not environment.backend_state:
             continue  # nothing ever ran
         operations.append(
-            lifecycle._queue(
+            lifecycle.queue_operation(
                 environment,
                 OperationKind.STOP,
                 actor,
@@ -126,7 +126,7 @@ def resume_project(*, project: Project, actor: User, origin: Origin | None = Non
     for environment in _live_environments(project):
         if environment.desired_running and environment.current_release_id is not None:
             operations.append(
-                lifecycle._queue(
+                lifecycle.queue_operation(
                     environment,
                     OperationKind.START,
                     actor,
@@ -152,7 +152,7 @@ def redeploy_environment(*, environment: Environment, actor: User, origin: Origi
     release = environment.current_release or environment.releases.order_by("-number").first()
     if release is None:
         raise ServiceError("This environment has nothing to deploy yet.", status=409)
-    operation = lifecycle._queue(
+    operation = lifecycle.queue_operation(
         environment,
         OperationKind.DEPLOY,
         actor,
@@ -200,7 +200,7 @@ def retry_operation(*, operation: Operation, actor: User, origin: Origin | None 
         _require_not_suspended(environment)
         if environment.status == EnvironmentStatus.DESTROYING:
             raise ServiceError("This environment is being destroyed.", status=409)
-    retry = lifecycle._queue(
+    retry = lifecycle.queue_operation(
         environment,
         operation.kind,
         actor,
@@ -266,7 +266,7 @@ def _move(
     state = {"host": host.name}  # a new home: its network (and subnet) are made there
     Environment.objects.filter(pk=environment.pk).update(backend_state=state)
     environment.backend_state = state
-    return lifecycle._queue(
+    return lifecycle.queue_operation(
         environment,
         OperationKind.DEPLOY,
         actor,
@@ -380,14 +380,14 @@ def drain_host(*, host: DockerHost, actor: User, origin: Origin | None = None) -
     if not operations:
         finish_host_drain(host_id=host.pk)
     else:
-        from projects.tasks import finish_host_drain_task
+        from stacks.tasks import finish_host_drain_task
 
         transaction.on_commit(lambda: finish_host_drain_task.apply_async((host.pk,), countdown=5))
     return result
 
 
 def _redeploy(environment: Environment, actor: User, origin: Origin | None) -> Operation:
-    return lifecycle._queue(
+    return lifecycle.queue_operation(
         environment,
         OperationKind.DEPLOY,
         actor,

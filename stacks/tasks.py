@@ -38,3 +38,12 @@ def prune_images_task() -> list[str]:
     from stacks.reconcile import prune_images
 
     return prune_images()
+
+
+@shared_task(name="stacks.finish_host_drain_task", bind=True, max_retries=360, ignore_result=True)
+def finish_host_drain_task(self, host_id: int) -> None:  # type: ignore[no-untyped-def]
+    """Marks a host draining once support's moves off it have ended (polls every 10 s)."""
+    from stacks.support import finish_host_drain
+
+    if not finish_host_drain(host_id=host_id):
+        raise self.retry(countdown=10)

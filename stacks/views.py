@@ -25,7 +25,6 @@ from projects.access import (
     current_membership,
     get_environment_for_user,
     get_membership_for_user,
-    get_operation_for_user,
     get_project_for_user,
 )
 from projects.forms import attempt
@@ -33,6 +32,7 @@ from projects.models import Environment, EnvironmentStatus, Membership, Role
 from projects.services import Origin
 from stacks import forms as stack_forms
 from stacks import lifecycle, offers
+from stacks.access import get_operation_for_user
 from stacks.models import (
     Component,
     ComponentVersion,

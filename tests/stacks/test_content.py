@@ -670,7 +670,7 @@ def test_hostile_git_urls_are_refused_before_any_connection(monkeypatch, listene
     with pytest.raises(ContentError) as caught:
         fetch_git(url, "main")
     assert caught.value.field == "git_url"
-    assert caught.value.message.startswith(("Refused: ", "Repositories on this git_server's disk", url[:8]))
+    assert caught.value.message.startswith(("Refused: ", "Repositories on this server's disk", url[:8]))
     assert not accepted
 
 

@@ -138,19 +138,8 @@ def destroy_for_cleanup(environment: Environment, reason: str = "demo.expired") 
     """The normal destroy operation (no actor: the hoster's own clean-up); None when the
     environment is destroyed already. Refused (ServiceError) while another one runs."""
     from stacks import lifecycle
-    from stacks.models import OperationKind
 
-    with transaction.atomic():
-        locked = (
-            Environment.objects.select_for_update(of=("self",))
-            .select_related("project__organization")
-            .get(pk=environment.pk)
-        )
-        if locked.status == EnvironmentStatus.DESTROYED:
-            return None
-        operation = lifecycle._queue(locked, OperationKind.DESTROY, None, params={"reason": reason})
-        Environment.objects.filter(pk=locked.pk).update(status=EnvironmentStatus.DESTROYING)
-        return operation
+    return lifecycle.destroy_unconfirmed(environment=environment, reason=reason)
 
 
 def expire_demos() -> dict[str, int]:

@@ -11,7 +11,7 @@ from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.utils import timezone
 
-from projects.demos import destroy_for_cleanup, expire_demos
+from portal.demos import destroy_for_cleanup, expire_demos
 from projects.models import Environment, EnvironmentStatus, Membership, Organization, Project, User
 from stacks.models import ACTIVE_OPERATION_STATUSES, Operation
 from stacks.operations import run_operation

@@ -13,7 +13,7 @@ from django.contrib.auth.models import Group
 from django.core import mail
 from django.utils import timezone
 
-from projects import demos
+from portal import demos
 from projects.models import AuditEvent, Environment, EnvironmentStatus, Organization, Project, Role, User
 from projects.services import ServiceError
 from stacks.models import Operation, OperationKind, OperationStatus

@@ -1,0 +1,56 @@
+"""What a customer's stack may use and what it costs: decided above stacks, by billing.
+
+Stacks sits below billing (billing prices what stacks run), so it never imports it; the
+policy is a small class named by ``STACKPORT_STACK_POLICY`` (billing's plans and quotas in
+this portal), resolved lazily and cached, like a backend. The default allows everything and
+shows no price, for a portal without billing.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+from typing import Any
+
+from django.conf import settings
+from django.utils.module_loading import import_string
+
+from projects.models import Environment, Organization
+
+
+class StackPolicy:
+    """Allows every stack, prices nothing. Subclass it and name the subclass in the setting."""
+
+    def check_stack(
+        self,
+        *,
+        organization: Organization,
+        rows: list[dict[str, Any]] | None,
+        environment: Environment | None = None,
+        extra_domains: int = 0,
+    ) -> None:
+        """Raise ``ServiceError`` (402) when the stack after a change needs more than allowed.
+        ``rows``: the component rows after the change (None: unchanged); ``environment``: the
+        one changed, None for a new project. Called before anything is written."""
+
+    def stack_problems(
+        self,
+        *,
+        organization: Organization,
+        rows: list[dict[str, Any]] | None,
+        environment: Environment | None = None,
+    ) -> list[str]:
+        """The messages ``check_stack`` would raise, to show before the customer confirms."""
+        return []
+
+    def estimate_monthly(self, *, organization: Organization, region: Any, rows: list[dict[str, Any]]) -> Any:
+        """A month of running ``rows`` in ``region`` at list prices (shown in the wizard), or None."""
+        return None
+
+
+@cache
+def _policy(path: str) -> StackPolicy:
+    return import_string(path)()  # type: ignore[no-any-return]
+
+
+def stack_policy() -> StackPolicy:
+    return _policy(settings.STACKPORT_STACK_POLICY)
