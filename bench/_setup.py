@@ -192,8 +192,8 @@ def drop_database() -> None:
 # --- catalog ---------------------------------------------------------------------------------------
 def publish(versions: list[tuple[str, str]]) -> None:
     """Load the catalog; build (cached), verify and publish only ``versions``."""
-    from stacks import pipeline
-    from stacks.catalog import load_catalog
+    from stacks.catalog import pipeline
+    from stacks.catalog.loader import load_catalog
     from stacks.models import ComponentVersion
 
     load_catalog()
@@ -232,7 +232,7 @@ class Bench:
 
     def create(self, name: str, **kwargs: Any) -> Any:
         """create_project (system: no actor), as the portal does it; not run yet."""
-        from stacks import lifecycle
+        from stacks.runtime import lifecycle
 
         env = lifecycle.create_project(
             organization=self.organization, actor=None, system=True, name=name, region="eu-central", **kwargs
@@ -243,7 +243,7 @@ class Bench:
     def run(self, operation: Any) -> Any:
         """run_operation, synchronously; the operation must succeed."""
         from stacks.models import OperationStatus
-        from stacks.operations import run_operation
+        from stacks.runtime.operations import run_operation
 
         run_operation(operation.pk)
         operation.refresh_from_db()
@@ -253,7 +253,7 @@ class Bench:
 
     def destroy(self, env: Any) -> None:
         """Stackport's own destroy operation (routes, containers, networks, volumes)."""
-        from stacks import lifecycle
+        from stacks.runtime import lifecycle
 
         env.refresh_from_db()
         self.run(lifecycle.destroy(environment=env, actor=None, confirmation=env.project.name))
@@ -354,7 +354,7 @@ def stackport(versions: list[tuple[str, str]]) -> Iterator[Bench]:
         note(f"database {_db_name()} migrated ({time.monotonic() - started:.1f} s)")
         publish(versions)
         from projects.models import Organization
-        from stacks.hosts import ensure_local_hosts
+        from stacks.runtime.hosts import ensure_local_hosts
 
         ensure_local_hosts(DOCKER_URL)
         bench = Bench(caddy=caddy, organization=Organization.objects.create(name="Benchmarks"))
@@ -384,7 +384,7 @@ def stackport(versions: list[tuple[str, str]]) -> Iterator[Bench]:
 
 def _destroy_all(bench: Bench) -> None:
     from projects.models import EnvironmentStatus
-    from stacks.operations import backend_for
+    from stacks.runtime.operations import backend_for
 
     for env in bench.environments:
         try:

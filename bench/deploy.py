@@ -74,8 +74,8 @@ def stackport_deploy(bench: Bench, run: int) -> Result:
 def plain_spec(bench: Bench) -> tuple[Any, bytes]:
     """The StackSpec Stackport would run for the template, and its content archive (from a
     scratch project that is never deployed)."""
-    from stacks import content_store
-    from stacks.spec import build_spec
+    from stacks.runtime import content_store
+    from stacks.runtime.spec import build_spec
 
     env = bench.create("Plain spec", template=TEMPLATE)
     release = env.releases.get()
@@ -87,7 +87,7 @@ def plain_deploy(bench: Bench, spec: Any, archive: bytes, run: int) -> Result:
     from django.conf import settings
 
     from stacks.backends.docker import DockerBackend
-    from stacks.edge import proxy_route
+    from stacks.backends.edge import proxy_route
 
     key = f"bench-plain-{run}"
     labels = {PLAIN_LABEL: key}

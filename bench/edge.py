@@ -97,8 +97,8 @@ def cpu_seconds(pid: int) -> float:
 
 
 def direct_address(bench: Bench, env: Any) -> str:
-    from stacks.operations import backend_for
-    from stacks.spec import build_spec
+    from stacks.runtime.operations import backend_for
+    from stacks.runtime.spec import build_spec
 
     env.refresh_from_db()
     spec = build_spec(env, env.current_release)

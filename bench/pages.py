@@ -44,7 +44,7 @@ def p95(values: list[float]) -> float:
 
 def offer_catalog() -> None:
     """The shipped catalog, every version offered with a made-up digest (no images needed)."""
-    from stacks.catalog import load_catalog
+    from stacks.catalog.loader import load_catalog
     from stacks.models import ComponentVersion, VersionStatus
 
     load_catalog()
@@ -60,7 +60,7 @@ def offer_catalog() -> None:
 
 def seed(organization: Any, owner: Any) -> Any:
     """The first project, made by the real service; the others copy its rows."""
-    from stacks import lifecycle
+    from stacks.runtime import lifecycle
 
     return lifecycle.create_project(
         organization=organization, actor=owner, name="Project 00000", region="eu-central", template=TEMPLATE

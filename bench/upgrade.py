@@ -117,7 +117,7 @@ def summary(records: list[Any]) -> str:
 
 # --- one run -----------------------------------------------------------------------------------------
 def upgrade_run(bench: Bench, run: int, args: argparse.Namespace) -> tuple[float, int]:
-    from stacks import lifecycle
+    from stacks.runtime import lifecycle
 
     env = bench.create(f"Upgrade {run}", components=STATIC)
     bench.run(env.operations.get())

@@ -7,7 +7,7 @@ from typing import Any
 
 from billing import pricing, quotas
 from projects.models import Environment, Organization
-from stacks.policy import StackPolicy
+from stacks.runtime.policy import StackPolicy
 
 
 class BillingPolicy(StackPolicy):

@@ -1,6 +1,6 @@
 """The plan's limits, checked inside the service functions before anything is written.
 
-``check_stack`` is called by ``stacks.lifecycle`` before create, scale, upgrade, rollback,
+``check_stack`` is called by ``stacks.runtime.lifecycle`` before create, scale, upgrade, rollback,
 start and domain changes; ``stack_problems`` gives the wizard the same messages before the
 customer confirms. A change is refused only when it needs more than the plan allows *and*
 more than is used now, so scaling down is always possible, even over the limits.

@@ -21,7 +21,7 @@ from django.db.models import Exists, OuterRef, Prefetch, Q, Subquery
 from django.utils import timezone
 
 from projects.models import Environment, EnvironmentStatus, Organization, Project
-from stacks import offers
+from stacks.catalog import offers
 from stacks.models import (
     ACTIVE_OPERATION_STATUSES,
     ComponentVersion,
@@ -108,7 +108,7 @@ class Catalog:
 
     def upgrade_for(self, version_id: int) -> ComponentVersion | None:
         """The newest offered version a component on ``version_id`` can move to, by the
-        rules of ``stacks.offers.upgrades_for`` (stateful ones need a tested migration)."""
+        rules of ``stacks.catalog.offers.upgrades_for`` (stateful ones need a tested migration)."""
         running = self.versions.get(version_id)
         if running is None:
             return None

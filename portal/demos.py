@@ -50,8 +50,8 @@ def start_demo(
     from allauth.account.models import EmailAddress
     from django.contrib.auth import get_user_model
 
-    from stacks import lifecycle
     from stacks.models import Region, StackTemplate
+    from stacks.runtime import lifecycle
 
     if not (actor.is_active and actor.is_staff and actor.has_perm(START_PERMISSION)):
         raise ServiceError("Starting demos needs the sales permission.", status=403)
@@ -137,7 +137,7 @@ def warn_expiring_demos() -> int:
 def destroy_for_cleanup(environment: Environment, reason: str = "demo.expired") -> Operation | None:
     """The normal destroy operation (no actor: the hoster's own clean-up); None when the
     environment is destroyed already. Refused (ServiceError) while another one runs."""
-    from stacks import lifecycle
+    from stacks.runtime import lifecycle
 
     return lifecycle.destroy_unconfirmed(environment=environment, reason=reason)
 

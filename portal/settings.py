@@ -308,7 +308,7 @@ STACKPORT_DEMO_WARN_MINUTES = env.int("STACKPORT_DEMO_WARN_MINUTES", default=30)
 
 # --- billing (docs/billing.md) --------------------------------------------------------------
 STACKPORT_CURRENCY = env.str("STACKPORT_CURRENCY", default="EUR")
-# What a stack may use and what it costs (stacks.policy): billing's plans, quotas and prices.
+# What a stack may use and what it costs (stacks.runtime.policy): billing's plans, quotas and prices.
 STACKPORT_STACK_POLICY = env.str("STACKPORT_STACK_POLICY", default="billing.policy.BillingPolicy")
 STACKPORT_PAYMENT_BACKEND = env.str(
     "STACKPORT_PAYMENT_BACKEND", default="billing.payments.PayByInvoiceBackend"

@@ -2,7 +2,7 @@
 # Start the edge router (Debian's Caddy 2.6) when its admin API does not answer. It starts
 # with one HTTP server, "edge", that has no customer routes yet: every host name gets a
 # 404 (without the final catch-all route Caddy answers unmatched hosts with an empty 200).
-# Routes are added later through the admin API by stacks/edge.py, never by editing files.
+# Routes are added later through the admin API by stacks/backends/edge.py, never by editing files.
 # No systemd here: it runs in the background and logs to /var/log/stackport-caddy.log.
 #   STACKPORT_CADDY_ADMIN=127.0.0.1:2019 STACKPORT_EDGE_LISTEN=127.0.0.1:8080 scripts/caddy.sh
 # Caddy never reaches the internet: automatic HTTPS (ACME) is off and 2.6 has no telemetry.
@@ -43,7 +43,7 @@ chmod 700 "$DIR"
 exec 9>"$DIR/.lock"
 flock -w 60 9
 
-# The catch-all route must stay identical to stacks/edge.py's catch_all_route(): there,
+# The catch-all route must stay identical to stacks/backends/edge.py's catch_all_route(): there,
 # ensure_server() would otherwise rewrite it (one needless reload). Health-check failures
 # of empty upstream slots (the normal state between upgrades) would log a line per slot
 # per second: that logger is left out.

@@ -1,5 +1,5 @@
 """Django admin of stacks: the catalog (catalog staff), hosts, and customers' projects,
-environments, operations and releases (support staff), whose actions call ``stacks.support``
+environments, operations and releases (support staff), whose actions call ``stacks.runtime.support``
 (the customer's own code paths, each in the audit log). Read-only where hand edits are wrong."""
 
 from __future__ import annotations
@@ -184,7 +184,7 @@ class DockerHostAdmin(SupportActionsMixin, admin.ModelAdmin):
     )
     def drain(self, request: HttpRequest, queryset: QuerySet[DockerHost]) -> None:
         from projects.services import ServiceError
-        from stacks.support import drain_host
+        from stacks.runtime.support import drain_host
 
         for host in queryset:
             try:
@@ -278,7 +278,7 @@ class OperationAdmin(SupportActionsMixin, admin.ModelAdmin):
 
     @admin.action(description="Retry (a failed operation, as a new one)", permissions=["operate"])
     def retry(self, request: HttpRequest, queryset: QuerySet[Operation]) -> None:
-        from stacks.support import retry_operation
+        from stacks.runtime.support import retry_operation
 
         self.run_service(
             request,
@@ -316,7 +316,7 @@ class DomainAdmin(admin.ModelAdmin):
     list_select_related = ["environment__project"]
 
     def has_add_permission(self, request: HttpRequest) -> bool:
-        return False  # domains go through stacks.lifecycle.add_domain (validation, uniqueness, edge)
+        return False  # domains go through stacks.runtime.lifecycle.add_domain (validation, uniqueness, edge)
 
     def has_change_permission(self, request: HttpRequest, obj: object = None) -> bool:
         return False
@@ -494,7 +494,7 @@ class ProjectAdmin(SupportActionsMixin, admin.ModelAdmin):
         description="Suspend (stop containers, keep data, block the customer)", permissions=["operate"]
     )
     def suspend_projects(self, request: HttpRequest, queryset: QuerySet[Project]) -> TemplateResponse | None:
-        from stacks.support import suspend_project
+        from stacks.runtime.support import suspend_project
 
         if "apply" not in request.POST:
             return action_form(
@@ -517,7 +517,7 @@ class ProjectAdmin(SupportActionsMixin, admin.ModelAdmin):
 
     @admin.action(description="Resume (start again what was running)", permissions=["operate"])
     def resume_projects(self, request: HttpRequest, queryset: QuerySet[Project]) -> None:
-        from stacks.support import resume_project
+        from stacks.runtime.support import resume_project
 
         self.run_service(
             request,
@@ -584,7 +584,7 @@ class EnvironmentAdmin(SupportActionsMixin, admin.ModelAdmin):
 
     @admin.action(description="Redeploy the current release", permissions=["operate"])
     def redeploy(self, request: HttpRequest, queryset: QuerySet[Environment]) -> None:
-        from stacks.support import redeploy_environment
+        from stacks.runtime.support import redeploy_environment
 
         self.run_service(
             request,
@@ -595,7 +595,7 @@ class EnvironmentAdmin(SupportActionsMixin, admin.ModelAdmin):
 
     @admin.action(description="Reconcile now", permissions=["operate"])
     def reconcile_now(self, request: HttpRequest, queryset: QuerySet[Environment]) -> None:
-        from stacks.support import reconcile_environment
+        from stacks.runtime.support import reconcile_environment
 
         self.run_service(
             request,
@@ -606,7 +606,7 @@ class EnvironmentAdmin(SupportActionsMixin, admin.ModelAdmin):
 
     @admin.action(description="Move to another host", permissions=["operate"])
     def move_to_host(self, request: HttpRequest, queryset: QuerySet[Environment]) -> TemplateResponse | None:
-        from stacks.support import move_environment
+        from stacks.runtime.support import move_environment
 
         if "apply" not in request.POST:
             hosts = DockerHost.objects.filter(state=DockerHost.State.ACTIVE).select_related(

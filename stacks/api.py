@@ -1,7 +1,7 @@
 """The JSON API's stacks part: the catalog, projects, environments and their operations.
 
 Every object comes through the scoping helpers of ``projects.api`` (404 for someone else's,
-403 for a too-low role); every change is one call of the same ``stacks.lifecycle`` function
+403 for a too-low role); every change is one call of the same ``stacks.runtime.lifecycle`` function
 the pages use. Changes answer 202 with the queued operation; poll ``/operations/{id}``.
 Variable values of secrets are never returned.
 """
@@ -31,7 +31,6 @@ from projects.api import (
 from projects.api import visible_organizations as _visible_organizations
 from projects.models import Environment, EnvironmentStatus, Project, Role
 from projects.services import ServiceError
-from stacks import lifecycle
 from stacks.access import get_operation_for_user
 from stacks.models import (
     ACTIVE_OPERATION_STATUSES,
@@ -50,6 +49,7 @@ from stacks.models import (
     Variable,
     VersionStatus,
 )
+from stacks.runtime import lifecycle
 
 catalog_router = Router(tags=["catalog"])
 router = Router(tags=["projects"])
@@ -829,7 +829,7 @@ def component_logs(
     from docker.errors import DockerException
 
     from stacks.backends.base import BackendError
-    from stacks.operations import OperationFailed, backend_for
+    from stacks.runtime.operations import OperationFailed, backend_for
 
     env = scoped_environment(request, environment_id)
     if not env.components.filter(name=component).exists():

@@ -1,7 +1,7 @@
 """Forms of the project pages: the new-project wizard and the environment's actions.
 
 Forms check shape (types, lengths, choices); the catalog's rules and every refusal that
-depends on the stack come from ``stacks.offers`` and the ``stacks.lifecycle`` services.
+depends on the stack come from ``stacks.catalog.offers`` and the ``stacks.runtime.lifecycle`` services.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from django.urls import reverse_lazy
 
 from projects.models import Environment, Membership, User
 from projects.services import Origin, ServiceError
+from stacks.catalog.offers import pickable_versions
 from stacks.models import (
     CompatibilityRule,
     Component,
@@ -27,9 +28,8 @@ from stacks.models import (
     StackTemplate,
     StackTemplateComponent,
 )
-from stacks.offers import pickable_versions
-from stacks.policy import stack_policy
-from stacks.spec import SpecError, validate_component_row
+from stacks.runtime.policy import stack_policy
+from stacks.runtime.spec import SpecError, validate_component_row
 
 WIZARD_URL = reverse_lazy("stacks:project_new")
 # Choosing in a select (or a radio, a checkbox) re-renders the wizard through htmx.
@@ -308,7 +308,7 @@ class Wizard:
 
     def _seed(self) -> list[dict[str, Any]]:
         """Assembling starts from the chosen pre-built stack, else from one web server."""
-        from stacks.lifecycle import template_rows
+        from stacks.runtime.lifecycle import template_rows
 
         template = StackTemplate.objects.filter(code=self.form.data.get("template"), is_active=True).first()
         if template is not None:
@@ -355,8 +355,8 @@ class Wizard:
 
     # -- checking ---------------------------------------------------------------------------------
     def _check(self) -> None:
-        from stacks.lifecycle import template_rows
-        from stacks.offers import compatibility_problems
+        from stacks.catalog.offers import compatibility_problems
+        from stacks.runtime.lifecycle import template_rows
 
         valid = self.form.is_valid()
         data = self.form.cleaned_data if hasattr(self.form, "cleaned_data") else {}
@@ -410,7 +410,7 @@ class Wizard:
         return ok
 
     def create(self, origin: Origin) -> Environment:
-        from stacks import lifecycle
+        from stacks.runtime import lifecycle
 
         data = self.form.cleaned_data
         return lifecycle.create_project(

@@ -1,7 +1,7 @@
 """The curated catalog: regions, kernel lines, frameworks, components and their versions,
 compatibility rules and pre-built stack templates.
 
-Rows are written by ``stacks.catalog.load_catalog`` (from the versioned YAML files) and by
+Rows are written by ``stacks.catalog.loader.load_catalog`` (from the versioned YAML files) and by
 the image pipeline services (``stacks.services``); the hoster's catalog staff adjust them in
 Django admin. Models hold state and cheap derived facts only.
 """
@@ -82,7 +82,7 @@ class Component(models.Model):
     name = models.CharField(max_length=100)
     kind = models.CharField(max_length=16, choices=ComponentKind.choices)
     description = models.TextField(blank=True)
-    recipe = models.CharField(max_length=60, help_text="Folder under stacks/images/")
+    recipe = models.CharField(max_length=60, help_text="Folder under stacks/catalog/images/")
     user = models.CharField(max_length=40, help_text="User the container runs as")
     read_only_root = models.BooleanField(default=True)
     tmpfs = models.JSONField(default=list, blank=True)
@@ -226,7 +226,7 @@ class StackTemplate(models.Model):
     name = models.CharField(max_length=100)
     description = models.TextField(blank=True)
     framework = models.ForeignKey(Framework, null=True, blank=True, on_delete=models.PROTECT)
-    sample_app = models.CharField(max_length=60, blank=True, help_text="Folder under stacks/samples/")
+    sample_app = models.CharField(max_length=60, blank=True, help_text="Folder under stacks/catalog/samples/")
     is_active = models.BooleanField(default=True)
     position = models.PositiveIntegerField(default=0)
 
@@ -284,7 +284,7 @@ class DockerHost(models.Model):
         help_text="Routed hosts (docs/backends.md): the host's own /16 for stack networks, e.g. "
         "10.225.0.0/16. Empty: a stand-alone host (stacks live on one host).",
     )
-    # Read from the engine by stacks.hosts.refresh_host.
+    # Read from the engine by stacks.runtime.hosts.refresh_host.
     engine_id = models.CharField(max_length=100, blank=True)
     kernel_release = models.CharField(max_length=100, blank=True)
     cpus = models.PositiveIntegerField(default=0)

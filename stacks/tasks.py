@@ -7,35 +7,35 @@ from celery import shared_task
 
 @shared_task(name="stacks.run_operation_task", acks_late=True, reject_on_worker_lost=True)
 def run_operation_task(operation_id: int) -> str | None:
-    from stacks.operations import run_operation
+    from stacks.runtime.operations import run_operation
 
     return run_operation(operation_id)
 
 
 @shared_task(name="stacks.reconcile_task", ignore_result=True)
 def reconcile_task() -> dict[str, int]:
-    from stacks.reconcile import reconcile
+    from stacks.runtime.reconcile import reconcile
 
     return reconcile()
 
 
 @shared_task(name="stacks.record_samples_task", ignore_result=True)
 def record_samples_task() -> int:
-    from stacks.reconcile import record_samples
+    from stacks.runtime.reconcile import record_samples
 
     return record_samples()
 
 
 @shared_task(name="stacks.sync_routes_task", autoretry_for=(OSError,), retry_backoff=True, max_retries=5)
 def sync_routes_task(environment_id: int) -> bool:
-    from stacks.operations import sync_routes_for
+    from stacks.runtime.operations import sync_routes_for
 
     return sync_routes_for(environment_id)
 
 
 @shared_task(name="stacks.prune_images_task", ignore_result=True)
 def prune_images_task() -> list[str]:
-    from stacks.reconcile import prune_images
+    from stacks.runtime.reconcile import prune_images
 
     return prune_images()
 
@@ -43,7 +43,7 @@ def prune_images_task() -> list[str]:
 @shared_task(name="stacks.finish_host_drain_task", bind=True, max_retries=360, ignore_result=True)
 def finish_host_drain_task(self, host_id: int) -> None:  # type: ignore[no-untyped-def]
     """Marks a host draining once support's moves off it have ended (polls every 10 s)."""
-    from stacks.support import finish_host_drain
+    from stacks.runtime.support import finish_host_drain
 
     if not finish_host_drain(host_id=host_id):
         raise self.retry(countdown=10)

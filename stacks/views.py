@@ -1,7 +1,7 @@
 """Stack pages: the public catalog, the new-project wizard, project and environment pages
 with their actions, and operation progress.
 
-Thin: an access helper, one ``stacks.lifecycle`` service call, then redirect or render.
+Thin: an access helper, one ``stacks.runtime.lifecycle`` service call, then redirect or render.
 Nothing here talks to an engine: status comes from the database (Environment,
 Operation, StackComponent, Release) as the operations left it.
 """
@@ -31,8 +31,8 @@ from projects.forms import attempt
 from projects.models import Environment, EnvironmentStatus, Membership, Role
 from projects.services import Origin
 from stacks import forms as stack_forms
-from stacks import lifecycle, offers
 from stacks.access import get_operation_for_user
+from stacks.catalog import offers
 from stacks.models import (
     Component,
     ComponentVersion,
@@ -45,6 +45,7 @@ from stacks.models import (
     StackTemplateComponent,
     Variable,
 )
+from stacks.runtime import lifecycle
 
 
 @require_GET

@@ -2,7 +2,7 @@
 
 The log views are the only pages that call a backend, and only to read. Log lines are
 whatever the containers printed: they are shown escaped, never interpreted. Charts come
-from the samples the worker records (``stacks.reconcile.record_samples``), aggregated in
+from the samples the worker records (``stacks.runtime.reconcile.record_samples``), aggregated in
 SQL so a day of samples stays a few hundred points.
 """
 
@@ -57,7 +57,7 @@ def parse_line(raw: str) -> LogLine:
 
 def read_logs(environment: Environment, component: str, tail: int) -> tuple[list[LogLine], str]:
     """The component's last ``tail`` lines of every replica, oldest first; or an error."""
-    from stacks.operations import OperationFailed, backend_for
+    from stacks.runtime.operations import OperationFailed, backend_for
 
     try:
         backend = backend_for(environment)

@@ -86,7 +86,7 @@ def offered_catalog(db: None) -> None:
     container. Tests that run stacks use ``tests/stacks/conftest.py``'s ``catalog``."""
     import hashlib
 
-    from stacks.catalog import load_catalog
+    from stacks.catalog.loader import load_catalog
     from stacks.models import ComponentVersion, VersionStatus
 
     load_catalog()

@@ -10,8 +10,8 @@ import pytest
 from billing.models import Plan, Price, PriceList, Resource
 from billing.services import load_plans
 from projects.models import Environment, EnvironmentStatus, Organization
-from stacks import lifecycle
 from stacks.models import Operation, OperationStatus, Region
+from stacks.runtime import lifecycle
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ import pytest
 
 from billing import invoices, metering, services
 from billing.models import Invoice, PriceList, UsageRecord
-from stacks import lifecycle
+from stacks.runtime import lifecycle
 from tests.billing.conftest import make_plan, new_stack, settle
 
 pytestmark = pytest.mark.django_db

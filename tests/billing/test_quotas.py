@@ -1,4 +1,4 @@
-"""Plan limits, enforced in stacks.lifecycle before anything is written."""
+"""Plan limits, enforced in stacks.runtime.lifecycle before anything is written."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from billing import quotas
 from billing.models import Subscription
 from projects.models import Project
 from projects.services import ServiceError
-from stacks import lifecycle
 from stacks.models import Domain, Operation, Release, StackComponent
+from stacks.runtime import lifecycle
 from tests.billing.conftest import make_plan, new_stack, settle
 
 pytestmark = pytest.mark.django_db

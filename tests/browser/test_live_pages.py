@@ -12,8 +12,8 @@ from django.test import Client
 from django.utils import timezone
 
 from projects.models import Environment, EnvironmentStatus
-from stacks import lifecycle
 from stacks.models import Operation, OperationStatus, ResourceSampleRow
+from stacks.runtime import lifecycle
 from tests.conftest import Team
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
@@ -67,7 +67,7 @@ def test_log_tail_appends_new_lines(
     Environment.objects.filter(pk=environment.pk).update(status=EnvironmentStatus.RUNNING)
     fake = FakeBackend()
     fake.lines = list(FakeBackend.lines)
-    monkeypatch.setattr("stacks.operations.backend_for", lambda environment: fake)
+    monkeypatch.setattr("stacks.runtime.operations.backend_for", lambda environment: fake)
 
     page.goto(f"{signed_in}/environments/{environment.pk}/components/web/logs/")
     assert page.locator(".log-line").count() == 1

@@ -3,7 +3,7 @@ project from the WordPress stack, watch it deploy, open it through the edge, add
 scale, upgrade PHP, roll back, destroy.
 
 Operations run for real: the queued task is handed to a worker thread of this test, which
-runs ``stacks.operations.run_operation`` as the Celery worker would (the broker path has
+runs ``stacks.runtime.operations.run_operation`` as the Celery worker would (the broker path has
 its own test, tests/portal/test_celery.py)."""
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ from django.db import connection
 from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
 from projects.models import Environment, EnvironmentStatus
-from stacks.hosts import ensure_local_hosts
 from stacks.models import ComponentVersion, Operation, OperationStatus, VersionStatus
+from stacks.runtime.hosts import ensure_local_hosts
 from tests.browser.test_onboarding import _sign_up
 from tests.stacks.conftest import (  # noqa: F401 - fixtures
     Caddy,
@@ -45,7 +45,7 @@ class Worker:
         self.thread = threading.Thread(target=self.run, daemon=True)
 
     def run(self) -> None:
-        from stacks.operations import run_operation, sync_routes_for
+        from stacks.runtime.operations import run_operation, sync_routes_for
 
         try:
             while (job := self.jobs.get()) is not None:
@@ -86,7 +86,7 @@ def site(live_server: Any, settings: Any, caddy: Caddy, catalog: None) -> str:  
 def cleanup() -> Iterator[list[Environment]]:
     made: list[Environment] = []
     yield made
-    from stacks.operations import backend_for
+    from stacks.runtime.operations import backend_for
 
     for env in made:
         env.refresh_from_db()
@@ -125,7 +125,7 @@ def test_a_wordpress_project_from_sign_up_to_destroy(
     mailoutbox: list[Any],
     console_errors: list[str],
 ) -> None:
-    from stacks.samples import sample_archive
+    from stacks.catalog.samples import sample_archive
 
     sample_archive("wordpress")  # built once (cached on disk), not inside the first request
     # The hoster offers PHP 8.2 today; 8.4 comes later (and is then an upgrade).

@@ -14,8 +14,8 @@ from playwright.sync_api import expect
 
 from projects.models import AuditEvent, Environment, EnvironmentStatus, Project, User
 from projects.receivers import sync_staff_groups
-from stacks import lifecycle
 from stacks.models import Operation, OperationKind, OperationStatus
+from stacks.runtime import lifecycle
 from tests.conftest import client_for
 from tests.factories import UserFactory
 

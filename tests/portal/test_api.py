@@ -15,8 +15,8 @@ from django.utils import timezone
 
 from projects import services
 from projects.models import ApiToken, AuditEvent, Environment, Organization, Project, User
-from stacks import lifecycle
 from stacks.models import Domain, Operation, Release, ResourceSampleRow, StackComponent, Variable
+from stacks.runtime import lifecycle
 from tests.conftest import Team, client_for
 
 pytestmark = pytest.mark.django_db
@@ -466,7 +466,7 @@ def test_upload_and_git_deploys(team: Team, env: Environment) -> None:
 
 
 def test_logs_and_samples(team: Team, env: Environment, monkeypatch: pytest.MonkeyPatch) -> None:
-    from stacks import operations
+    from stacks.runtime import operations
 
     class FakeBackend:
         def logs(self, key: str, state: dict[str, Any], component: str, tail: int = 200) -> Any:

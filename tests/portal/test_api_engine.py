@@ -13,7 +13,7 @@ from django.test import Client
 
 from projects import services
 from projects.models import Environment
-from stacks.operations import run_operation, sync_routes_for
+from stacks.runtime.operations import run_operation, sync_routes_for
 from tests.conftest import Team
 from tests.stacks import conftest as stacks_fixtures
 from tests.stacks import test_lifecycle as lifecycle_fixtures

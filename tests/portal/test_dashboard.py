@@ -21,7 +21,6 @@ from django.utils import timezone
 from projects import services
 from projects.access import SESSION_KEY
 from projects.models import Environment, EnvironmentStatus, Membership, Project, Role, User
-from stacks import lifecycle
 from stacks.models import (
     ComponentVersion,
     Operation,
@@ -30,6 +29,7 @@ from stacks.models import (
     StackComponent,
     VersionStatus,
 )
+from stacks.runtime import lifecycle
 from tests.conftest import Team, client_for
 from tests.factories import InvitationFactory
 
@@ -346,7 +346,7 @@ def test_the_dashboard_makes_no_backend_or_docker_calls(
     monkeypatch.setattr(docker, "from_env", refuse)
     for name in ("apply", "observe", "logs", "samples", "stacks", "upstreams"):
         monkeypatch.setattr(docker_backend.DockerBackend, name, refuse)
-    monkeypatch.setattr("stacks.operations.backend_for", refuse)
+    monkeypatch.setattr("stacks.runtime.operations.backend_for", refuse)
     make_project(team, "Busy")
 
     client = client_for(team.owner)

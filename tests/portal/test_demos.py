@@ -134,8 +134,8 @@ def test_a_demo_serves_through_the_edge_and_leaves_nothing_after_expiry(
     import requests
 
     from stacks.backends.docker import LABEL, list_containers
-    from stacks.hosts import ensure_local_hosts
-    from stacks.operations import edge, route_ids, run_operation
+    from stacks.runtime.hosts import ensure_local_hosts
+    from stacks.runtime.operations import edge, route_ids, run_operation
 
     settings.STACKPORT_EDGE_ADMIN_URL = caddy.admin_url
     settings.STACKPORT_EDGE_LISTEN = caddy.edge_addr
@@ -198,9 +198,9 @@ def test_reset_demo_destroys_the_demo_stacks_and_seeds_them_again(
     from django.core.management import call_command
 
     from projects.services import ensure_verified_user
-    from stacks import lifecycle
+    from stacks.runtime import lifecycle
 
-    monkeypatch.setattr("stacks.operations.edge", _Router)
+    monkeypatch.setattr("stacks.runtime.operations.edge", _Router)
     user, _ = ensure_verified_user(email="demo@stackport.localhost", password="stackport-demo")
     org = user.memberships.get().organization
     old = lifecycle.create_project(

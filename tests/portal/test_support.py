@@ -12,8 +12,8 @@ from django.contrib.auth.models import Group, Permission
 from django.urls import reverse
 
 from projects.models import AuditEvent, Environment, EnvironmentStatus, User
-from stacks import lifecycle
 from stacks.models import DockerHost, Operation, OperationKind, OperationStatus, Variable
+from stacks.runtime import lifecycle
 from tests.conftest import client_for
 from tests.factories import UserFactory
 

@@ -23,8 +23,8 @@ from django.urls import URLPattern, URLResolver, get_resolver
 
 from projects import services
 from projects.models import ApiToken, AuditEvent, Environment, Invitation, Membership, Organization, User
-from stacks import lifecycle
 from stacks.models import Domain, Operation, Release, StackComponent, Variable
+from stacks.runtime import lifecycle
 from tests.conftest import Team, client_for
 from tests.factories import InvitationFactory
 

@@ -98,8 +98,8 @@ def published_catalog(
 ) -> dict[tuple[str, str], dict[str, Any]]:
     """Run build -> verify -> publish over the whole shipped catalog once per session (each
     step cached by recipe hash); keep plain results, roll the rows back."""
-    from stacks import pipeline
-    from stacks.catalog import load_catalog
+    from stacks.catalog import pipeline
+    from stacks.catalog.loader import load_catalog
     from stacks.models import ComponentVersion
 
     results: dict[tuple[str, str], dict[str, Any]] = {}
@@ -146,7 +146,7 @@ def published_catalog(
 def catalog(published_catalog: dict[tuple[str, str], dict[str, Any]], db: None) -> None:
     """The shipped catalog loaded, with the images this session published (as the
     pipeline left them), in this test's database."""
-    from stacks.catalog import load_catalog
+    from stacks.catalog.loader import load_catalog
     from stacks.models import ComponentVersion
 
     load_catalog()

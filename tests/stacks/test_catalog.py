@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from stacks.catalog import CatalogError, catalog_files, load_catalog, parse_catalog
+from stacks.catalog.loader import CatalogError, catalog_files, load_catalog, parse_catalog
 from stacks.models import Component, ComponentVersion, Region, StackTemplate, VersionStatus
 
 pytestmark = pytest.mark.django_db
@@ -173,7 +173,7 @@ def test_unknown_key_and_missing_recipe_are_refused(tree: Path) -> None:
         tree, "catalog/components/web.yaml", "kind: web\n", "kind: web\ncolour: red\n"
     )
     (tree / "catalog/components/web.yaml").write_text(WEB)
-    assert "no recipe stacks/images/nginx" in _refused(
+    assert "no recipe stacks/catalog/images/nginx" in _refused(
         tree, "catalog/components/web.yaml", "recipe: web", "recipe: nginx"
     )
 

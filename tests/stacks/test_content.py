@@ -1,4 +1,4 @@
-"""Uploaded archives and git branches become one normalized, safe tar (stacks.content)."""
+"""Uploaded archives and git branches become one normalized, safe tar (stacks.runtime.content)."""
 
 from __future__ import annotations
 
@@ -17,8 +17,15 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from stacks import addresses
-from stacks.content import Content, ContentError, _check_branch, fetch_git, normalize_archive, redact_url
+from stacks.runtime import addresses
+from stacks.runtime.content import (
+    Content,
+    ContentError,
+    _check_branch,
+    fetch_git,
+    normalize_archive,
+    redact_url,
+)
 from tests.stacks.gitserver import GitServer
 
 MTIME = 315_532_800

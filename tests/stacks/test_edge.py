@@ -1,4 +1,4 @@
-"""stacks.edge.EdgeRouter against a real Caddy (scripts/caddy.sh, on ports of its own) and
+"""stacks.backends.edge.EdgeRouter against a real Caddy (scripts/caddy.sh, on ports of its own) and
 real upstreams: small HTTP servers in subprocesses on loopback that answer their own name.
 
 The key property: a blue/green switch between upstream slots drops no request, because
@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 import requests
 
-from stacks.edge import NOT_FOUND_BODY, EdgeError, EdgeRouter
+from stacks.backends.edge import NOT_FOUND_BODY, EdgeError, EdgeRouter
 from tests.stacks.conftest import Caddy, fetch, unused_loopback_port, wait_until
 
 pytestmark = [pytest.mark.slow]

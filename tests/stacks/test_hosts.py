@@ -31,7 +31,7 @@ import pytest
 import requests
 from docker.models.containers import Container
 
-from stacks.edge import EdgeRouter
+from stacks.backends.edge import EdgeRouter
 
 pytestmark = [pytest.mark.engine, pytest.mark.slow]
 

@@ -11,10 +11,10 @@ from typing import Any
 import pytest
 from django.conf import settings
 
-from stacks import pipeline
-from stacks.catalog import parse_catalog
+from stacks.catalog import pipeline
+from stacks.catalog.loader import parse_catalog
+from stacks.catalog.registry import RegistryClient
 from stacks.models import VersionStatus
-from stacks.registry import RegistryClient
 
 # The first run builds every image (minutes); later runs reuse them by recipe hash.
 # django_db: the session fixture needs the test database set up (pytest-django sets up only

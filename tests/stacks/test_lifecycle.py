@@ -19,11 +19,11 @@ from django.conf import settings
 
 from projects.models import Environment, EnvironmentStatus
 from projects.services import ServiceError
-from stacks import lifecycle
 from stacks.backends.docker import list_containers
-from stacks.hosts import ensure_local_hosts
 from stacks.models import ComponentVersion, Operation, OperationStatus, VersionStatus
-from stacks.operations import run_operation
+from stacks.runtime import lifecycle
+from stacks.runtime.hosts import ensure_local_hosts
+from stacks.runtime.operations import run_operation
 from tests.stacks.conftest import Caddy
 
 pytestmark = [pytest.mark.slow, pytest.mark.engine, pytest.mark.django_db, pytest.mark.timeout(900)]
@@ -49,7 +49,7 @@ def cleanup(engine_client: docker.DockerClient) -> Iterator[list[Environment]]:
     """Environments to destroy at the end, whatever happened."""
     made: list[Environment] = []
     yield made
-    from stacks.operations import backend_for
+    from stacks.runtime.operations import backend_for
 
     for env in made:
         env.refresh_from_db()

@@ -16,10 +16,10 @@ from django.urls import reverse
 from django.utils import timezone
 
 from projects.models import Environment, EnvironmentStatus
-from stacks import lifecycle
 from stacks.backends.base import BackendError, ResourceSample
 from stacks.models import ResourceSampleRow
-from stacks.reconcile import record_samples
+from stacks.runtime import lifecycle
+from stacks.runtime.reconcile import record_samples
 from tests.conftest import Team, client_for
 
 pytestmark = pytest.mark.django_db
@@ -52,8 +52,8 @@ def backend(monkeypatch: pytest.MonkeyPatch) -> FakeBackend:
             "env-1-web-a1 2026-12-02T10:00:02.000000000Z second",
         ]
     )
-    monkeypatch.setattr("stacks.operations.backend_for", lambda environment: fake)
-    monkeypatch.setattr("stacks.reconcile.backend_for", lambda environment: fake)
+    monkeypatch.setattr("stacks.runtime.operations.backend_for", lambda environment: fake)
+    monkeypatch.setattr("stacks.runtime.reconcile.backend_for", lambda environment: fake)
     return fake
 
 

@@ -12,8 +12,8 @@ import docker
 import pytest
 
 from projects.models import Environment
-from stacks import lifecycle
-from stacks.hosts import register_host
+from stacks.runtime import lifecycle
+from stacks.runtime.hosts import register_host
 from tests.stacks.conftest import REPO_ROOT, Caddy
 from tests.stacks.test_lifecycle import deploy, get, run
 
@@ -63,7 +63,7 @@ def clients(netns_hosts: list[dict[str, str]]) -> Iterator[dict[str, docker.Dock
 def cleanup() -> Iterator[list[Environment]]:
     made: list[Environment] = []
     yield made
-    from stacks.operations import backend_for
+    from stacks.runtime.operations import backend_for
 
     for env in made:
         env.refresh_from_db()
@@ -105,7 +105,7 @@ def test_unused_images_are_pruned_from_the_hosts_but_rollback_images_stay(
     team: Any, two_hosts: Caddy, cleanup: list[Environment], clients: dict[str, docker.DockerClient]
 ) -> None:
     from stacks.models import ComponentVersion
-    from stacks.reconcile import prune_images
+    from stacks.runtime.reconcile import prune_images
 
     static = [
         {

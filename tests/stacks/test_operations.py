@@ -26,11 +26,11 @@ from django.conf import settings
 
 from projects.models import Environment, EnvironmentStatus
 from projects.services import ServiceError
-from stacks import lifecycle
-from stacks.edge import NOT_FOUND_BODY
+from stacks.backends.edge import NOT_FOUND_BODY
 from stacks.models import Domain, Operation, OperationStatus, Release
-from stacks.operations import edge, run_operation, sync_routes_for
-from stacks.reconcile import reconcile
+from stacks.runtime import lifecycle
+from stacks.runtime.operations import edge, run_operation, sync_routes_for
+from stacks.runtime.reconcile import reconcile
 from tests.portal.test_celery import _database_url
 from tests.stacks import test_lifecycle
 from tests.stacks.conftest import REPO_ROOT, Caddy, fetch, wait_until

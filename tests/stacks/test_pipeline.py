@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from stacks import pipeline
-from stacks.catalog import catalog_files, load_catalog
+from stacks.catalog import pipeline
+from stacks.catalog.loader import catalog_files, load_catalog
+from stacks.catalog.registry import RegistryClient
 from stacks.models import ComponentVersion, VersionStatus
-from stacks.registry import RegistryClient
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db]
 

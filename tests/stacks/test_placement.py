@@ -8,9 +8,9 @@ from typing import Any
 import pytest
 
 from projects.models import Environment, Project
-from stacks.catalog import load_catalog
+from stacks.catalog.loader import load_catalog
 from stacks.models import DockerHost, KernelVersion, Region, Size, StackComponent
-from stacks.operations import OperationFailed, hosts_for
+from stacks.runtime.operations import OperationFailed, hosts_for
 
 
 @pytest.fixture

@@ -14,8 +14,8 @@ from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from projects.models import AuditEvent, Environment, EnvironmentStatus
-from stacks import lifecycle
 from stacks.models import Domain, Operation, OperationStatus, Release, StackComponent, Variable
+from stacks.runtime import lifecycle
 from tests.conftest import Team, client_for
 
 pytestmark = pytest.mark.django_db

@@ -1,4 +1,4 @@
-"""stacks.registry.RegistryClient against the real registry (scripts/registry.sh), with real
+"""stacks.catalog.registry.RegistryClient against the real registry (scripts/registry.sh), with real
 images pushed by the real Docker Engine. Each run pushes under its own random repository
 names and deletes what it pushed."""
 
@@ -18,8 +18,8 @@ import docker
 import pytest
 from docker.models.images import Image
 
-from stacks import registry
-from stacks.registry import RegistryClient, RegistryError
+from stacks.catalog import registry
+from stacks.catalog.registry import RegistryClient, RegistryError
 
 pytestmark = [pytest.mark.slow]
 

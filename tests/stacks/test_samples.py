@@ -18,8 +18,8 @@ import yaml
 from django.conf import settings
 from docker.errors import APIError, ImageNotFound, NotFound
 
-from stacks import pipeline, samples
-from stacks.catalog import CATALOG_DIR, SAMPLES_DIR
+from stacks.catalog import pipeline, samples
+from stacks.catalog.loader import CATALOG_DIR, SAMPLES_DIR
 from stacks.models import Component, ComponentVersion
 
 ORDINARY = sorted(p.name for p in SAMPLES_DIR.iterdir() if p.is_dir() and p.name != samples.WORDPRESS)

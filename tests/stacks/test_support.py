@@ -12,9 +12,9 @@ from django.contrib.auth.models import Group
 
 from projects.models import AuditEvent, Environment, EnvironmentStatus, User
 from projects.services import ServiceError
-from stacks import lifecycle, support
 from stacks.models import DockerHost, KernelVersion, Operation, OperationKind, OperationStatus, Region
-from stacks.operations import hosts_for
+from stacks.runtime import lifecycle, support
+from stacks.runtime.operations import hosts_for
 from tests.factories import UserFactory
 
 pytestmark = pytest.mark.django_db

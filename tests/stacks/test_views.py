@@ -7,7 +7,7 @@ from datetime import date
 import pytest
 from django.test import Client
 
-from stacks.catalog import load_catalog
+from stacks.catalog.loader import load_catalog
 from stacks.models import ComponentVersion, VersionStatus
 
 pytestmark = pytest.mark.django_db

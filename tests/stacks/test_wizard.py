@@ -223,7 +223,7 @@ def test_a_refusal_by_the_service_keeps_its_status(client: Client, monkeypatch: 
     def refuse(**kwargs: Any) -> None:
         raise ServiceError("Your plan allows 2 projects.", status=402)
 
-    monkeypatch.setattr("stacks.lifecycle.create_project", refuse)
+    monkeypatch.setattr("stacks.runtime.lifecycle.create_project", refuse)
     response = client.post(URL, template_data(step="create"))
     assert response.status_code == 402 and "Your plan allows 2 projects." in html(response)
 
@@ -347,7 +347,7 @@ def test_an_empty_assembly(client: Client) -> None:
 # --- the service's environment name ------------------------------------------------------------
 @pytest.mark.parametrize("bad", ["", "Prod", "a b", "x" * 31, "prod/1", "ünï"])
 def test_create_project_refuses_a_bad_environment_name(team: Team, offered_catalog: None, bad: str) -> None:
-    from stacks import lifecycle
+    from stacks.runtime import lifecycle
 
     with pytest.raises(ServiceError) as err:
         lifecycle.create_project(
@@ -363,7 +363,7 @@ def test_create_project_refuses_a_bad_environment_name(team: Team, offered_catal
 
 
 def test_create_project_names_the_environment(team: Team, offered_catalog: None) -> None:
-    from stacks import lifecycle
+    from stacks.runtime import lifecycle
 
     environment = lifecycle.create_project(
         organization=team.org,

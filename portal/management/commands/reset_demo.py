@@ -14,7 +14,7 @@ from django.utils import timezone
 from portal.demos import destroy_for_cleanup, expire_demos
 from projects.models import Environment, EnvironmentStatus, Membership, Organization, Project, User
 from stacks.models import ACTIVE_OPERATION_STATUSES, Operation
-from stacks.operations import run_operation
+from stacks.runtime.operations import run_operation
 
 
 def wait_for(operation: Operation, timeout: float = 600) -> str:

@@ -7,7 +7,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from stacks import pipeline
+from stacks.catalog import pipeline
 from stacks.models import ComponentVersion
 
 

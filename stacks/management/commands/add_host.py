@@ -6,7 +6,7 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from projects.services import ServiceError
-from stacks.hosts import ensure_local_hosts, register_host
+from stacks.runtime.hosts import ensure_local_hosts, register_host
 
 
 class Command(BaseCommand):

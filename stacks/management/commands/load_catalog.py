@@ -4,7 +4,7 @@ from pathlib import Path
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from stacks.catalog import CatalogError, load_catalog
+from stacks.catalog.loader import CatalogError, load_catalog
 
 
 class Command(BaseCommand):

@@ -7,7 +7,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from projects.models import Membership, Project, User
 from projects.services import ServiceError
-from stacks import lifecycle
+from stacks.runtime import lifecycle
 
 DEMO_STACKS = [("Demo static site", "static-site"), ("Demo Python app", "python-web")]
 

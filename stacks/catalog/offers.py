@@ -1,7 +1,7 @@
 """What the catalog offers a customer, read-only: the versions a new stack or an upgrade
 can use, and whether an assembled stack goes together (the compatibility rules).
 
-Pages and the wizard read these; the services (``stacks.lifecycle``) stay the gate that
+Pages and the wizard read these; the services (``stacks.runtime.lifecycle``) stay the gate that
 refuses what is not runnable.
 """
 
@@ -43,7 +43,7 @@ def upgrades_for(components: Iterable[StackComponent]) -> dict[str, list[Compone
     """Newer offered versions each component could move to (one query), newest first.
 
     A stateful component only gets the versions its data has a tested way to (the
-    catalog's ``migration.from``), as ``stacks.lifecycle.upgrade`` demands."""
+    catalog's ``migration.from``), as ``stacks.runtime.lifecycle.upgrade`` demands."""
     components = list(components)
     offered = (
         ComponentVersion.objects.filter(

@@ -2,9 +2,9 @@
 
 Each function is keyword-only, takes the staff ``actor`` and an ``origin``, runs in one
 transaction, writes a ``support.*`` audit row and queues at most the normal operations
-through ``stacks.lifecycle.queue_operation`` (the customer's own code path), so what support starts
+through ``stacks.runtime.lifecycle.queue_operation`` (the customer's own code path), so what support starts
 looks, runs and is recorded like anything else. The actor is not a member of the
-customer's organization: the role checks of ``stacks.lifecycle`` are for customers, and
+customer's organization: the role checks of ``stacks.runtime.lifecycle`` are for customers, and
 these functions check the staff permission instead (``projects.operate_stacks``).
 
 The Docker backend cannot copy volumes between engines: an environment with data
@@ -21,9 +21,9 @@ from django.utils import timezone
 
 from projects.models import Environment, EnvironmentStatus, Project
 from projects.services import Origin, ServiceError, record_audit_event
-from stacks import lifecycle
 from stacks.models import DockerHost, Operation, OperationKind, OperationStatus
-from stacks.spec import CONTENT_VOLUME
+from stacks.runtime import lifecycle
+from stacks.runtime.spec import CONTENT_VOLUME
 
 if TYPE_CHECKING:
     from projects.models import User
@@ -234,7 +234,7 @@ def stateful_components(environment: Environment) -> list[str]:
 
 
 def _target_host(environment: Environment, exclude: str) -> DockerHost | None:
-    from stacks.operations import free_memory_mb
+    from stacks.runtime.operations import free_memory_mb
 
     hosts = list(
         DockerHost.objects.filter(

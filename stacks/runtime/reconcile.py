@@ -17,9 +17,8 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from projects.models import Environment, EnvironmentStatus
-from stacks import lifecycle
 from stacks.backends.base import BackendError, ReplicaState, get_backend
-from stacks.edge import EdgeError
+from stacks.backends.edge import EdgeError
 from stacks.models import (
     ACTIVE_OPERATION_STATUSES,
     DockerHost,
@@ -28,8 +27,9 @@ from stacks.models import (
     OperationStatus,
     ResourceSampleRow,
 )
-from stacks.operations import backend_for, sync_routes
-from stacks.spec import SpecError, build_spec
+from stacks.runtime import lifecycle
+from stacks.runtime.operations import backend_for, sync_routes
+from stacks.runtime.spec import SpecError, build_spec
 
 log = structlog.get_logger(__name__)
 
@@ -121,7 +121,7 @@ def _repair(env: Environment, replicas: list[ReplicaState]) -> tuple[int, int]:
                     previous_release=env.current_release,
                     params={"reason": "reconcile"},
                 )
-            from stacks.operations import run_operation
+            from stacks.runtime.operations import run_operation
 
             run_operation(op.pk)
             repaired = 1

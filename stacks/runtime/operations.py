@@ -22,9 +22,8 @@ from django.utils import timezone
 
 from projects.crypto import decrypt
 from projects.models import Environment, EnvironmentStatus
-from stacks import content_store
 from stacks.backends.base import Backend, BackendError, StackSpec, get_backend
-from stacks.edge import EdgeError, EdgeRouter
+from stacks.backends.edge import EdgeError, EdgeRouter
 from stacks.models import (
     DockerHost,
     Domain,
@@ -34,7 +33,8 @@ from stacks.models import (
     Release,
     StackComponent,
 )
-from stacks.spec import SpecError, build_spec
+from stacks.runtime import content_store
+from stacks.runtime.spec import SpecError, build_spec
 
 log = structlog.get_logger(__name__)
 HEARTBEAT_SECONDS = 5
@@ -330,7 +330,7 @@ def _recover(
 
 
 def _fetch_git(op: Operation, release: Release) -> None:
-    from stacks.content import ContentError, fetch_git
+    from stacks.runtime.content import ContentError, fetch_git
 
     try:
         content = fetch_git(

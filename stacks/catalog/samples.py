@@ -2,7 +2,7 @@
 
 ``sample_archive(name)`` returns the uncompressed tar that becomes a stack's content volume
 (mounted read-only at /srv/app in the web server and the runtime). An ordinary sample is
-the folder stacks/samples/<name>/ (its README.md stays out). The ``wordpress`` sample is
+the folder stacks/catalog/samples/<name>/ (its README.md stays out). The ``wordpress`` sample is
 WordPress from Debian's ``wordpress`` package plus a wp-config.php of ours that reads
 everything from the environment: the package tree is produced by the Docker engine, in an
 image cached by a hash of its inputs (like the catalog images), and the finished archive is
@@ -28,8 +28,8 @@ import docker
 from django.conf import settings
 from docker.errors import APIError, BuildError, DockerException, ImageNotFound
 
-from stacks.catalog import SAMPLES_DIR
-from stacks.pipeline import docker_client
+from stacks.catalog.loader import SAMPLES_DIR
+from stacks.catalog.pipeline import docker_client
 
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,59}$")
 # 2024-01-01 00:00 UTC, for folders and our own files (package files: see _repack).
@@ -94,7 +94,7 @@ deb http://deb.debian.org/debian-security {debian}-security main\\n' \\
 WP_CONFIG = r"""<?php
 /**
  * WordPress settings for Stackport, all read from the environment (see the wordpress
- * sample's README.md). Written by stacks/samples.py: changes here are lost on the next
+ * sample's README.md). Written by stacks/catalog/samples.py: changes here are lost on the next
  * release of the content.
  */
 
@@ -236,7 +236,7 @@ def sample_archive(name: str) -> bytes:
         return _wordpress_archive()
     folder = SAMPLES_DIR / name
     if not folder.is_dir():
-        raise SampleError(f"no sample app stacks/samples/{name}")
+        raise SampleError(f"no sample app stacks/catalog/samples/{name}")
     return _pack(_folder_entries(folder))
 
 
@@ -252,7 +252,9 @@ def _folder_entries(folder: Path) -> list[Entry]:
         if rel.as_posix() in SKIPPED or SKIPPED_DIRS.intersection(rel.parts):
             continue
         if path.is_symlink() or not (path.is_file() or path.is_dir()):
-            raise SampleError(f"stacks/samples/{folder.name}/{rel}: only files and folders are allowed")
+            raise SampleError(
+                f"stacks/catalog/samples/{folder.name}/{rel}: only files and folders are allowed"
+            )
         entries.append((rel.as_posix(), path.read_bytes() if path.is_file() else None, SAMPLE_MTIME))
     return entries
 

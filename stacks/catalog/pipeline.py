@@ -24,9 +24,9 @@ from django.conf import settings
 from django.utils import timezone
 from docker.errors import APIError, BuildError, DockerException, ImageNotFound, NotFound
 
-from stacks.catalog import IMAGES_DIR
+from stacks.catalog.loader import IMAGES_DIR
+from stacks.catalog.registry import RegistryClient, RegistryError
 from stacks.models import VERSION_TRANSITIONS, ComponentVersion, VersionStatus
-from stacks.registry import RegistryClient, RegistryError
 
 HASH_LABEL = "org.stackport.recipe-hash"
 VERIFY_MEMORY = "512m"

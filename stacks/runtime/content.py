@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import IO, Protocol, cast
 from urllib.parse import urlsplit
 
-from stacks.addresses import AddressRefused, check_host, resolve_public
+from stacks.runtime.addresses import AddressRefused, check_host, resolve_public
 
 MAX_ARCHIVE_BYTES = 100 * 2**20  # compressed upload
 MAX_UNPACKED_BYTES = 512 * 2**20  # sum of file sizes after unpacking

@@ -34,9 +34,9 @@ from stacks.models import (
     VersionStatus,
 )
 
-CATALOG_DIR = Path(__file__).resolve().parent / "catalog"
-IMAGES_DIR = Path(__file__).resolve().parent / "images"
-SAMPLES_DIR = Path(__file__).resolve().parent / "samples"
+CATALOG_DIR = Path(__file__).resolve().parent  # catalog.yaml and components/*.yaml beside this module
+IMAGES_DIR = CATALOG_DIR / "images"
+SAMPLES_DIR = CATALOG_DIR / "samples"
 CODE_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,39}$")
 NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,29}$")
 VERSION_RE = re.compile(r"^[0-9][0-9A-Za-z.+~-]{0,31}$")
@@ -278,7 +278,8 @@ def _validate_component(comp: _Map, sizes: dict[str, _Map], images_dir: Path) ->
         raise CatalogError(f"{_at(comp, 'kind')}: component {code} has unknown kind {comp['kind']!r}")
     if not (images_dir / str(comp["recipe"]) / "Dockerfile").is_file():
         raise CatalogError(
-            f"{_at(comp, 'recipe')}: component {code}: no recipe stacks/images/{comp['recipe']}/Dockerfile"
+            f"{_at(comp, 'recipe')}: component {code}: "
+            f"no recipe stacks/catalog/images/{comp['recipe']}/Dockerfile"
         )
     for size in _list(comp, "sizes", "component"):
         if size not in sizes:
@@ -374,7 +375,7 @@ def _validate_template(
         raise CatalogError(f"{_at(t, 'framework')}: template {code}: unknown framework {t['framework']!r}")
     if t.get("sample_app") and not (samples_dir / t["sample_app"]).is_dir():
         raise CatalogError(
-            f"{_at(t, 'sample_app')}: template {code}: no sample app stacks/samples/{t['sample_app']}"
+            f"{_at(t, 'sample_app')}: template {code}: no sample app stacks/catalog/samples/{t['sample_app']}"
         )
     names: set[str] = set()
     for item in _list(t, "components", "template"):

@@ -1,8 +1,8 @@
 """Every write to running stacks: projects, environments, releases and operations.
 
 Views, the API, admin actions and commands call the request functions here; each checks
-the actor's role, validates through ``stacks.spec``, writes one transaction (with its
-audit row) and queues at most one Operation, whose Celery task runs ``stacks.operations``
+the actor's role, validates through ``stacks.runtime.spec``, writes one transaction (with its
+audit row) and queues at most one Operation, whose Celery task runs ``stacks.runtime.operations``
 after commit. Nothing here talks to an engine. Refusals raise ``ServiceError``.
 """
 
@@ -19,7 +19,6 @@ from django.db import IntegrityError, transaction
 from projects.crypto import encrypt
 from projects.models import Environment, EnvironmentStatus, Organization, Project, Role
 from projects.services import Origin, ServiceError, _require_role, record_audit_event
-from stacks import content_store
 from stacks.models import (
     ComponentVersion,
     KernelVersion,
@@ -32,8 +31,9 @@ from stacks.models import (
     StackTemplate,
     VersionStatus,
 )
-from stacks.policy import stack_policy
-from stacks.spec import SpecError, ensure_generated_credentials, validate_component_row
+from stacks.runtime import content_store
+from stacks.runtime.policy import stack_policy
+from stacks.runtime.spec import SpecError, ensure_generated_credentials, validate_component_row
 
 if TYPE_CHECKING:
     from projects.models import User
@@ -166,7 +166,7 @@ def create_project(
     ensure_generated_credentials(environment_obj, rows)
     source, detail, content = Release.Source.NONE, "", None
     if template_obj and template_obj.sample_app:
-        from stacks.samples import sample_archive
+        from stacks.catalog.samples import sample_archive
 
         content = content_store.save(sample_archive(template_obj.sample_app))
         source, detail = Release.Source.TEMPLATE, template_obj.sample_app
@@ -311,7 +311,7 @@ def _editable(environment: Environment, actor: User | None, role: str = Role.DEV
     environment.refresh_from_db()
     if actor is not None:
         _require_role(actor, environment.project.organization, role)
-        # Support's own actions and system clean-ups pass no actor (stacks.support, demos).
+        # Support's own actions and system clean-ups pass no actor (stacks.runtime.support, demos).
         project = environment.project
         project.refresh_from_db(fields=["suspended_at", "suspended_reason"])
         if project.suspended_at is not None:
@@ -471,7 +471,7 @@ def deploy_content(
     _editable(environment, actor)
     rows = _current_rows(environment)
     if archive is not None:
-        from stacks.content import ContentError, normalize_archive
+        from stacks.runtime.content import ContentError, normalize_archive
 
         try:
             content = normalize_archive(
@@ -489,7 +489,7 @@ def deploy_content(
         )
         return queue_operation(environment, OperationKind.DEPLOY, actor, release=release, origin=origin)
     if git_url:
-        from stacks.content import ContentError, redact_url, validate_git_source
+        from stacks.runtime.content import ContentError, redact_url, validate_git_source
 
         try:
             validate_git_source(git_url, branch, trusted_hosts=settings.STACKPORT_GIT_TRUSTED_HOSTS)
@@ -611,7 +611,7 @@ def set_variable(
 
     from projects.crypto import encrypt
     from stacks.models import Variable
-    from stacks.spec import validate_env_name, validate_env_value
+    from stacks.runtime.spec import validate_env_name, validate_env_value
 
     _editable(environment, actor)
     try:
@@ -681,7 +681,7 @@ def add_domain(
 ) -> Any:
     """A customer domain (and optional path prefix) for the environment, unique across all
     customers; the edge gets it right after commit."""
-    from stacks.edge import EdgeError, normalize_host, normalize_path_prefix
+    from stacks.backends.edge import EdgeError, normalize_host, normalize_path_prefix
     from stacks.models import Domain
 
     _editable(environment, actor)
