@@ -244,7 +244,7 @@ class AdjustmentForm(ModelForm):
 
     def clean_amount(self) -> Any:
         try:
-            return services._amount(self.cleaned_data["amount"])
+            return services.clean_amount(self.cleaned_data["amount"])
         except ServiceError as exc:
             raise ValidationError(exc.message) from exc
 

@@ -30,7 +30,7 @@ from billing.models import (
 from billing.pricing import cents, default_currency
 from billing.quotas import downgrade_problems, plan_for
 from projects.models import Organization, Role
-from projects.services import Origin, ServiceError, _require_role, record_audit_event
+from projects.services import Origin, ServiceError, record_audit_event, require_role
 
 if TYPE_CHECKING:
     from projects.models import User
@@ -95,7 +95,7 @@ def change_plan(
     if not system:
         if actor is None:
             raise ServiceError("Sign in first.", status=403)
-        _require_role(actor, organization, Role.ADMIN)
+        require_role(actor, organization, Role.ADMIN)
     target = plan if isinstance(plan, Plan) else Plan.objects.filter(code=plan).first()
     if target is None or (not system and not target.is_public):
         raise ServiceError("Choose one of the offered plans.", field="plan")
@@ -172,7 +172,7 @@ def mark_overdue() -> int:
 
 
 # --- staff: credits, charges, payments --------------------------------------------------------------
-def _amount(value: Any) -> Decimal:
+def clean_amount(value: Any) -> Decimal:
     try:
         amount = cents(Decimal(str(value)))
     except (InvalidOperation, ValueError) as exc:
@@ -204,7 +204,7 @@ def add_adjustment(
     adjustment = Adjustment.objects.create(
         organization=organization,
         kind=kind,
-        amount=_amount(amount),
+        amount=clean_amount(amount),
         currency=currency or default_currency(),
         description=description,
         created_by=actor,

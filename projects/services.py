@@ -119,7 +119,7 @@ def _membership_of(user: User, organization: Organization) -> Membership:
     return membership
 
 
-def _require_role(user: User, organization: Organization, role: str) -> Membership:
+def require_role(user: User, organization: Organization, role: str) -> Membership:
     membership = _membership_of(user, organization)
     if not membership.has_role(role):
         raise ServiceError(
@@ -134,7 +134,7 @@ def _require_role(user: User, organization: Organization, role: str) -> Membersh
 def rename_organization(
     *, organization: Organization, name: str, actor: User, origin: Origin | None = None
 ) -> Organization:
-    _require_role(actor, organization, Role.ADMIN)
+    require_role(actor, organization, Role.ADMIN)
     old = organization.name
     organization.name = _clean_name(name)
     organization.save(update_fields=["name"])
@@ -169,7 +169,7 @@ def change_member_role(
     organization = membership.organization
     _lock_memberships(organization)
     membership.refresh_from_db()
-    acting = _require_role(actor, organization, Role.ADMIN)
+    acting = require_role(actor, organization, Role.ADMIN)
     if Role.OWNER in (role, membership.role) and not acting.has_role(Role.OWNER):
         raise ServiceError("Only an owner can grant or take away the owner role.", status=403)
     if membership.role == role:
@@ -198,7 +198,7 @@ def remove_member(*, membership: Membership, actor: User, origin: Origin | None 
         return  # already gone: removing twice is not an error
     membership.refresh_from_db()
     if membership.user_id != actor.pk:
-        acting = _require_role(actor, organization, Role.ADMIN)
+        acting = require_role(actor, organization, Role.ADMIN)
         if membership.role == Role.OWNER and not acting.has_role(Role.OWNER):
             raise ServiceError("Only an owner can remove an owner.", status=403)
     if membership.role == Role.OWNER and _owner_count(organization) <= 1:
@@ -250,7 +250,7 @@ def invite_member(
 ) -> Invitation:
     from projects.tasks import send_invitation_email_task
 
-    acting = _require_role(actor, organization, Role.ADMIN)
+    acting = require_role(actor, organization, Role.ADMIN)
     email = _normalize_email(email)
     if role not in Role.values:
         raise ServiceError("Choose one of the listed roles.", field="role")
@@ -282,7 +282,7 @@ def invite_member(
 
 @transaction.atomic
 def revoke_invitation(*, invitation: Invitation, actor: User, origin: Origin | None = None) -> None:
-    _require_role(actor, invitation.organization, Role.ADMIN)
+    require_role(actor, invitation.organization, Role.ADMIN)
     changed = Invitation.objects.filter(
         pk=invitation.pk, accepted_at__isnull=True, revoked_at__isnull=True
     ).update(revoked_at=timezone.now())

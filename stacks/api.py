@@ -826,19 +826,15 @@ def get_operation(request: HttpRequest, operation_id: int) -> dict[str, Any]:
 def component_logs(
     request: HttpRequest, environment_id: int, component: str, lines: int = Query(200, ge=1, le=LOG_LINES_MAX)
 ) -> dict[str, Any]:
-    from docker.errors import DockerException
-
     from stacks.backends.base import BackendError
-    from stacks.runtime.operations import OperationFailed, backend_for
+    from stacks.runtime.operations import component_logs
 
     env = scoped_environment(request, environment_id)
     if not env.components.filter(name=component).exists():
         raise ServiceError(f"This stack has no component {component[:30]!r}.", field="component", status=404)
-    if not env.backend_state:
-        return {"component": component, "lines": []}  # never placed on a host: nothing has run
     try:
-        found = list(backend_for(env).logs(env.key, env.backend_state, component, tail=lines))
-    except (BackendError, DockerException, OperationFailed, OSError) as exc:
+        found = component_logs(env, component, lines)
+    except BackendError as exc:
         raise ServiceError("The logs cannot be read right now; try again shortly.", status=503) from exc
     return {"component": component, "lines": found[-lines:]}
 

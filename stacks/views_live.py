@@ -22,7 +22,6 @@ from django.http import Http404, HttpResponse, JsonResponse
 from django.shortcuts import redirect, render
 from django.utils import timezone
 from django.views.decorators.http import require_GET
-from docker.errors import DockerException
 
 from projects.access import AuthedRequest, get_environment_for_user
 from projects.models import Environment, EnvironmentStatus
@@ -57,19 +56,13 @@ def parse_line(raw: str) -> LogLine:
 
 def read_logs(environment: Environment, component: str, tail: int) -> tuple[list[LogLine], str]:
     """The component's last ``tail`` lines of every replica, oldest first; or an error."""
-    from stacks.runtime.operations import OperationFailed, backend_for
+    from stacks.runtime.operations import component_logs
 
     try:
-        backend = backend_for(environment)
-        raw = list(backend.logs(environment.key, environment.backend_state, component, tail=tail))
-    except (BackendError, OperationFailed) as exc:
-        return [], getattr(exc, "message", None) or str(exc)
-    except OSError as exc:  # an engine that does not answer (connection refused, timeout)
-        log.warning("logs_unavailable", environment=environment.pk, error=str(exc))
-        return [], "The host running this stack does not answer."
-    except DockerException as exc:
-        log.warning("logs_unavailable", environment=environment.pk, error=str(exc))
-        return [], "The host running this stack refused to give its logs."
+        raw = component_logs(environment, component, tail)
+    except BackendError as exc:
+        log.warning("logs_unavailable", environment=environment.pk, error=exc.message)
+        return [], exc.message
     lines = [parse_line(line) for line in raw]
     if all(line.at for line in lines):  # interleave the replicas' lines in time
         lines.sort(key=lambda line: line.at)

@@ -72,6 +72,16 @@ class StackSpec:
     running: bool = True
 
 
+@dataclass(frozen=True)
+class HostFacts:
+    """What an engine says about the machine it runs on (read when a host is added)."""
+
+    engine_id: str
+    kernel_release: str
+    cpus: int
+    memory_mb: int
+
+
 @dataclass
 class ReplicaState:
     component: str

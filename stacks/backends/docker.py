@@ -26,6 +26,7 @@ from stacks.backends.base import (
     Backend,
     BackendError,
     ComponentSpec,
+    HostFacts,
     Observed,
     ReplicaState,
     ResourceSample,
@@ -819,6 +820,24 @@ class DockerBackend(Backend):
             if image.tags:
                 return str(image.tags[0])
         raise BackendError("no image on the host to unpack content with", permanent=False)
+
+
+def describe_host(url: str) -> HostFacts:
+    """The engine's id, kernel, CPUs and memory. ``BackendError`` when it does not answer."""
+    try:
+        client = docker.DockerClient(base_url=url, version="auto", timeout=10)
+        try:
+            info = client.info()
+        finally:
+            client.close()
+    except (DockerException, OSError) as exc:
+        raise _wrap(exc, f"the engine at {url}") from exc
+    return HostFacts(
+        engine_id=str(info.get("ID", ""))[:100],
+        kernel_release=str(info.get("KernelVersion", ""))[:100],
+        cpus=int(info.get("NCPU", 0)),
+        memory_mb=int(info.get("MemTotal", 0)) // (1024 * 1024),
+    )
 
 
 def list_containers(client: docker.DockerClient, **options: Any) -> list[Any]:

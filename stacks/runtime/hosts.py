@@ -6,12 +6,12 @@ from __future__ import annotations
 import ipaddress
 import re
 
-import docker
 from django.db import transaction
 from django.utils import timezone
-from docker.errors import DockerException
 
 from projects.services import ServiceError
+from stacks.backends.base import BackendError
+from stacks.backends.docker import describe_host
 from stacks.models import DockerHost, KernelVersion, Region
 
 URL_RE = re.compile(r"(unix:///[\w./-]+|tcp://[\w.-]+:\d{1,5}|ssh://[\w.-]+@[\w.-]+(:\d{1,5})?)")
@@ -34,17 +34,13 @@ def kernel_line_of(release: str) -> KernelVersion | None:
 def refresh_host(host: DockerHost) -> DockerHost:
     """Read the engine's id, kernel, CPUs and memory; mark the host down when it does not answer."""
     try:
-        client = docker.DockerClient(base_url=host.url, version="auto", timeout=10)
-        info = client.info()
-        client.close()
-    except (DockerException, OSError) as exc:
-        DockerHost.objects.filter(pk=host.pk).update(last_error=str(exc)[:300])
-        host.last_error = str(exc)[:300]
+        facts = describe_host(host.url)
+    except BackendError as exc:
+        DockerHost.objects.filter(pk=host.pk).update(last_error=exc.message[:300])
+        host.last_error = exc.message[:300]
         return host
-    host.engine_id = str(info.get("ID", ""))[:100]
-    host.kernel_release = str(info.get("KernelVersion", ""))[:100]
-    host.cpus = int(info.get("NCPU", 0))
-    host.memory_mb = int(info.get("MemTotal", 0)) // (1024 * 1024)
+    host.engine_id, host.kernel_release = facts.engine_id, facts.kernel_release
+    host.cpus, host.memory_mb = facts.cpus, facts.memory_mb
     host.last_seen_at = timezone.now()
     host.last_error = ""
     if host.kernel is None:

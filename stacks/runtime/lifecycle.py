@@ -18,7 +18,7 @@ from django.db import IntegrityError, transaction
 
 from projects.crypto import encrypt
 from projects.models import Environment, EnvironmentStatus, Organization, Project, Role
-from projects.services import Origin, ServiceError, _require_role, record_audit_event
+from projects.services import Origin, ServiceError, record_audit_event, require_role
 from stacks.models import (
     ComponentVersion,
     KernelVersion,
@@ -123,7 +123,7 @@ def create_project(
     if not system:
         if actor is None:
             raise ServiceError("Sign in first.", status=403)
-        _require_role(actor, organization, Role.DEVELOPER)
+        require_role(actor, organization, Role.DEVELOPER)
     name = _clean_project_name(name)
     environment_name = _clean_environment_name(environment)
     region_obj = Region.objects.filter(code=region, is_active=True).first()
@@ -310,7 +310,7 @@ def _editable(environment: Environment, actor: User | None, role: str = Role.DEV
     Environment.objects.select_for_update().filter(pk=environment.pk).first()
     environment.refresh_from_db()
     if actor is not None:
-        _require_role(actor, environment.project.organization, role)
+        require_role(actor, environment.project.organization, role)
         # Support's own actions and system clean-ups pass no actor (stacks.runtime.support, demos).
         project = environment.project
         project.refresh_from_db(fields=["suspended_at", "suspended_reason"])

@@ -98,6 +98,22 @@ def backend_for(environment: Environment) -> Backend:
     return get_backend(path, hosts=hosts_for(environment))
 
 
+def component_logs(environment: Environment, component: str, tail: int) -> list[str]:
+    """The last ``tail`` lines of each replica of ``component``, as the backend gives them
+    (``<replica> <timestamp> <text>``). Nothing when the stack never ran. Raises
+    ``BackendError`` (with a message for the customer) when they cannot be read."""
+    if not environment.backend_state:
+        return []
+    try:
+        return list(
+            backend_for(environment).logs(environment.key, environment.backend_state, component, tail=tail)
+        )
+    except OperationFailed as exc:
+        raise BackendError(str(exc), permanent=False) from exc
+    except OSError as exc:  # an engine that does not answer before the backend saw it
+        raise BackendError("The host running this stack does not answer.", permanent=False) from exc
+
+
 def edge() -> EdgeRouter:
     return EdgeRouter(settings.STACKPORT_EDGE_ADMIN_URL, listen=[settings.STACKPORT_EDGE_LISTEN])
 

@@ -1,0 +1,113 @@
+"""The layout stays what docs/architecture.md says, read from the code's own imports.
+
+Apps are floors: each imports only from the floors below it (projects at the ground, then
+stacks, billing, portal). ``stacks/`` is three wings plus its pages and models. The Docker
+SDK is used only behind the backend interface and by the image pipeline that builds the
+catalog's images. No module reaches into another module's private names.
+"""
+
+from __future__ import annotations
+
+import ast
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+FLOORS = ["projects", "stacks", "billing", "portal"]
+STACKS_TOP = {
+    "__init__",
+    "access",
+    "admin",
+    "api",
+    "apps",
+    "forms",
+    "models",
+    "tasks",
+    "urls",
+    "views",
+    "views_live",
+}
+WINGS = {"catalog", "runtime", "backends", "management", "migrations"}
+# The image pipeline builds, probes and publishes the catalog's images on the hoster's build
+# engine: hoster machinery, not a customer backend.
+DOCKER_ALLOWED = ("stacks/backends/", "stacks/catalog/pipeline.py", "stacks/catalog/samples.py")
+EXCLUDED_DIRS = {"migrations", "samples", "images"}
+
+
+def modules() -> Iterator[tuple[str, Path, ast.Module]]:
+    for app in FLOORS:
+        for path in sorted((ROOT / app).rglob("*.py")):
+            if EXCLUDED_DIRS & set(path.relative_to(ROOT).parts):
+                continue
+            yield app, path, ast.parse(path.read_text(), str(path))
+
+
+def imported(tree: ast.Module) -> Iterator[tuple[int, str, list[str]]]:
+    """(line, module, names) for every import, at module level or inside functions."""
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                yield node.lineno, alias.name, []
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            yield node.lineno, node.module, [alias.name for alias in node.names]
+
+
+def test_no_app_imports_a_floor_above_it() -> None:
+    wrong = []
+    for app, path, tree in modules():
+        for line, module, _ in imported(tree):
+            top = module.split(".")[0]
+            if top in FLOORS and FLOORS.index(top) > FLOORS.index(app):
+                wrong.append(f"{path.relative_to(ROOT)}:{line} imports {module}")
+    assert not wrong, "imports that run up a floor:\n" + "\n".join(wrong)
+
+
+def test_stacks_is_three_wings_and_its_pages() -> None:
+    stacks = ROOT / "stacks"
+    for wing in ("catalog", "runtime", "backends"):
+        assert (stacks / wing / "__init__.py").is_file(), wing
+    top = {p.stem for p in stacks.glob("*.py")}
+    assert top <= STACKS_TOP, f"modules outside the wings: {sorted(top - STACKS_TOP)}"
+    folders = {p.name for p in stacks.iterdir() if p.is_dir() and not p.name.startswith("__")}
+    assert folders <= WINGS | {"templatetags"}, sorted(folders - WINGS)
+    assert (stacks / "catalog" / "catalog.yaml").is_file() and (stacks / "catalog" / "images").is_dir()
+
+
+def test_only_the_backends_and_the_image_pipeline_use_the_docker_sdk() -> None:
+    wrong = []
+    for _, path, tree in modules():
+        rel = path.relative_to(ROOT).as_posix()
+        if rel.startswith(DOCKER_ALLOWED):
+            continue
+        for line, module, _ in imported(tree):
+            if module.split(".")[0] == "docker":
+                wrong.append(f"{rel}:{line} imports {module}")
+    assert not wrong, "Docker SDK used outside the backends:\n" + "\n".join(wrong)
+
+
+def test_the_wings_keep_their_order() -> None:
+    """backends know nothing of the runtime or the catalog; the catalog nothing of the runtime."""
+    lower = {"backends": ("stacks.runtime", "stacks.catalog"), "catalog": ("stacks.runtime",)}
+    wrong = []
+    for _, path, tree in modules():
+        parts = path.relative_to(ROOT).parts
+        if parts[0] != "stacks" or parts[1] not in lower:
+            continue
+        for line, module, _ in imported(tree):
+            if module.startswith(lower[parts[1]]):
+                wrong.append(f"{'/'.join(parts)}:{line} imports {module}")
+    assert not wrong, "\n".join(wrong)
+
+
+@pytest.mark.parametrize("floor", FLOORS)
+def test_no_private_name_is_imported_across_modules(floor: str) -> None:
+    wrong = []
+    for app, path, tree in modules():
+        if app != floor:
+            continue
+        for line, module, names in imported(tree):
+            if module.split(".")[0] in FLOORS:
+                wrong += [f"{path.relative_to(ROOT)}:{line} {module}.{n}" for n in names if n.startswith("_")]
+    assert not wrong, "\n".join(wrong)
