@@ -230,13 +230,33 @@ class Bench:
 
         return docker.DockerClient(base_url=DOCKER_URL, version="auto", timeout=120)
 
-    def create(self, name: str, **kwargs: Any) -> Any:
-        """create_project (system: no actor), as the portal does it; not run yet."""
+    def create(self, name: str, *, current: tuple[str, str] | None = None, **kwargs: Any) -> Any:
+        """create_project (system: no actor), as the portal does it; not run yet. ``current``
+        (component, version): that version counts as current while the stack is made (new
+        stacks get current versions only; a benchmark may start from an older one)."""
+        from stacks.models import ComponentVersion, VersionStatus
         from stacks.runtime import lifecycle
 
-        env = lifecycle.create_project(
-            organization=self.organization, actor=None, system=True, name=name, region="eu-central", **kwargs
+        old = (
+            ComponentVersion.objects.filter(component__code=current[0], version=current[1])
+            if current
+            else None
         )
+        status = old.get().status if old is not None else None
+        if old is not None:
+            old.update(status=VersionStatus.CURRENT)
+        try:
+            env = lifecycle.create_project(
+                organization=self.organization,
+                actor=None,
+                system=True,
+                name=name,
+                region="eu-central",
+                **kwargs,
+            )
+        finally:
+            if old is not None:
+                old.update(status=status)
         self.environments.append(env)
         return env
 

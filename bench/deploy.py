@@ -74,12 +74,15 @@ def stackport_deploy(bench: Bench, run: int) -> Result:
 def plain_spec(bench: Bench) -> tuple[Any, bytes]:
     """The StackSpec Stackport would run for the template, and its content archive (from a
     scratch project that is never deployed)."""
-    from stacks.runtime import content_store
+    from stacks.catalog.samples import sample_archive
+    from stacks.models import StackTemplate
     from stacks.runtime.spec import build_spec
 
     env = bench.create("Plain spec", template=TEMPLATE)
     release = env.releases.get()
-    return build_spec(env, release, running=True), content_store.read(release.content_sha256)
+    # The operation makes the sample content in the worker; the plain deploy needs it here.
+    archive = sample_archive(StackTemplate.objects.get(code=TEMPLATE).sample_app)
+    return build_spec(env, release, running=True), archive
 
 
 def plain_deploy(bench: Bench, spec: Any, archive: bytes, run: int) -> Result:

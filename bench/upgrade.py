@@ -119,7 +119,7 @@ def summary(records: list[Any]) -> str:
 def upgrade_run(bench: Bench, run: int, args: argparse.Namespace) -> tuple[float, int]:
     from stacks.runtime import lifecycle
 
-    env = bench.create(f"Upgrade {run}", components=STATIC)
+    env = bench.create(f"Upgrade {run}", components=STATIC, current=("nginx", "1.22"))
     bench.run(env.operations.get())
     wait_for_page(f"{bench.caddy.edge_url}/", env.hostname, PAGE_TEXT)
     context = multiprocessing.get_context("spawn")

@@ -81,7 +81,7 @@ class Catalog:
     """The few catalog facts attention needs, read once (the catalog is small)."""
 
     versions: dict[int, ComponentVersion]  # by id
-    offered: dict[int, list[ComponentVersion]]  # component id -> offered versions, newest first
+    by_component: dict[int, list[ComponentVersion]]  # component id -> its versions, newest first
 
     @classmethod
     def load(cls) -> Catalog:
@@ -100,24 +100,29 @@ class Catalog:
             )
             .order_by("-position", "-id")
         )
-        offered: dict[int, list[ComponentVersion]] = {}
+        by_component: dict[int, list[ComponentVersion]] = {}
         for cv in versions:
-            if cv.status == VersionStatus.CURRENT and cv.digest:
-                offered.setdefault(cv.component_id, []).append(cv)
-        return cls(versions={cv.pk: cv for cv in versions}, offered=offered)
+            by_component.setdefault(cv.component_id, []).append(cv)
+        return cls(versions={cv.pk: cv for cv in versions}, by_component=by_component)
 
-    def upgrade_for(self, version_id: int) -> ComponentVersion | None:
-        """The newest offered version a component on ``version_id`` can move to, by the
-        rules of ``stacks.catalog.offers.upgrades_for`` (stateful ones need a tested migration)."""
+    def upgrades_for(self, version_id: int) -> list[ComponentVersion]:
+        """The versions a component on ``version_id`` can upgrade to, newest first, by the
+        catalog's one rule (``stacks.catalog.offers.is_upgrade_target``) applied to the
+        versions loaded once (no query)."""
         running = self.versions.get(version_id)
         if running is None:
-            return None
-        for cv in self.offered.get(running.component_id, []):
-            if cv.position <= running.position:
-                break
-            if not running.component.stateful or running.version in (cv.migration or {}).get("from", []):
-                return cv
-        return None
+            return []
+        stateful = running.component.stateful
+        return [
+            cv
+            for cv in self.by_component.get(running.component_id, [])
+            if offers.is_upgrade_target(running, cv, stateful=stateful)
+        ]
+
+    def upgrade_for(self, version_id: int) -> ComponentVersion | None:
+        """The newest version a component on ``version_id`` can upgrade to, if any."""
+        upgrades = self.upgrades_for(version_id)
+        return upgrades[0] if upgrades else None
 
     def attention_version_ids(self, today: date) -> list[int]:
         """Versions whose users need attention: upgradable, end of life, or soon."""

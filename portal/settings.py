@@ -300,6 +300,9 @@ if not re.fullmatch(r"[a-z][a-z0-9]{0,15}", STACKPORT_STACK_PREFIX):
 # git sources are fetched from public addresses only; these "host" or "host:port" entries are
 # the operator's own servers that may be private (an internal git mirror). Never the worker's disk.
 STACKPORT_GIT_TRUSTED_HOSTS = [h.lower() for h in env.list("STACKPORT_GIT_TRUSTED_HOSTS", default=[])]
+# An operation that fails for a transient reason (an engine or the router not answering) is
+# tried again with backoff (5 s, 10 s, 20 s, ...), at most this many attempts in all.
+STACKPORT_OPERATION_MAX_ATTEMPTS = env.int("STACKPORT_OPERATION_MAX_ATTEMPTS", default=5)
 # A running operation whose worker sent no heartbeat for this long is run again.
 STACKPORT_OPERATION_STALE_SECONDS = env.int("STACKPORT_OPERATION_STALE_SECONDS", default=60)
 # Sales demos (projects/demos.py): removed this long after they start, the salesperson warned before.

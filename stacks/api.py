@@ -32,6 +32,7 @@ from projects.api import visible_organizations as _visible_organizations
 from projects.models import Environment, EnvironmentStatus, Project, Role
 from projects.services import ServiceError
 from stacks.access import get_operation_for_user
+from stacks.catalog import offers
 from stacks.models import (
     ACTIVE_OPERATION_STATUSES,
     Component,
@@ -317,7 +318,7 @@ def _version_out(v: ComponentVersion) -> dict[str, Any]:
         "version": v.version,
         "track": v.track,
         "status": v.status,
-        "offered": v.status == VersionStatus.CURRENT and bool(v.digest),
+        "offered": offers.is_offered(v),
         "released": v.released,
         "eol": v.eol,
         "end_of_life": v.is_end_of_life,
@@ -496,19 +497,7 @@ def get_project(request: HttpRequest, project_id: int) -> dict[str, Any]:
 
 
 # --- environments --------------------------------------------------------------------------------
-def _newer_offered(version: ComponentVersion) -> list[str]:
-    return list(
-        ComponentVersion.objects.filter(
-            component_id=version.component_id, status=VersionStatus.CURRENT, position__gt=version.position
-        )
-        .exclude(digest="")
-        .order_by("position")
-        .values_list("version", flat=True)
-    )
-
-
-def _stack_component_out(sc: StackComponent) -> dict[str, Any]:
-    upgrades = _newer_offered(sc.version)
+def _stack_component_out(sc: StackComponent, upgrades: list[str]) -> dict[str, Any]:
     return {
         "name": sc.name,
         "component": sc.component.code,
@@ -529,7 +518,9 @@ def _stack_component_out(sc: StackComponent) -> dict[str, Any]:
 
 def _environment_out(env: Environment) -> dict[str, Any]:
     active = env.operations.filter(status__in=ACTIVE_OPERATION_STATUSES).values_list("pk", flat=True).first()
-    components = env.components.select_related("component", "version", "size")
+    components = list(env.components.select_related("component", "version", "size"))
+    # The versions each can upgrade to, newest first: the rule the pages and the service use.
+    upgrades = offers.upgrades_for(components)
     return {
         "id": env.pk,
         "name": env.name,
@@ -546,7 +537,9 @@ def _environment_out(env: Environment) -> dict[str, Any]:
         "url": env.public_url,
         "release": env.current_release.number if env.current_release else None,
         "active_operation": active,
-        "components": [_stack_component_out(sc) for sc in components],
+        "components": [
+            _stack_component_out(sc, [cv.version for cv in upgrades[sc.name]]) for sc in components
+        ],
     }
 
 

@@ -16,7 +16,7 @@ from django.urls import reverse_lazy
 
 from projects.models import Environment, Membership, User
 from projects.services import Origin, ServiceError
-from stacks.catalog.offers import pickable_versions
+from stacks.catalog.offers import new_stack_refusal, pickable_versions
 from stacks.models import (
     CompatibilityRule,
     Component,
@@ -134,8 +134,9 @@ class WizardForm(BootstrapForm):
 
 
 class ComponentRowForm(BootstrapForm):
-    """One component of an assembled stack; checked by the spec's own validator, so the
-    wizard refuses exactly what ``create_project`` would, with the same words."""
+    """One component of an assembled stack; checked by the spec's own validator and the
+    catalog's rule for new stacks (current versions only), so the wizard refuses exactly
+    what ``create_project`` would, with the same words."""
 
     name = forms.RegexField(
         regex=r"^[a-z][a-z0-9-]{0,29}$",
@@ -184,9 +185,13 @@ class ComponentRowForm(BootstrapForm):
         if self.errors:
             return data
         try:
-            validate_component_row(self.row())
+            _component, version, _size = validate_component_row(self.row())
         except SpecError as exc:
             self.add_error(exc.field if exc.field in self.fields else None, exc.message)
+            return data
+        refusal = new_stack_refusal(version)
+        if refusal:
+            self.add_error("version", refusal)
         return data
 
     def row(self) -> dict[str, Any]:
@@ -206,7 +211,7 @@ ComponentRowFormSet = forms.formset_factory(ComponentRowForm, extra=0, max_num=1
 
 
 def wizard_catalog() -> dict[str, Any]:
-    """Components, their pickable versions and sizes, loaded once per request."""
+    """Components, the versions a new stack may use and sizes, loaded once per request."""
     components = list(Component.objects.prefetch_related("sizes"))
     return {
         "components": components,
@@ -446,8 +451,8 @@ class Wizard:
 
 
 def _default_version(versions: list[Any]) -> str:
-    current = [v for v in versions if v.status == "current"]
-    return str((current or versions)[0].version) if versions else ""
+    """The newest of the offered versions (``wizard_catalog`` lists them newest first)."""
+    return str(versions[0].version) if versions else ""
 
 
 # --- environment actions -------------------------------------------------------------------------

@@ -26,11 +26,17 @@ def record_samples_task() -> int:
     return record_samples()
 
 
-@shared_task(name="stacks.sync_routes_task", autoretry_for=(OSError,), retry_backoff=True, max_retries=5)
-def sync_routes_task(environment_id: int) -> bool:
-    from stacks.runtime.operations import sync_routes_for
+@shared_task(name="stacks.sync_routes_task", bind=True, max_retries=8)
+def sync_routes_task(self, environment_id: int) -> bool:  # type: ignore[no-untyped-def]
+    """Routes after a domain change; a router that is down or busy is tried again with backoff."""
+    from stacks.runtime.operations import is_transient, retry_delay, sync_routes_for
 
-    return sync_routes_for(environment_id)
+    try:
+        return sync_routes_for(environment_id)
+    except Exception as exc:
+        if not is_transient(exc):
+            raise
+        raise self.retry(exc=exc, countdown=retry_delay(self.request.retries + 1)) from exc
 
 
 @shared_task(name="stacks.prune_images_task", ignore_result=True)

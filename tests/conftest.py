@@ -3,14 +3,18 @@ and an outsider who owns another organization."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from django.test import Client
 
 from projects.models import Membership, Organization, Role, User
 from tests.factories import PASSWORD, MembershipFactory, OrganizationFactory, UserFactory
+
+if TYPE_CHECKING:
+    from stacks.backends.memory import MemoryBackend
 
 
 @dataclass
@@ -98,3 +102,36 @@ def offered_catalog(db: None) -> None:
             digest=digest,
             image_ref=f"127.0.0.1:5000/stackport/{cv.component.code}:{cv.version}",
         )
+
+
+MEMORY_BACKEND = "stacks.backends.memory.MemoryBackend"
+
+
+@pytest.fixture
+def memory_backend(settings: Any) -> Iterator[type[MemoryBackend]]:
+    """Every region's backend is the in-memory one (``stacks/backends/memory.py``), built the
+    way the Docker backend is (``backend_for`` → ``get_backend(path, hosts=hosts_for(env))``),
+    so an environment needs a host row of its region and kernel line (``add_memory_host``).
+    Yields the ``MemoryBackend`` class (seed, inject faults, read calls); its state is
+    cleared before and after. For fast tests of services and views only."""
+    from stacks.backends.memory import MemoryBackend
+
+    MemoryBackend.reset()
+    settings.STACKPORT_BACKENDS = {name: MEMORY_BACKEND for name in settings.STACKPORT_BACKENDS}
+    yield MemoryBackend
+    MemoryBackend.reset()
+
+
+def add_memory_host(environment: Any, name: str = "h1", **fields: Any) -> Any:
+    """An active host row in the environment's region and kernel line, for the memory
+    backend (``memory://<name>``: no engine behind it)."""
+    from stacks.models import DockerHost
+
+    options: dict[str, Any] = {"memory_mb": 8192, **fields}
+    return DockerHost.objects.create(
+        name=name,
+        url=f"memory://{name}",
+        region=environment.project.region,
+        kernel=environment.kernel,
+        **options,
+    )

@@ -211,7 +211,7 @@ class DockerBackend(Backend):
                         for container in self._containers(self.client(host), spec.key):
                             if container.name in names:
                                 self._remove_container(container)
-                raise BackendError(f"not healthy: {failed}", permanent=False)
+                raise BackendError(f"not healthy: {failed}", permanent=True)  # a verdict on the version
             if retire:
                 # The edge's active check finds the new slots; clients inside the stack that
                 # cache DNS answers (nginx: 10 s) move to the new addresses of an internal one.

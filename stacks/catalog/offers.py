@@ -1,8 +1,10 @@
 """What the catalog offers a customer, read-only: the versions a new stack or an upgrade
 can use, and whether an assembled stack goes together (the compatibility rules).
 
-Pages and the wizard read these; the services (``stacks.runtime.lifecycle``) stay the gate that
-refuses what is not runnable.
+Each rule is written here once. Pages, the wizard and the API read them to show what is
+offered; the services (``stacks.runtime.lifecycle``) apply the same functions to refuse
+what is not: a new stack gets *current*, published versions only (``is_offered``); a
+component moves on to a version ``is_upgrade_target`` allows.
 """
 
 from __future__ import annotations
@@ -11,26 +13,51 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from django.db.models import QuerySet
+
 from stacks.models import (
+    OFFERED_STATUSES,
     CompatibilityRule,
     Component,
     ComponentVersion,
     Framework,
     StackComponent,
-    VersionStatus,
 )
 
-# What the wizard lets a customer pick for a new stack: the current versions, and the
-# deprecated ones (still runnable, shown with their end of life).
-PICKABLE_STATUSES = (VersionStatus.CURRENT, VersionStatus.DEPRECATED)
+
+# --- versions for new stacks ---------------------------------------------------------------------
+def is_offered(cv: ComponentVersion) -> bool:
+    """May a new stack (or an upgrade) get this version: a *current* one whose image is
+    published (has a digest). Deprecated versions keep running where they run, but are
+    offered to nobody."""
+    return cv.status in OFFERED_STATUSES and bool(cv.digest)
+
+
+def offered_versions() -> QuerySet[ComponentVersion]:
+    """``is_offered`` as a query: the offered versions, newest first."""
+    return (
+        ComponentVersion.objects.filter(status__in=OFFERED_STATUSES)
+        .exclude(digest="")
+        .order_by("-position", "-id")
+    )
+
+
+def new_stack_refusal(cv: ComponentVersion) -> str | None:
+    """Why a new stack cannot use ``cv`` (the message names the component and version),
+    or None when it can. The wizard and ``lifecycle.create_project`` both ask this."""
+    if is_offered(cv):
+        return None
+    return (
+        f"{cv.component.name} {cv.version} is {cv.get_status_display().lower()}: new stacks get "
+        f"current versions only. Choose a current version of {cv.component.name}."
+    )
 
 
 def pickable_versions() -> dict[str, list[ComponentVersion]]:
-    """Published versions a new stack may use, by component code, newest first."""
+    """Versions a new stack may use (``is_offered``), by component code, newest first."""
     versions: dict[str, list[ComponentVersion]] = {}
     qs = (
-        ComponentVersion.objects.filter(status__in=PICKABLE_STATUSES)
-        .exclude(digest="")
+        offered_versions()
         .select_related("component")
         .order_by("component__position", "component__code", "-position", "-id")
     )
@@ -39,31 +66,69 @@ def pickable_versions() -> dict[str, list[ComponentVersion]]:
     return versions
 
 
+# --- upgrades ------------------------------------------------------------------------------------
+# Why a version is not an upgrade target (see ``upgrade_refusal`` for the words).
+NOT_NEWER, NOT_OFFERED, NO_MIGRATION = "not-newer", "not-offered", "no-migration"
+
+
+def upgrade_blocker(running: ComponentVersion, candidate: ComponentVersion, *, stateful: bool) -> str | None:
+    """The one upgrade rule; None when ``candidate`` is a target for a component running
+    ``running``: another version of the same component, newer (higher position), offered
+    (``is_offered``) and, for a stateful component, one whose data has a tested way there
+    (the catalog's ``migration.from`` lists the running version).
+
+    Pure: reads only the two versions' own fields (no query), so the dashboard can apply it
+    to versions it loaded once."""
+    if candidate.component_id != running.component_id or candidate.position <= running.position:
+        return NOT_NEWER
+    if not is_offered(candidate):
+        return NOT_OFFERED
+    if stateful and running.version not in (candidate.migration or {}).get("from", []):
+        return NO_MIGRATION
+    return None
+
+
+def is_upgrade_target(running: ComponentVersion, candidate: ComponentVersion, *, stateful: bool) -> bool:
+    """Can a component running ``running`` upgrade to ``candidate`` (``upgrade_blocker``)."""
+    return upgrade_blocker(running, candidate, stateful=stateful) is None
+
+
+def upgrade_refusal(running: ComponentVersion, candidate: ComponentVersion, *, stateful: bool) -> str | None:
+    """``upgrade_blocker`` in words, for the service that refuses the move."""
+    blocker = upgrade_blocker(running, candidate, stateful=stateful)
+    if blocker is None:
+        return None
+    name = running.component.name
+    if blocker == NOT_NEWER:
+        if stateful:
+            return (
+                f"{name} data cannot be moved to an older version; roll back to a release that ran "
+                "it instead."
+            )
+        return f"{name} {candidate.version} is not newer than {running.version}."
+    if blocker == NOT_OFFERED:
+        return f"{name} {candidate.version} is not offered ({candidate.get_status_display().lower()})."
+    return f"There is no tested way to move the data of {name} {running.version} to {candidate.version}."
+
+
 def upgrades_for(components: Iterable[StackComponent]) -> dict[str, list[ComponentVersion]]:
-    """Newer offered versions each component could move to (one query), newest first.
-
-    A stateful component only gets the versions its data has a tested way to (the
-    catalog's ``migration.from``), as ``stacks.runtime.lifecycle.upgrade`` demands."""
+    """The versions each component can upgrade to (``is_upgrade_target``), newest first, by
+    component name; one query for all of them."""
     components = list(components)
-    offered = (
-        ComponentVersion.objects.filter(
-            component_id__in={c.component_id for c in components}, status=VersionStatus.CURRENT
-        )
-        .exclude(digest="")
-        .order_by("-position", "-id")
-    )
-    by_component: dict[int, list[ComponentVersion]] = {}
-    for cv in offered:
-        by_component.setdefault(cv.component_id, []).append(cv)
-    result: dict[str, list[ComponentVersion]] = {}
-    for sc in components:
-        newer = [cv for cv in by_component.get(sc.component_id, []) if cv.position > sc.version.position]
-        if sc.component.stateful:
-            newer = [cv for cv in newer if sc.version.version in (cv.migration or {}).get("from", [])]
-        result[sc.name] = newer
-    return result
+    candidates: dict[int, list[ComponentVersion]] = {}
+    for cv in offered_versions().filter(component_id__in={c.component_id for c in components}):
+        candidates.setdefault(cv.component_id, []).append(cv)
+    return {
+        sc.name: [
+            cv
+            for cv in candidates.get(sc.component_id, [])
+            if is_upgrade_target(sc.version, cv, stateful=sc.component.stateful)
+        ]
+        for sc in components
+    }
 
 
+# --- compatibility -------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Problem:
     """A reason an assembled stack does not go together: ``row`` is the index of the

@@ -8,6 +8,10 @@ everything from the environment: the package tree is produced by the Docker engi
 image cached by a hash of its inputs (like the catalog images), and the finished archive is
 cached on disk under VAR_DIR/samples/.
 
+Only the worker calls ``sample_archive``: a new stack's release merely names its sample, and
+the deploy operation's step "Make the sample application" (``stacks.runtime.operations``)
+produces and stores it, so no web request ever waits for (or talks to) the engine.
+
 Every archive holds regular files and directories only (owner 0:0, files 0644, dirs 0755),
 in sorted order with fixed timestamps, so the same inputs give the same bytes.
 """
@@ -29,7 +33,7 @@ from django.conf import settings
 from docker.errors import APIError, BuildError, DockerException, ImageNotFound
 
 from stacks.catalog.loader import SAMPLES_DIR
-from stacks.catalog.pipeline import docker_client
+from stacks.catalog.pipeline import PipelineError, docker_client
 
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,59}$")
 # 2024-01-01 00:00 UTC, for folders and our own files (package files: see _repack).
@@ -233,7 +237,10 @@ def sample_archive(name: str) -> bytes:
     if not NAME_RE.match(name):
         raise SampleError(f"invalid sample name {name!r}")
     if name == WORDPRESS:
-        return _wordpress_archive()
+        try:
+            return _wordpress_archive()
+        except (PipelineError, DockerException) as exc:  # the engine does not answer, or refuses
+            raise SampleError(f"the WordPress tree could not be made: {exc}") from exc
     folder = SAMPLES_DIR / name
     if not folder.is_dir():
         raise SampleError(f"no sample app stacks/catalog/samples/{name}")

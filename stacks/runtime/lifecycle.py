@@ -19,6 +19,7 @@ from django.db import IntegrityError, transaction
 from projects.crypto import encrypt
 from projects.models import Environment, EnvironmentStatus, Organization, Project, Role
 from projects.services import Origin, ServiceError, record_audit_event, require_role
+from stacks.catalog import offers
 from stacks.models import (
     ComponentVersion,
     KernelVersion,
@@ -29,7 +30,6 @@ from stacks.models import (
     Release,
     StackComponent,
     StackTemplate,
-    VersionStatus,
 )
 from stacks.runtime import content_store
 from stacks.runtime.policy import stack_policy
@@ -47,13 +47,12 @@ def _spec_error(exc: SpecError) -> ServiceError:
 
 
 def offered_version(component_code: str, track: str = "") -> ComponentVersion | None:
-    """The version a new stack gets: the newest *current* one (of ``track`` if given)."""
-    qs = ComponentVersion.objects.filter(
-        component__code=component_code, status=VersionStatus.CURRENT
-    ).exclude(digest="")
+    """The version a new stack gets: the newest offered one (``offers.is_offered``: current
+    and published), of ``track`` if given."""
+    qs = offers.offered_versions().filter(component__code=component_code)
     if track:
         qs = qs.filter(track=track)
-    return qs.order_by("-position", "-id").first()
+    return qs.first()
 
 
 def template_rows(template: StackTemplate) -> list[dict[str, Any]]:
@@ -118,6 +117,10 @@ def create_project(
 
     Either ``template`` (a pre-built stack with its sample application) or ``components``
     (an assembled stack: rows of name, component, version, size, replicas, public, env).
+    Every version must be offered to new stacks (current and published), and an assembled
+    stack must pass the catalog's compatibility rules. A template's sample application is
+    only named on the release: the operation produces it in the worker (building the
+    WordPress one takes the Docker engine, never a web request).
     ``system`` skips the role check (demo seeding, support tools acting for the hoster).
     """
     if not system:
@@ -150,6 +153,7 @@ def create_project(
     if Project.objects.filter(organization=organization, name=name).exists():
         raise ServiceError("A project with this name exists already.", field="name")
     _check_rows(rows)
+    _check_new_stack(rows, assembled=template_obj is None)
     stack_policy().check_stack(organization=organization, rows=rows)
 
     project = Project.objects.create(
@@ -164,13 +168,11 @@ def create_project(
     )
     _set_components(environment_obj, rows)
     ensure_generated_credentials(environment_obj, rows)
-    source, detail, content = Release.Source.NONE, "", None
+    source, detail = Release.Source.NONE, ""
     if template_obj and template_obj.sample_app:
-        from stacks.catalog.samples import sample_archive
-
-        content = content_store.save(sample_archive(template_obj.sample_app))
+        # No content yet: the operation makes the sample (stacks.runtime.operations).
         source, detail = Release.Source.TEMPLATE, template_obj.sample_app
-    release = _new_release(environment_obj, rows, actor, source=source, detail=detail, content=content)
+    release = _new_release(environment_obj, rows, actor, source=source, detail=detail)
     record_audit_event(
         action="project.create",
         actor=actor,
@@ -195,6 +197,23 @@ def _check_rows(rows: list[dict[str, Any]]) -> None:
         names.add(row["name"])
     if sum(1 for r in rows if r.get("public")) > 1:
         raise ServiceError("Only one component can receive the public route.", field="public")
+
+
+def _check_new_stack(rows: list[dict[str, Any]], *, assembled: bool) -> None:
+    """What only a new stack must pass (rows already checked by ``_check_rows``): offered
+    versions only (running stacks keep their deprecated ones), and for an assembled stack
+    the catalog's compatibility rules, the first problem refused with its field."""
+    for row in rows:
+        version = ComponentVersion.objects.select_related("component").get(
+            component__code=row["component"], version=row["version"]
+        )
+        refusal = offers.new_stack_refusal(version)
+        if refusal:
+            raise ServiceError(refusal, field="version")
+    if assembled:
+        problems = offers.compatibility_problems(rows)
+        if problems:
+            raise ServiceError(problems[0].message, field=problems[0].field)
 
 
 def _set_components(environment: Environment, rows: list[dict[str, Any]]) -> None:
@@ -381,9 +400,12 @@ def upgrade(
     version: str,
     origin: Origin | None = None,
 ) -> Operation:
-    """Move one component to another catalog version. A stateful component whose catalog
-    entry says its data moves by dump-and-restore gets fresh volumes (a new data
-    generation) filled from the running version; the old volumes are kept."""
+    """Move one component to another catalog version. A stateful component moves only to
+    an upgrade target (``offers.is_upgrade_target``: newer, offered, with a tested way for
+    its data, as the pages and the API offer it); a stateless one may move to any version
+    that still runs, back included. A stateful component whose catalog entry says its data
+    moves by dump-and-restore gets fresh volumes (a new data generation) filled from the
+    running version; the old volumes are kept."""
     _editable(environment, actor)
     rows = _current_rows(environment)
     row = _row(rows, component)
@@ -397,21 +419,12 @@ def upgrade(
         raise ServiceError(f"{component} already runs {current.component.name} {version}.", field="version")
     params: dict[str, Any] = {"component": component, "from": current.version, "to": target.version}
     if current.component.stateful:
-        migration = target.migration or {}
-        older = current.position < target.position
-        if older and current.version not in migration.get("from", []):
-            raise ServiceError(
-                f"There is no tested way to move the data of {current.component.name} "
-                f"{current.version} to {target.version}.",
-                field="version",
-            )
-        if not older:
-            raise ServiceError(
-                f"{current.component.name} data cannot be moved to an older version; roll back to a "
-                "release that ran it instead.",
-                field="version",
-            )
-        if migration.get("method") == "dump-restore":
+        # Data moves only forward, to an upgrade target (the rule the pages and the API
+        # offer by). Stateless components may also go back (the spec checks the version).
+        refusal = offers.upgrade_refusal(current, target, stateful=True)
+        if refusal:
+            raise ServiceError(refusal, field="version")
+        if (target.migration or {}).get("method") == "dump-restore":
             row["data_generation"] = int(row.get("data_generation", 0)) + 1
             params["migrate"] = "dump-restore"
     row["version"] = target.version

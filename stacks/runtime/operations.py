@@ -237,13 +237,47 @@ def run_operation(operation_id: int) -> str | None:
         _finish(op, OperationStatus.SUCCEEDED)
     except (BackendError, EdgeError, SpecError, OperationFailed, OSError, ValueError) as exc:
         message = getattr(exc, "message", None) or str(exc)
-        recorder.line(f"failed: {message}")
-        log.warning("operation_failed", operation=op.pk, kind=op.kind, error=message)
-        _finish(op, OperationStatus.FAILED, message)
+        if is_transient(exc) and op.attempts < settings.STACKPORT_OPERATION_MAX_ATTEMPTS:
+            delay = retry_delay(op.attempts)
+            recorder.line(f"attempt {op.attempts} failed: {message}; trying again in {delay} s")
+            log.warning("operation_retry", operation=op.pk, kind=op.kind, error=message, delay=delay)
+            _retry_later(op, delay)
+        else:
+            if is_transient(exc):
+                message = f"{message}\nGave up after {op.attempts} attempts."
+            recorder.line(f"failed: {message}")
+            log.warning("operation_failed", operation=op.pk, kind=op.kind, error=message)
+            _finish(op, OperationStatus.FAILED, message)
     finally:
         stop.set()
         beat.join(timeout=HEARTBEAT_SECONDS + 1)
     return op.status
+
+
+def is_transient(exc: BaseException) -> bool:
+    """May the same call succeed later? Backend and edge errors say so with ``permanent``;
+    an engine or router that does not answer (OSError) is transient; anything else is not."""
+    if isinstance(exc, (BackendError, EdgeError)):
+        return not exc.permanent
+    return isinstance(exc, OSError)
+
+
+def retry_delay(attempt: int) -> int:
+    """Seconds before the next attempt: 5, 10, 20, ... at most five minutes."""
+    return int(min(5 * 2 ** max(attempt - 1, 0), 300))
+
+
+def _retry_later(op: Operation, delay: int) -> None:
+    """Back to the queue; the task runs it again after ``delay`` (the reconciler would too,
+    once it looks stale: claiming is exclusive, so it runs once)."""
+    from stacks.tasks import run_operation_task
+
+    op.status = OperationStatus.QUEUED
+    # heartbeat_at in the future: the reconciler leaves it alone until the retry is due.
+    Operation.objects.filter(pk=op.pk, status=OperationStatus.RUNNING).update(
+        status=OperationStatus.QUEUED, heartbeat_at=timezone.now() + timedelta(seconds=delay)
+    )
+    run_operation_task.apply_async((op.pk,), countdown=delay)
 
 
 def _finish(op: Operation, status: str, error: str = "") -> None:
@@ -267,7 +301,13 @@ def _converge(op: Operation, environment: Environment, rec: Recorder) -> None:
     steps = []
     if op.params.get("git_url") and not release.content_sha256:
         steps.append("Fetch the repository")
-    if release.content_sha256 or op.params.get("git_url"):
+    # A template's sample is named on the release and made here, once (then it has content).
+    sample = bool(
+        release.source == Release.Source.TEMPLATE and release.source_detail and not release.content_sha256
+    )
+    if sample:
+        steps.append("Make the sample application")
+    if release.content_sha256 or op.params.get("git_url") or sample:
         steps.append("Prepare the content")
     if op.params.get("migrate"):
         steps.append("Copy the data to the new version")
@@ -279,6 +319,8 @@ def _converge(op: Operation, environment: Environment, rec: Recorder) -> None:
     # the running release as it was, status included.
     if "Fetch the repository" in steps:
         rec.step("Fetch the repository", lambda: _fetch_git(op, release))
+    if "Make the sample application" in steps:
+        rec.step("Make the sample application", lambda: _make_sample(release))
     if op.kind != OperationKind.STOP:
         _set_env(environment, status=EnvironmentStatus.DEPLOYING, status_detail=op.get_kind_display())
     backend = backend_for(environment)
@@ -368,6 +410,24 @@ def _fetch_git(op: Operation, release: Release) -> None:
     )
     release.commit = content.commit or ""
     release.save(update_fields=["content_sha256", "content_files", "content_bytes", "commit"])
+
+
+def _make_sample(release: Release) -> None:
+    """The release's content from its template's sample application (WordPress is built
+    by the Docker engine: in the worker, never in a web request). The same name gives the
+    same bytes, so doing it again stores nothing new."""
+    from stacks.catalog.samples import SampleError, sample_archive
+
+    try:
+        stored = content_store.save(sample_archive(release.source_detail))
+    except SampleError as exc:
+        raise OperationFailed(f"The sample application could not be made: {exc}") from exc
+    release.content_sha256, release.content_files, release.content_bytes = (
+        stored.sha256,
+        stored.files,
+        stored.size,
+    )
+    release.save(update_fields=["content_sha256", "content_files", "content_bytes"])
 
 
 def _migrate(

@@ -14,6 +14,7 @@ from datetime import timedelta
 import structlog
 from django.conf import settings
 from django.db import IntegrityError, transaction
+from django.db.models import Q
 from django.utils import timezone
 
 from projects.models import Environment, EnvironmentStatus
@@ -87,9 +88,15 @@ def reconcile() -> dict[str, int]:
 
 def resume_lost_operations() -> int:
     stale = timezone.now() - timedelta(seconds=settings.STACKPORT_OPERATION_STALE_SECONDS)
+    # A queued operation is lost once it waited too long: since it was made, or since its
+    # retry was due (a retry sets heartbeat_at to when it is due).
     lost = Operation.objects.filter(
         status=OperationStatus.RUNNING, heartbeat_at__lt=stale
-    ) | Operation.objects.filter(status=OperationStatus.QUEUED, created_at__lt=stale)
+    ) | Operation.objects.filter(
+        Q(heartbeat_at__isnull=True) | Q(heartbeat_at__lt=stale),
+        status=OperationStatus.QUEUED,
+        created_at__lt=stale,
+    )
     count = 0
     for op in lost:
         log.info("reconcile_resume_operation", operation=op.pk, kind=op.kind)

@@ -12,18 +12,12 @@ from django.test import Client
 from django.utils import timezone
 
 from projects.models import Environment, EnvironmentStatus
+from stacks.backends.memory import MemoryBackend
 from stacks.models import Operation, OperationStatus, ResourceSampleRow
 from stacks.runtime import lifecycle
-from tests.conftest import Team
+from tests.conftest import Team, add_memory_host
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
-
-
-class FakeBackend:
-    lines: list[str] = ["env-1-web-a0 2026-12-02T10:00:01.000000000Z first line"]
-
-    def logs(self, key: str, state: dict[str, Any], component: str, tail: int = 200) -> list[str]:
-        return list(self.lines)
 
 
 @pytest.fixture
@@ -62,16 +56,22 @@ def test_log_tail_appends_new_lines(
     signed_in: str,
     environment: Environment,
     console_errors: list[str],
-    monkeypatch: pytest.MonkeyPatch,
+    memory_backend: type[MemoryBackend],
 ) -> None:
-    Environment.objects.filter(pk=environment.pk).update(status=EnvironmentStatus.RUNNING)
-    fake = FakeBackend()
-    fake.lines = list(FakeBackend.lines)
-    monkeypatch.setattr("stacks.runtime.operations.backend_for", lambda environment: fake)
+    # Running on host h1 of the in-memory backend (the live server runs in this process).
+    Environment.objects.filter(pk=environment.pk).update(
+        status=EnvironmentStatus.RUNNING, backend_state={"host": "h1"}
+    )
+    add_memory_host(environment, "h1")
+    memory_backend.seed_logs(
+        environment.key, "web", ["env-1-web-a0 2026-12-02T10:00:01.000000000Z first line"]
+    )
 
     page.goto(f"{signed_in}/environments/{environment.pk}/components/web/logs/")
     assert page.locator(".log-line").count() == 1
-    fake.lines.append("env-1-web-a0 2026-12-02T10:00:05.000000000Z <b>second</b> line")
+    memory_backend.seed_logs(
+        environment.key, "web", ["env-1-web-a0 2026-12-02T10:00:05.000000000Z <b>second</b> line"]
+    )
 
     page.locator(".log-text", has_text="<b>second</b> line").wait_for(timeout=15000)
     assert page.locator(".log-line").count() == 2

@@ -15,9 +15,10 @@ from django.utils import timezone
 
 from projects import services
 from projects.models import ApiToken, AuditEvent, Environment, Organization, Project, User
+from stacks.backends.memory import MemoryBackend
 from stacks.models import Domain, Operation, Release, ResourceSampleRow, StackComponent, Variable
 from stacks.runtime import lifecycle
-from tests.conftest import Team, client_for
+from tests.conftest import Team, add_memory_host, client_for
 
 pytestmark = pytest.mark.django_db
 SCRIPT = '<script>alert("x")</script>'
@@ -294,6 +295,42 @@ def test_create_an_assembled_stack_with_defaults(team: Team, offered_catalog: No
     assert sc.component.code == "nginx" and sc.size == sc.component.default_size and sc.replicas == 1
 
 
+def test_create_refuses_what_the_wizard_refuses(team: Team, offered_catalog: None) -> None:
+    """Deprecated versions and incompatible assemblies: the service refuses them for the
+    API as for the wizard (same words, the field they belong to), and writes nothing."""
+    api = api_for(team.developer)
+    before = snapshot()
+    web = {"name": "web", "component": "nginx", "public": True}
+    cases = [
+        (
+            [{**web, "version": "1.22"}],
+            "nginx 1.22 is deprecated: new stacks get current versions only. "
+            "Choose a current version of nginx.",
+            "version",
+        ),
+        (
+            [{"name": "php", "component": "php-fpm"}],
+            "PHP-FPM does not answer HTTP itself. Add one of: Apache httpd, nginx.",
+            "component",
+        ),
+        (
+            [{**web, "component": "apache"}, {"name": "app", "component": "nodejs"}],
+            "Apache httpd works with PHP-FPM, not with Node.js.",
+            "component",
+        ),
+    ]
+    for rows, detail, field in cases:
+        body = {"organization": team.org.pk, "name": "Mine", "region": "eu-central", "components": rows}
+        response = api.post("/projects", body)
+        assert response.status_code == 400, response.content
+        assert response.json() == {"detail": detail, "field": field}
+    assert snapshot() == before
+    # The catalog says the same: deprecated versions are not offered.
+    components = {c["code"]: c for c in api.get("/catalog/components").json()}
+    offered = {v["version"]: v["offered"] for v in components["nginx"]["versions"]}
+    assert offered == {"1.22": False, "1.26": True}
+
+
 def test_environment_detail_shows_versions_upgrades_and_eol(team: Team, env: Environment) -> None:
     lifecycle.upgrade(environment=env, actor=team.developer, component="php", version="8.2")
     finish(env)
@@ -465,13 +502,11 @@ def test_upload_and_git_deploys(team: Team, env: Environment) -> None:
     assert b"pw@" not in detail.content and b"_encrypted" not in detail.content
 
 
-def test_logs_and_samples(team: Team, env: Environment, monkeypatch: pytest.MonkeyPatch) -> None:
-    from stacks.runtime import operations
-
-    class FakeBackend:
-        def logs(self, key: str, state: dict[str, Any], component: str, tail: int = 200) -> Any:
-            assert key == env.key and component == "web"
-            return iter([f"line {i}" for i in range(tail + 5)])
+def test_logs_and_samples(team: Team, env: Environment, memory_backend: type[MemoryBackend]) -> None:
+    # Two replicas of web with 5 and 3 lines; the backend gives the last 3 of each.
+    memory_backend.seed_logs(env.key, "web", [f"line {i}" for i in range(5)], replica=0)
+    memory_backend.seed_logs(env.key, "web", [f"line {i}" for i in range(5, 8)], replica=1)
+    memory_backend.seed_logs(env.key, "db", ["not web"])
 
     api = api_for(team.viewer)
     # Never deployed: no logs at all.
@@ -480,7 +515,7 @@ def test_logs_and_samples(team: Team, env: Environment, monkeypatch: pytest.Monk
     Environment.objects.filter(pk=env.pk).update(backend_state={"host": "gone"})
     unavailable = api.get(f"/environments/{env.pk}/components/web/logs")
     assert unavailable.status_code == 503 and "logs" in unavailable.json()["detail"]
-    monkeypatch.setattr(operations, "backend_for", lambda environment: FakeBackend())
+    add_memory_host(env, "gone")  # the host is there: its replicas' lines are read
     response = api.get(f"/environments/{env.pk}/components/web/logs", lines=3)
     assert response.status_code == 200 and response.json()["lines"] == ["line 5", "line 6", "line 7"]
     assert api.get(f"/environments/{env.pk}/components/nope/logs").status_code == 404

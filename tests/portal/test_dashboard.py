@@ -267,6 +267,32 @@ def test_an_older_version_shows_the_upgrade_and_its_end_of_life(team: Team, shop
     assert "1 environment needs attention" in page
 
 
+def test_attention_offers_only_what_the_environment_page_offers(team: Team, shop: Environment) -> None:
+    """One rule (``stacks.catalog.offers.is_upgrade_target``): a newer version that is not
+    current (verified, not yet offered) is no upgrade on the dashboard either."""
+    from portal.dashboard import Catalog
+    from stacks.catalog import offers
+
+    old = ComponentVersion.objects.get(component__code="nginx", version="1.22")
+    StackComponent.objects.filter(environment=shop, name="web").update(version=old)
+    ComponentVersion.objects.filter(component__code="nginx", version="1.26").update(
+        status=VersionStatus.VERIFIED
+    )
+
+    page = client_for(team.viewer).get(DASHBOARD).content.decode()
+
+    assert "is available" not in page and "Nothing needs attention." in page
+    components = list(shop.components.select_related("component", "version"))
+    catalog = Catalog.load()
+    assert {sc.name: catalog.upgrades_for(sc.version_id) for sc in components} == offers.upgrades_for(
+        components
+    )
+    ComponentVersion.objects.filter(component__code="nginx", version="1.26").update(
+        status=VersionStatus.CURRENT
+    )
+    assert "nginx 1.26 is available (runs 1.22)." in client_for(team.viewer).get(DASHBOARD).content.decode()
+
+
 def test_an_end_of_life_version_needs_attention(team: Team, shop: Environment) -> None:
     ComponentVersion.objects.filter(pk=shop.components.get().version_id).update(
         status=VersionStatus.END_OF_LIFE

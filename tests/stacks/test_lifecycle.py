@@ -66,12 +66,23 @@ def run(op: Operation) -> Operation:
     return op
 
 
+def create(**kwargs: Any) -> Environment:
+    """``lifecycle.create_project``, with STATIC's nginx 1.22 current while the stack is made:
+    new stacks get current versions only, and a stack keeps a version deprecated since (so
+    1.26 is its upgrade)."""
+    old = ComponentVersion.objects.filter(component__code="nginx", version="1.22")
+    status = old.get().status
+    old.update(status=VersionStatus.CURRENT)
+    try:
+        return lifecycle.create_project(**kwargs)
+    finally:
+        old.update(status=status)
+
+
 def deploy(
     team: Any, cleanup: list[Environment], name: str = "Shop", region: str = "eu-central", **kwargs: Any
 ) -> Environment:
-    env = lifecycle.create_project(
-        organization=team.org, actor=team.developer, name=name, region=region, **kwargs
-    )
+    env = create(organization=team.org, actor=team.developer, name=name, region=region, **kwargs)
     cleanup.append(env)
     run(env.operations.get())
     env.refresh_from_db()
@@ -168,7 +179,7 @@ def test_static_site_deploys_hardened_serves_through_the_edge_and_is_destroyed(
 def test_a_second_operation_waits_for_the_first(
     team: Any, stackport: Caddy, cleanup: list[Environment]
 ) -> None:
-    env = lifecycle.create_project(
+    env = create(
         organization=team.org, actor=team.developer, name="Busy", region="eu-central", components=STATIC
     )
     cleanup.append(env)
@@ -307,7 +318,7 @@ def test_names_with_shell_metacharacters_and_values_arrive_byte_for_byte(
     team: Any, stackport: Caddy, cleanup: list[Environment], engine_client: docker.DockerClient
 ) -> None:
     name = 'x\'; rm -rf / $(reboot) `id` "q" && echo'
-    env = lifecycle.create_project(
+    env = create(
         organization=team.org, actor=team.developer, name=name, region="eu-central", components=STATIC
     )
     cleanup.append(env)

@@ -1,13 +1,13 @@
 """A component's log viewer (page, live tail, download) and its resource charts.
 
-No engine: the backend's ``logs`` is replaced by a fake, samples are rows made here.
+No engine: the in-memory backend (``stacks/backends/memory.py``) holds the seeded log lines
+and samples; chart samples are rows made here.
 """
 
 from __future__ import annotations
 
 import json
 from datetime import timedelta
-from typing import Any
 
 import pytest
 from django.conf import settings
@@ -17,44 +17,41 @@ from django.utils import timezone
 
 from projects.models import Environment, EnvironmentStatus
 from stacks.backends.base import BackendError, ResourceSample
+from stacks.backends.memory import MemoryBackend
 from stacks.models import ResourceSampleRow
 from stacks.runtime import lifecycle
 from stacks.runtime.reconcile import record_samples
-from tests.conftest import Team, client_for
+from tests.conftest import Team, add_memory_host, client_for
 
 pytestmark = pytest.mark.django_db
 
 PAYLOAD = '<script>alert("x")</script> & done'
 
 
-class FakeBackend:
-    def __init__(self, lines: list[str] | None = None, error: Exception | None = None) -> None:
-        self.lines = lines or []
-        self.error = error
-        self.calls: list[tuple[str, str, int]] = []
-
-    def logs(self, key: str, state: dict[str, Any], component: str, tail: int = 200) -> list[str]:
-        self.calls.append((key, component, tail))
-        if self.error:
-            raise self.error
-        return list(self.lines)
-
-    def samples(self, key: str, state: dict[str, Any]) -> list[ResourceSample]:
-        return [ResourceSample("web", 0, 12.5, 50 * 2**20), ResourceSample("web", 1, 7.5, 70 * 2**20)]
+LINES = [
+    f"env-1-web-a0 2026-12-02T10:00:01.000000000Z first {PAYLOAD}",
+    "env-1-web-a0 2026-12-02T10:00:03.000000000Z third",
+    "env-1-web-a1 2026-12-02T10:00:02.000000000Z second",
+]
 
 
 @pytest.fixture
-def backend(monkeypatch: pytest.MonkeyPatch) -> FakeBackend:
-    fake = FakeBackend(
-        [
-            f"env-1-web-a0 2026-12-02T10:00:01.000000000Z first {PAYLOAD}",
-            "env-1-web-a0 2026-12-02T10:00:03.000000000Z third",
-            "env-1-web-a1 2026-12-02T10:00:02.000000000Z second",
-        ]
+def backend(memory_backend: type[MemoryBackend], environment: Environment) -> type[MemoryBackend]:
+    """The environment runs on host h1 of the in-memory backend, which holds its web
+    replicas' lines and two samples."""
+    add_memory_host(environment, "h1")
+    memory_backend.seed_logs(environment.key, "web", LINES[:2], replica=0)
+    memory_backend.seed_logs(environment.key, "web", LINES[2:], replica=1)
+    memory_backend.seed_samples(
+        environment.key,
+        [ResourceSample("web", 0, 12.5, 50 * 2**20), ResourceSample("web", 1, 7.5, 70 * 2**20)],
     )
-    monkeypatch.setattr("stacks.runtime.operations.backend_for", lambda environment: fake)
-    monkeypatch.setattr("stacks.runtime.reconcile.backend_for", lambda environment: fake)
-    return fake
+    return memory_backend
+
+
+def set_lines(backend: type[MemoryBackend], environment: Environment, lines: list[str]) -> None:
+    backend.clear_logs(environment.key)
+    backend.seed_logs(environment.key, "web", lines)
 
 
 @pytest.fixture
@@ -86,13 +83,13 @@ def url(name: str, env: Environment, component: str = "web") -> str:
 
 # --- logs ---------------------------------------------------------------------------------------
 def test_logs_page_shows_the_last_lines_in_time_order_escaped(
-    team: Team, environment: Environment, backend: FakeBackend
+    team: Team, environment: Environment, backend: type[MemoryBackend]
 ) -> None:
     response = client_for(team.viewer).get(url("component_logs", environment))
 
     assert response.status_code == 200
     page = response.content.decode()
-    assert backend.calls == [(environment.key, "web", 200)]
+    assert backend.calls("logs") == [(environment.key, "web", 200)]
     assert page.index('text">first') < page.index('text">second') < page.index('text">third')
     assert PAYLOAD not in page
     assert "&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt; &amp; done" in page
@@ -105,9 +102,11 @@ def test_logs_page_shows_the_last_lines_in_time_order_escaped(
 
 
 def test_the_tail_returns_only_new_lines_and_the_next_poll(
-    team: Team, environment: Environment, backend: FakeBackend
+    team: Team, environment: Environment, backend: type[MemoryBackend]
 ) -> None:
-    backend.lines.append("env-1-web-a1 2026-12-02T10:00:04.000000000Z fourth <i>")
+    backend.seed_logs(
+        environment.key, "web", ["env-1-web-a1 2026-12-02T10:00:04.000000000Z fourth <i>"], replica=1
+    )
     response = client_for(team.viewer).get(
         url("component_logs", environment),
         {"after": "2026-12-02T10:00:03.000000000Z"},
@@ -123,7 +122,7 @@ def test_the_tail_returns_only_new_lines_and_the_next_poll(
 
 
 def test_the_tail_stops_when_the_environment_is_not_running(
-    team: Team, environment: Environment, backend: FakeBackend
+    team: Team, environment: Environment, backend: type[MemoryBackend]
 ) -> None:
     Environment.objects.filter(pk=environment.pk).update(status=EnvironmentStatus.STOPPED)
     client = client_for(team.viewer)
@@ -139,9 +138,9 @@ def test_the_tail_stops_when_the_environment_is_not_running(
 
 
 def test_a_backend_error_is_a_clear_message(
-    team: Team, environment: Environment, backend: FakeBackend
+    team: Team, environment: Environment, backend: type[MemoryBackend]
 ) -> None:
-    backend.error = BackendError("Docker host h1 does not answer: connection refused")
+    backend.errors["logs"] = BackendError("Docker host h1 does not answer: connection refused")
 
     response = client_for(team.viewer).get(url("component_logs", environment))
 
@@ -152,16 +151,18 @@ def test_a_backend_error_is_a_clear_message(
 
 
 def test_an_unreachable_engine_is_a_clear_message(
-    team: Team, environment: Environment, backend: FakeBackend
+    team: Team, environment: Environment, backend: type[MemoryBackend]
 ) -> None:
-    backend.error = ConnectionRefusedError("refused")
+    backend.errors["logs"] = ConnectionRefusedError("refused")
 
     page = client_for(team.viewer).get(url("component_logs", environment)).content.decode()
 
     assert "The host running this stack does not answer." in page
 
 
-def test_download_is_a_text_attachment(team: Team, environment: Environment, backend: FakeBackend) -> None:
+def test_download_is_a_text_attachment(
+    team: Team, environment: Environment, backend: type[MemoryBackend]
+) -> None:
     response = client_for(team.viewer).get(url("component_logs_download", environment))
 
     assert response.status_code == 200
@@ -173,13 +174,13 @@ def test_download_is_a_text_attachment(team: Team, environment: Environment, bac
     body = response.content.decode()
     assert body.splitlines()[0] == f"env-1-web-a0 2026-12-02T10:00:01.000000000Z first {PAYLOAD}"
     assert len(body.splitlines()) == 3
-    assert backend.calls[0][2] == 5000
+    assert backend.calls("logs")[0][2] == 5000
 
 
 def test_a_failed_download_goes_back_to_the_viewer_with_the_reason(
-    team: Team, environment: Environment, backend: FakeBackend
+    team: Team, environment: Environment, backend: type[MemoryBackend]
 ) -> None:
-    backend.error = BackendError("no <host>")
+    backend.errors["logs"] = BackendError("no <host>")
     client = client_for(team.viewer)
 
     response = client.get(url("component_logs_download", environment))
@@ -194,7 +195,7 @@ def test_a_failed_download_goes_back_to_the_viewer_with_the_reason(
     "name", ["component_logs", "component_logs_download", "component_metrics", "component_metrics_data"]
 )
 def test_someone_elses_environment_and_unknown_components_are_404(
-    team: Team, environment: Environment, theirs: Environment, backend: FakeBackend, name: str
+    team: Team, environment: Environment, theirs: Environment, backend: type[MemoryBackend], name: str
 ) -> None:
     client = client_for(team.owner)
 
@@ -202,7 +203,7 @@ def test_someone_elses_environment_and_unknown_components_are_404(
     assert client.get(url(name, environment, "nope")).status_code == 404
     assert client.post(url(name, environment)).status_code == 405
     assert Client().get(url(name, environment)).status_code == 302
-    assert backend.calls == []
+    assert backend.calls("logs") == []
 
 
 # --- resource charts ---------------------------------------------------------------------------
@@ -284,7 +285,9 @@ def test_an_unknown_range_is_the_hour(team: Team, environment: Environment) -> N
     assert data["t"] == []
 
 
-def test_samples_are_recorded_by_a_scheduled_task(environment: Environment, backend: FakeBackend) -> None:
+def test_samples_are_recorded_by_a_scheduled_task(
+    environment: Environment, backend: type[MemoryBackend]
+) -> None:
     assert any(e["task"] == "stacks.record_samples_task" for e in settings.CELERY_BEAT_SCHEDULE.values())
     ResourceSampleRow.objects.create(
         environment=environment,
@@ -301,9 +304,9 @@ def test_samples_are_recorded_by_a_scheduled_task(environment: Environment, back
 
 
 def test_lines_without_timestamps_are_shown_but_not_followed(
-    team: Team, environment: Environment, backend: FakeBackend
+    team: Team, environment: Environment, backend: type[MemoryBackend]
 ) -> None:
-    backend.lines = ["plain line one", "plain <line> two"]
+    set_lines(backend, environment, ["plain line one", "plain <line> two"])
 
     page = client_for(team.viewer).get(url("component_logs", environment)).content.decode()
 
@@ -312,13 +315,13 @@ def test_lines_without_timestamps_are_shown_but_not_followed(
 
 
 def test_an_empty_log_is_followed_from_the_start(
-    team: Team, environment: Environment, backend: FakeBackend
+    team: Team, environment: Environment, backend: type[MemoryBackend]
 ) -> None:
-    backend.lines = []
+    set_lines(backend, environment, [])
     client = client_for(team.viewer)
 
     page = client.get(url("component_logs", environment)).content.decode()
-    backend.lines = ["env-1-web-a0 2026-12-02T10:00:09.000000000Z hello"]
+    set_lines(backend, environment, ["env-1-web-a0 2026-12-02T10:00:09.000000000Z hello"])
     tail = client.get(url("component_logs", environment), {"after": ""}, headers={"HX-Request": "true"})
 
     assert "No lines yet." in page

@@ -33,7 +33,7 @@ from stacks.runtime.operations import edge, run_operation, sync_routes_for
 from stacks.runtime.reconcile import reconcile
 from tests.portal.test_celery import _database_url
 from tests.stacks import test_lifecycle
-from tests.stacks.conftest import REPO_ROOT, Caddy, fetch, wait_until
+from tests.stacks.conftest import REPO_ROOT, Caddy, fetch, unused_loopback_port, wait_until
 from tests.stacks.gitserver import GitServer
 from tests.stacks.test_content import commit, git
 from tests.stacks.test_lifecycle import STATIC, containers, deploy, get, run
@@ -175,7 +175,7 @@ def test_customer_domains_and_path_prefixes_reach_the_site_and_are_checked(
         assert response.status_code == 404 and response.text == NOT_FOUND_BODY, path
     assert fetch_host(stackport, "unknown.example.test").status_code == 404
 
-    other = lifecycle.create_project(
+    other = test_lifecycle.create(
         organization=team.outsider_org,
         actor=team.outsider,
         name="Other",
@@ -219,6 +219,28 @@ def test_customer_domains_and_path_prefixes_reach_the_site_and_are_checked(
 
 
 # --- the reconciler ----------------------------------------------------------------------------------
+def test_a_route_sync_against_a_stopped_router_is_retried_and_converges(
+    team: Any, stackport: Caddy, cleanup: list[Environment], settings: Any
+) -> None:
+    """A domain added while the router does not answer: the task is retried (not failed)
+    with backoff, and the domain serves once the router answers again."""
+    from celery.exceptions import Retry
+
+    from stacks.tasks import sync_routes_task
+
+    env = deploy(team, cleanup, template="static-site")
+    settings.STACKPORT_EDGE_ADMIN_URL = f"http://127.0.0.1:{unused_loopback_port()}"  # nothing listens
+    lifecycle.add_domain(environment=env, actor=team.developer, hostname="late.example.test")
+    with pytest.raises(Retry) as retried:
+        sync_routes_task.apply(args=(env.pk,), throw=True)
+    assert retried.value.when == 5
+    assert fetch_host(stackport, "late.example.test").status_code == 404
+
+    settings.STACKPORT_EDGE_ADMIN_URL = stackport.admin_url  # the router is back
+    assert sync_routes_task.apply(args=(env.pk,), throw=True).get() is True
+    assert fetch_host(stackport, "late.example.test").status_code == 200
+
+
 def test_reconcile_puts_back_a_removed_container_and_a_lost_route(
     team: Any, stackport: Caddy, cleanup: list[Environment], engine_client: docker.DockerClient
 ) -> None:

@@ -14,7 +14,16 @@ from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from projects.models import AuditEvent, Environment, EnvironmentStatus
-from stacks.models import Domain, Operation, OperationStatus, Release, StackComponent, Variable
+from stacks.models import (
+    ComponentVersion,
+    Domain,
+    Operation,
+    OperationStatus,
+    Release,
+    StackComponent,
+    Variable,
+    VersionStatus,
+)
 from stacks.runtime import lifecycle
 from tests.conftest import Team, client_for
 
@@ -23,6 +32,18 @@ PAYLOAD = "<script>alert(\"x\")</script> & 'q'"
 STATIC = [
     {"name": "web", "component": "nginx", "version": "1.22", "size": "small", "replicas": 1, "public": True}
 ]
+
+
+def static_stack(**kwargs: Any) -> Environment:
+    """A stack on nginx 1.22, made while 1.22 was still current: new stacks get current
+    versions only, and a stack keeps a version deprecated since."""
+    old = ComponentVersion.objects.filter(component__code="nginx", version="1.22")
+    status = old.get().status
+    old.update(status=VersionStatus.CURRENT)
+    try:
+        return lifecycle.create_project(components=STATIC, **kwargs)
+    finally:
+        old.update(status=status)
 
 
 def finish(environment: Environment, status: str = OperationStatus.SUCCEEDED) -> None:
@@ -52,8 +73,8 @@ def env(team: Team, offered_catalog: None) -> Environment:
 
 @pytest.fixture
 def static_env(team: Team, offered_catalog: None) -> Environment:
-    environment = lifecycle.create_project(
-        organization=team.org, actor=team.developer, name="Static", region="eu-central", components=STATIC
+    environment = static_stack(
+        organization=team.org, actor=team.developer, name="Static", region="eu-central"
     )
     finish(environment)
     return environment
@@ -61,12 +82,8 @@ def static_env(team: Team, offered_catalog: None) -> Environment:
 
 @pytest.fixture
 def theirs(team: Team, offered_catalog: None) -> Environment:
-    environment = lifecycle.create_project(
-        organization=team.outsider_org,
-        actor=team.outsider,
-        name="Theirs",
-        region="eu-central",
-        components=STATIC,
+    environment = static_stack(
+        organization=team.outsider_org, actor=team.outsider, name="Theirs", region="eu-central"
     )
     finish(environment)
     lifecycle.add_domain(environment=environment, actor=team.outsider, hostname="theirs.example.test")
@@ -522,9 +539,7 @@ def test_destroy_needs_the_typed_name(team: Team, static_env: Environment) -> No
 
 # --- operation progress -------------------------------------------------------------------------
 def test_operation_page_and_polling_partial(team: Team, offered_catalog: None) -> None:
-    environment = lifecycle.create_project(
-        organization=team.org, actor=team.developer, name="Busy", region="eu-central", components=STATIC
-    )
+    environment = static_stack(organization=team.org, actor=team.developer, name="Busy", region="eu-central")
     op = environment.operations.get()
     client = client_for(team.viewer)
     full = page(client.get(f"/operations/{op.pk}/"))
@@ -560,9 +575,7 @@ def test_operation_page_and_polling_partial(team: Team, offered_catalog: None) -
 
 # --- escaping and query counts -----------------------------------------------------------------
 def test_customer_typed_names_are_escaped_on_every_page(team: Team, offered_catalog: None) -> None:
-    environment = lifecycle.create_project(
-        organization=team.org, actor=team.developer, name=PAYLOAD, region="eu-central", components=STATIC
-    )
+    environment = static_stack(organization=team.org, actor=team.developer, name=PAYLOAD, region="eu-central")
     client = client_for(team.admin)
     op = environment.operations.get()
     for url in (

@@ -10,7 +10,7 @@ from django.test import Client
 
 from projects.models import Environment, Project
 from projects.services import ServiceError
-from stacks.models import ComponentVersion, Operation, VersionStatus
+from stacks.models import ComponentVersion, Operation, OperationStatus, VersionStatus
 from tests.conftest import Team, client_for
 
 pytestmark = pytest.mark.django_db
@@ -323,9 +323,21 @@ def test_an_end_of_life_version_is_refused(client: Client) -> None:
     assert near(page, 'for="id_c-0-version"', "nginx 1.22 is not available (end of life).")
 
 
-def test_deprecated_versions_are_offered_with_their_end_of_life(client: Client) -> None:
+def test_new_stacks_are_offered_current_versions_only(client: Client) -> None:
     page = html(client.post(URL, assembled([NGINX]), headers=HTMX))
-    assert "1.22 (deprecated, end of life on 2028-06-30)" in page
+    assert '<option value="1.26" selected' in page
+    assert '<option value="1.22"' not in page and "deprecated" not in page
+
+
+def test_a_deprecated_version_is_refused_next_to_its_row(client: Client) -> None:
+    message = (
+        "nginx 1.22 is deprecated: new stacks get current versions only. Choose a current version of nginx."
+    )
+    preview = html(client.post(URL, assembled([{**NGINX, "version": "1.22"}]), headers=HTMX))
+    assert near(preview, 'for="id_c-0-version"', message) and 'id="create" disabled' in preview
+    response = client.post(URL, assembled([{**NGINX, "version": "1.22"}], step="create"))
+    assert response.status_code == 400 and near(html(response), 'for="id_c-0-version"', message)
+    assert nothing_written()
 
 
 def test_changing_the_component_picks_one_of_its_versions(client: Client) -> None:
@@ -378,3 +390,99 @@ def test_create_project_names_the_environment(team: Team, offered_catalog: None)
         organization=team.org, actor=team.developer, name="Other", region="eu-central", template="lamp"
     )
     assert default.name == "production"
+
+
+# --- sample applications: made by the operation, not the request ---------------------------------
+def test_a_wordpress_stack_is_created_without_docker_and_its_operation_makes_the_content(
+    client: Client, monkeypatch: Any
+) -> None:
+    import hashlib
+
+    import docker
+
+    from stacks.catalog import samples
+    from stacks.runtime import content_store, operations
+
+    def no_engine(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("the Docker engine was called")
+
+    monkeypatch.setattr(docker, "DockerClient", no_engine)
+    monkeypatch.setattr(docker, "from_env", no_engine)
+    monkeypatch.setattr(samples, "_wordpress_archive", no_engine)
+
+    response = client.post(URL, template_data(step="create", template="wordpress", name="Blog"))
+    assert response.status_code == 302, html(response)
+    environment = Environment.objects.get()
+    release = environment.releases.get()
+    # The release names its sample; the content comes later.
+    assert (release.source, release.source_detail, release.content_sha256) == ("template", "wordpress", "")
+
+    # The worker: the sample is made by the operation (the engine's build stood in for).
+    tree = samples._pack(
+        [
+            ("wp-login.php", b"<?php // login", samples.SAMPLE_MTIME),
+            ("wp-config.php", samples.WP_CONFIG.encode(), samples.SAMPLE_MTIME),
+        ]
+    )
+    made: list[str] = []
+
+    def build() -> bytes:
+        made.append("wordpress")
+        return tree
+
+    monkeypatch.setattr(samples, "_wordpress_archive", build)
+
+    class Backend:
+        def __init__(self) -> None:
+            self.put: list[tuple[str, bytes]] = []
+
+        def put_content(self, key: str, state: Any, content_id: str, archive: bytes, image: Any) -> None:
+            self.put.append((content_id, archive))
+
+        def apply(self, spec: Any, state: Any, log: Any) -> dict[str, Any]:
+            return {"host": "fake"}
+
+    backend = Backend()
+    monkeypatch.setattr(operations, "backend_for", lambda environment: backend)
+    monkeypatch.setattr(operations, "sync_routes", lambda *args: False)
+    monkeypatch.setattr(operations, "_check_site", lambda *args: None)
+
+    op = environment.operations.get()
+    assert operations.run_operation(op.pk) == OperationStatus.SUCCEEDED
+    op.refresh_from_db()
+    release.refresh_from_db()
+    names = [s["name"] for s in op.steps]
+    assert names[:2] == ["Make the sample application", "Prepare the content"]
+    assert all(s["status"] == "done" for s in op.steps)
+    assert release.content_sha256 == hashlib.sha256(tree).hexdigest() and release.content_files == 2
+    assert content_store.read(release.content_sha256) == tree
+    assert backend.put == [(release.content_id, tree)] and made == ["wordpress"]
+
+    # Resumed (a worker lost after the content was made): nothing is made again.
+    Operation.objects.filter(pk=op.pk).update(status=OperationStatus.RUNNING, heartbeat_at=None)
+    assert operations.run_operation(op.pk) == OperationStatus.SUCCEEDED
+    op.refresh_from_db()
+    assert made == ["wordpress"] and "Make the sample application" not in [s["name"] for s in op.steps]
+
+
+def test_a_sample_that_cannot_be_made_fails_the_operation_with_the_reason(
+    client: Client, monkeypatch: Any
+) -> None:
+    from stacks.catalog import samples
+    from stacks.runtime import operations
+
+    def broken() -> bytes:
+        raise samples.SampleError("building the WordPress tree failed: no network")
+
+    monkeypatch.setattr(samples, "_wordpress_archive", broken)
+    monkeypatch.setattr(operations, "backend_for", lambda environment: pytest.fail("no backend needed"))
+    assert client.post(URL, template_data(step="create", template="wordpress")).status_code == 302
+    environment = Environment.objects.get()
+    op = environment.operations.get()
+    assert operations.run_operation(op.pk) == OperationStatus.FAILED
+    op.refresh_from_db()
+    assert op.error == (
+        "The sample application could not be made: building the WordPress tree failed: no network"
+    )
+    environment.refresh_from_db()
+    assert environment.status == "new" and not environment.releases.get().content_sha256
