@@ -148,7 +148,7 @@ def projects_page(organization: Organization, page_number: Any) -> Page:
         .prefetch_related(
             Prefetch(
                 "environments",
-                queryset=Environment.objects.select_related("template", "framework")
+                queryset=Environment.objects.select_related("template", "framework", "placement")
                 .annotate(
                     last_operation_id=_last_operation("id"),
                     last_operation_kind=_last_operation("kind"),

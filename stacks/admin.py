@@ -37,6 +37,7 @@ from stacks.models import (
     StackTemplate,
     StackTemplateComponent,
     Variable,
+    placed_hosts,
 )
 
 PIPELINE_FIELDS = (
@@ -481,7 +482,7 @@ class ProjectAdmin(SupportActionsMixin, admin.ModelAdmin):
                     reverse("admin:projects_environment_change", args=[env.pk]),
                     env.name,
                     env.get_status_display(),
-                    env.backend_state.get("host", "not placed"),
+                    ", ".join(placed_hosts(env)) or "not placed",
                     components or "—",
                     env.hostname,
                     domains,
@@ -576,7 +577,7 @@ class EnvironmentAdmin(SupportActionsMixin, admin.ModelAdmin):
 
     @admin.display(description="host")
     def host(self, obj: Environment) -> str:
-        return str(obj.backend_state.get("host", "—"))
+        return ", ".join(placed_hosts(obj)) or "—"
 
     @admin.display(description="address")
     def public_address(self, obj: Environment) -> str:

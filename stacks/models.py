@@ -299,6 +299,39 @@ class DockerHost(models.Model):
         return self.name
 
 
+class Placement(models.Model):
+    """Where an environment's stack lives: its home host (data and single replicas) and
+    every host its replicas use, home first. Written by the runtime after each apply from
+    what the backend reports (``Backend.hosts_of``), read by pages, placement and support;
+    the backend's own bookkeeping (``Environment.backend_state``) stays opaque to them."""
+
+    environment = models.OneToOneField(
+        "projects.Environment", on_delete=models.CASCADE, related_name="placement"
+    )
+    host = models.ForeignKey(
+        DockerHost, null=True, blank=True, on_delete=models.SET_NULL, related_name="homed"
+    )
+    hosts = models.JSONField(default=list, blank=True)  # host names, home first
+    updated_at = models.DateTimeField(auto_now=True)
+
+    def __str__(self) -> str:
+        return ", ".join(self.hosts) or "not placed"
+
+
+def placed_hosts(environment: Any) -> list[str]:
+    """The hosts an environment's stack uses, home first; [] when it was never placed."""
+    try:
+        return list(environment.placement.hosts)
+    except Placement.DoesNotExist:
+        return []
+
+
+def home_host(environment: Any) -> str:
+    """The environment's home host name, "" when it was never placed."""
+    hosts = placed_hosts(environment)
+    return hosts[0] if hosts else ""
+
+
 class StackComponent(models.Model):
     """One component of an environment's stack as the customer wants it now."""
 

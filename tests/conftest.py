@@ -135,3 +135,16 @@ def add_memory_host(environment: Any, name: str = "h1", **fields: Any) -> Any:
         kernel=environment.kernel,
         **options,
     )
+
+
+def place(environment: Any, *hosts: str, state: dict[str, Any] | None = None) -> None:
+    """The stack lives on ``hosts`` (home first), as the runtime records it after an apply:
+    the backend's own state and the ``Placement`` row."""
+    from projects.models import Environment
+    from stacks.models import DockerHost, Placement
+
+    Environment.objects.filter(pk=environment.pk).update(backend_state=state or {"host": hosts[0]})
+    Placement.objects.update_or_create(
+        environment_id=environment.pk,
+        defaults={"host": DockerHost.objects.filter(name=hosts[0]).first(), "hosts": list(hosts)},
+    )

@@ -111,3 +111,32 @@ def test_no_private_name_is_imported_across_modules(floor: str) -> None:
             if module.split(".")[0] in FLOORS:
                 wrong += [f"{path.relative_to(ROOT)}:{line} {module}.{n}" for n in names if n.startswith("_")]
     assert not wrong, "\n".join(wrong)
+
+
+def test_nothing_outside_the_backends_reads_their_bookkeeping() -> None:
+    """``Environment.backend_state`` is opaque: passed to the backend, stored, never read
+    key by key elsewhere (where a stack lives is its ``Placement``)."""
+
+    def is_state(node: ast.AST) -> bool:
+        return isinstance(node, ast.Attribute) and node.attr == "backend_state"
+
+    wrong = []
+    for _, path, tree in modules():
+        rel = path.relative_to(ROOT).as_posix()
+        if rel.startswith("stacks/backends/"):
+            continue
+        for node in ast.walk(tree):
+            read = (isinstance(node, ast.Subscript) and is_state(node.value)) or (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Attribute)
+                and node.func.attr in ("get", "keys", "items", "values", "setdefault", "pop")
+                and is_state(node.func.value)
+            )
+            lookup = (
+                isinstance(node, ast.Constant)
+                and isinstance(node.value, str)
+                and "backend_state__" in node.value
+            )
+            if read or lookup:
+                wrong.append(f"{rel}:{node.lineno}")
+    assert not wrong, "backend state read outside the backends:\n" + "\n".join(wrong)

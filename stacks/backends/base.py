@@ -158,6 +158,16 @@ class Backend:
         """Remove catalog images no container uses and ``keep`` does not name."""
         raise NotImplementedError
 
+    def hosts_of(self, state: dict[str, Any]) -> list[str]:
+        """The hosts the stack uses by its ``state``, its home first; [] when not placed.
+        The runtime records this (``Placement``); nothing outside the backend reads ``state``."""
+        raise NotImplementedError
+
+    def rehome(self, state: dict[str, Any], host: str) -> dict[str, Any]:
+        """The state to apply so the stack is made afresh with ``host`` as its home (a
+        move): the next ``apply`` builds it there, and what ran elsewhere is removed."""
+        raise NotImplementedError
+
 
 def get_backend(path: str, **options: Any) -> Backend:
     """Instantiate the backend class at the dotted ``path``."""

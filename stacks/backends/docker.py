@@ -225,7 +225,19 @@ class DockerBackend(Backend):
                     self._remove_container(container)
         except (APIError, DockerException) as exc:
             raise _wrap(exc, f"applying {spec.key}") from exc
+        if spec.running:  # where the replicas went (no engine call: the same rule that put them)
+            used = {self.host_of(spec, new_state, c, i) for c in spec.components for i in range(c.replicas)}
+            new_state["hosts"] = sorted(used - {home})
         return new_state
+
+    # --- placement -----------------------------------------------------------------------------
+    def hosts_of(self, state: dict[str, Any]) -> list[str]:
+        home = str(state.get("host") or "")
+        others = [str(h) for h in state.get("hosts") or [] if h and h != home]
+        return ([home] if home else []) + sorted(set(others))
+
+    def rehome(self, state: dict[str, Any], host: str) -> dict[str, Any]:
+        return {"host": host}  # its network (and subnet) are made there
 
     def _existing(self, key: str) -> list[tuple[str, Any]]:
         """Every container of the stack on every host: one list call per host."""

@@ -438,6 +438,15 @@ class MemoryBackend(Backend):
             if stack.empty():
                 del STACKS[key]
 
+    # --- placement -----------------------------------------------------------------------------
+    def hosts_of(self, state: dict[str, Any]) -> list[str]:
+        home = str(state.get("host") or "")
+        others = [str(h) for h in state.get("hosts") or [] if h and h != home]
+        return ([home] if home else []) + sorted(set(others))
+
+    def rehome(self, state: dict[str, Any], host: str) -> dict[str, Any]:
+        return {"host": host}  # its network (and subnet) are made there
+
     def logs(self, key: str, state: dict[str, Any], component: str, tail: int = 200) -> Iterator[str]:
         """The seeded lines of each replica of ``component``: the last ``tail`` of each."""
         self._enter("logs", key, component, tail)

@@ -22,6 +22,7 @@ from stacks.models import (
     ComponentVersion,
     Framework,
     StackComponent,
+    placed_hosts,
 )
 
 
@@ -186,10 +187,5 @@ def compatibility_problems(rows: list[dict[str, Any]], framework: Framework | No
 
 
 def hosts_of(environment: Any) -> list[str]:
-    """The hosts the environment's containers live on, from the backend's bookkeeping
-    (``backend_state``: its home ``host``, and ``hosts`` where replicas spread)."""
-    state = environment.backend_state or {}
-    names = [str(h) for h in state.get("hosts") or [] if h]
-    if state.get("host") and str(state["host"]) not in names:
-        names.insert(0, str(state["host"]))
-    return names
+    """The hosts the environment's containers live on, home first (its ``Placement``)."""
+    return placed_hosts(environment)

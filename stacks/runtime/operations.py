@@ -30,8 +30,10 @@ from stacks.models import (
     Operation,
     OperationKind,
     OperationStatus,
+    Placement,
     Release,
     StackComponent,
+    home_host,
 )
 from stacks.runtime import content_store
 from stacks.runtime.spec import SpecError, build_spec
@@ -53,11 +55,11 @@ def free_memory_mb(hosts: list[DockerHost]) -> dict[str, int]:
     promised = dict.fromkeys((h.name for h in hosts), 0)
     rows = (
         StackComponent.objects.exclude(environment__status=EnvironmentStatus.DESTROYED)
-        .values("environment__backend_state__host")
+        .values("environment__placement__host__name")
         .annotate(mb=Sum(F("size__memory_mb") * F("replicas")))
     )
     for row in rows:
-        name = row["environment__backend_state__host"]
+        name = row["environment__placement__host__name"]
         if name in promised:
             promised[name] += int(row["mb"] or 0)
     return {h.name: h.memory_mb - promised[h.name] for h in hosts}
@@ -73,7 +75,7 @@ def hosts_for(environment: Environment) -> list[dict[str, Any]]:
     hosts = list(in_region.filter(state=DockerHost.State.ACTIVE))
     free = free_memory_mb(hosts)
     listed: list[dict[str, Any]] = [{"name": h.name, "url": h.url, "pool": h.address_pool} for h in hosts]
-    own = environment.backend_state.get("host")
+    own = home_host(environment)
     listed.sort(key=lambda h: (h["name"] != own, -free[h["name"]], h["name"]))
     if not own and listed:
         needed = sum(c.size.memory_mb * c.replicas for c in environment.components.select_related("size"))
@@ -285,6 +287,15 @@ def _finish(op: Operation, status: str, error: str = "") -> None:
     Operation.objects.filter(pk=op.pk).update(status=status, error=op.error, finished_at=op.finished_at)
 
 
+def save_state(environment: Environment, backend: Backend, state: dict[str, Any]) -> None:
+    """Keep the backend's bookkeeping (opaque) and record where the stack lives from what
+    the backend says of it (its home host and the hosts its replicas use)."""
+    _set_env(environment, backend_state=state)
+    hosts = backend.hosts_of(state)
+    home = DockerHost.objects.filter(name=hosts[0]).first() if hosts else None
+    Placement.objects.update_or_create(environment=environment, defaults={"host": home, "hosts": hosts})
+
+
 def _set_env(environment: Environment, **fields: Any) -> None:
     for key, value in fields.items():
         setattr(environment, key, value)
@@ -342,8 +353,7 @@ def _converge(op: Operation, environment: Environment, rec: Recorder) -> None:
         rec.step("Copy the data to the new version", lambda: _migrate(op, environment, backend, spec, rec))
 
     def apply() -> None:
-        state = backend.apply(spec, environment.backend_state, rec.line)
-        _set_env(environment, backend_state=state)
+        save_state(environment, backend, backend.apply(spec, environment.backend_state, rec.line))
 
     try:
         rec.step("Start the containers" if running else "Stop the containers", apply)
@@ -373,7 +383,7 @@ def _recover(
     rec.line(f"rolling back to release {previous.number}")
     try:
         spec = build_spec(environment, previous)
-        _set_env(environment, backend_state=backend.apply(spec, environment.backend_state, rec.line))
+        save_state(environment, backend, backend.apply(spec, environment.backend_state, rec.line))
         sync_routes(environment, backend, spec)
     except (BackendError, EdgeError, SpecError) as again:
         rec.line(f"rollback failed too: {getattr(again, 'message', again)}")

@@ -21,7 +21,7 @@ from django.utils import timezone
 
 from projects.models import Environment, EnvironmentStatus, Project
 from projects.services import Origin, ServiceError, record_audit_event
-from stacks.models import DockerHost, Operation, OperationKind, OperationStatus
+from stacks.models import DockerHost, Operation, OperationKind, OperationStatus, home_host, placed_hosts
 from stacks.runtime import lifecycle
 from stacks.runtime.spec import CONTENT_VOLUME
 
@@ -94,7 +94,7 @@ def suspend_project(
     project.save(update_fields=["suspended_at", "suspended_reason"])
     operations = []
     for environment in _live_environments(project):
-        if environment.current_release_id is None and not environment.backend_state:
+        if environment.current_release_id is None and not placed_hosts(environment):
             continue  # nothing ever ran
         operations.append(
             lifecycle.queue_operation(
@@ -262,10 +262,8 @@ def _move(
     release = environment.current_release
     if release is None:
         raise ServiceError(f"{environment} has nothing deployed yet.", status=409)
-    old = environment.backend_state.get("host", "")
-    state = {"host": host.name}  # a new home: its network (and subnet) are made there
-    Environment.objects.filter(pk=environment.pk).update(backend_state=state)
-    environment.backend_state = state
+    old = home_host(environment)
+    _rehome(environment, host)
     return lifecycle.queue_operation(
         environment,
         OperationKind.DEPLOY,
@@ -295,7 +293,7 @@ def move_environment(
         raise ServiceError(f"{host} is not active.", field="host")
     if host.region_id != environment.project.region_id or host.kernel_id != environment.kernel_id:
         raise ServiceError(f"{host} does not serve this environment's region and kernel line.", field="host")
-    old = environment.backend_state.get("host", "")
+    old = home_host(environment)
     if old == host.name:
         raise ServiceError(f"{environment} is on {host} already.", field="host")
     operation = _move(environment, host, actor, origin, "support.move")
@@ -336,7 +334,7 @@ def drain_host(*, host: DockerHost, actor: User, origin: Origin | None = None) -
         .exclude(status__in=GONE)
     )
     for environment in environments:
-        home = environment.backend_state.get("host")
+        home = home_host(environment)
         if home != host.name:
             if not host.address_pool or not home or environment.current_release is None:
                 continue
@@ -356,8 +354,7 @@ def drain_host(*, host: DockerHost, actor: User, origin: Origin | None = None) -
             continue
         if environment.project.suspended_at is not None:
             # Stopped by support: nothing runs; it converges on its new home when resumed.
-            state = {"host": target.name}
-            Environment.objects.filter(pk=environment.pk).update(backend_state=state)
+            _rehome(environment, target)
             result["moved"].append(environment.key)
             continue
         try:
@@ -411,3 +408,11 @@ def finish_host_drain(*, host_id: int) -> bool:
     labels = {k: v for k, v in host.labels.items() if k != "drain_operations"}
     DockerHost.objects.filter(pk=host.pk).update(labels=labels)
     return True
+
+
+def _rehome(environment: Environment, host: DockerHost) -> None:
+    """The stack's next apply builds it on ``host`` (the backend says how, in its own state)."""
+    from stacks.runtime.operations import backend_for, save_state
+
+    backend = backend_for(environment)
+    save_state(environment, backend, backend.rehome(environment.backend_state, host.name))

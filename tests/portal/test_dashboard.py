@@ -26,11 +26,12 @@ from stacks.models import (
     Operation,
     OperationKind,
     OperationStatus,
+    Placement,
     StackComponent,
     VersionStatus,
 )
 from stacks.runtime import lifecycle
-from tests.conftest import Team, client_for
+from tests.conftest import Team, client_for, place
 from tests.factories import InvitationFactory
 
 pytestmark = pytest.mark.django_db
@@ -143,8 +144,8 @@ def finish(environment: Environment, status: str = OperationStatus.SUCCEEDED) ->
     Operation.objects.filter(pk=operation.pk).update(status=status, finished_at=timezone.now())
     Environment.objects.filter(pk=environment.pk).update(
         status=EnvironmentStatus.RUNNING if status == OperationStatus.SUCCEEDED else EnvironmentStatus.FAILED,
-        backend_state={"host": "local-1"},
     )
+    place(environment, "local-1")
     return operation
 
 
@@ -165,6 +166,7 @@ def clone_projects(team: Team, template: Environment, count: int) -> None:
         )
         for p in projects
     )
+    Placement.objects.bulk_create(Placement(environment=e, hosts=["local-1"]) for e in environments)
     rows = list(template.components.all())
     StackComponent.objects.bulk_create(
         StackComponent(

@@ -117,3 +117,20 @@ def test_the_reconciler_waits_until_a_retry_is_due(
 
     Operation.objects.filter(pk=op.pk).update(heartbeat_at=long_ago)  # the retry was due long ago
     assert resume_lost_operations() == 1 and queued == [((op.pk,), 0)]
+
+
+def test_an_apply_records_where_the_stack_lives(
+    environment: Environment,
+    memory_backend: type[MemoryBackend],
+    queued: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from stacks.models import placed_hosts
+    from stacks.runtime import operations
+
+    monkeypatch.setattr(operations, "sync_routes", lambda *args: False)  # no router here
+    monkeypatch.setattr(operations, "_check_site", lambda *args: None)
+    assert placed_hosts(environment) == []
+    assert run_operation(environment.operations.get().pk) == OperationStatus.SUCCEEDED
+    environment.refresh_from_db()
+    assert placed_hosts(environment) == ["h1"] and environment.placement.host.name == "h1"

@@ -11,6 +11,7 @@ from projects.models import Environment, Project
 from stacks.catalog.loader import load_catalog
 from stacks.models import DockerHost, KernelVersion, Region, Size, StackComponent
 from stacks.runtime.operations import OperationFailed, hosts_for
+from tests.conftest import place
 
 
 @pytest.fixture
@@ -37,8 +38,9 @@ def environment(team: Any, region: Region, name: str, memory_mb: int, on: str | 
     env = Environment.objects.create(
         project=project,
         kernel=KernelVersion.objects.get(line="6.12"),
-        backend_state={"host": on} if on else {},
     )
+    if on:
+        place(env, on)
     size, _ = Size.objects.get_or_create(
         code=f"s{memory_mb}", defaults={"name": "x", "cpus": 1, "memory_mb": memory_mb}
     )

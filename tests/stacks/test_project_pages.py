@@ -25,7 +25,7 @@ from stacks.models import (
     VersionStatus,
 )
 from stacks.runtime import lifecycle
-from tests.conftest import Team, client_for
+from tests.conftest import Team, client_for, place
 
 pytestmark = pytest.mark.django_db
 PAYLOAD = "<script>alert(\"x\")</script> & 'q'"
@@ -53,7 +53,8 @@ def finish(environment: Environment, status: str = OperationStatus.SUCCEEDED) ->
         return
     steps = [{"name": "Start the containers", "status": "done"}, {"name": "Route traffic", "status": "done"}]
     Operation.objects.filter(pk=op.pk).update(status=status, steps=steps, finished_at=timezone.now())
-    fields: dict[str, Any] = {"status": EnvironmentStatus.RUNNING, "backend_state": {"host": "local"}}
+    fields: dict[str, Any] = {"status": EnvironmentStatus.RUNNING}
+    place(environment, "local")
     if op.release_id:
         fields["current_release_id"] = op.release_id
     if op.kind == "destroy":

@@ -12,9 +12,18 @@ from django.contrib.auth.models import Group
 
 from projects.models import AuditEvent, Environment, EnvironmentStatus, User
 from projects.services import ServiceError
-from stacks.models import DockerHost, KernelVersion, Operation, OperationKind, OperationStatus, Region
+from stacks.models import (
+    DockerHost,
+    KernelVersion,
+    Operation,
+    OperationKind,
+    OperationStatus,
+    Region,
+    placed_hosts,
+)
 from stacks.runtime import lifecycle, support
 from stacks.runtime.operations import hosts_for
+from tests.conftest import place
 from tests.factories import UserFactory
 
 pytestmark = pytest.mark.django_db
@@ -39,8 +48,9 @@ def running(env: Environment, host: str = "") -> Environment:
     Environment.objects.filter(pk=env.pk).update(
         current_release=op.release,
         status=EnvironmentStatus.RUNNING,
-        backend_state={"host": host} if host else {},
     )
+    if host:
+        place(env, host)
     env.refresh_from_db()
     return env
 
@@ -178,10 +188,11 @@ def test_a_stateless_environment_moves_to_another_host_with_a_deploy(
 ) -> None:
     add_host("h1", shop)
     h2 = add_host("h2", shop)
-    Environment.objects.filter(pk=shop.pk).update(backend_state={"host": "h1", "subnet": "10.64.3.0/24"})
+    place(shop, "h1", state={"host": "h1", "subnet": "10.64.3.0/24"})
     op = support.move_environment(environment=shop, host=h2, actor=supporter)
     shop.refresh_from_db()
-    assert shop.backend_state == {"host": "h2"}
+    assert shop.backend_state == {"host": "h2"} and placed_hosts(shop) == ["h2"]
+    assert shop.placement.host == h2
     assert op.kind == "deploy" and op.params["from_host"] == "h1" and op.params["to_host"] == "h2"
     assert AuditEvent.objects.filter(action="support.environment.move", data__to_host="h2").exists()
 
@@ -217,7 +228,7 @@ def test_drain_marks_the_host_at_once_moves_stateless_stacks_and_keeps_data(
 ) -> None:
     h1 = add_host("h1", shop)
     add_host("h2", shop)
-    Environment.objects.filter(pk=shop.pk).update(backend_state={"host": "h1"})
+    place(shop, "h1")
     blog = running(
         lifecycle.create_project(
             organization=team.org, actor=team.developer, name="Blog", region="eu-central", template="lamp"
@@ -249,7 +260,7 @@ def test_drain_marks_the_host_at_once_moves_stateless_stacks_and_keeps_data(
 def test_drain_of_a_routed_host_redeploys_stacks_spread_onto_it(shop: Environment, supporter: User) -> None:
     h1 = add_host("h1", shop, address_pool="10.225.0.0/16")
     add_host("h2", shop, address_pool="10.226.0.0/16")
-    Environment.objects.filter(pk=shop.pk).update(backend_state={"host": "h2", "number": 7})
+    place(shop, "h2", state={"host": "h2", "number": 7})
     result = support.drain_host(host=h1, actor=supporter)
     assert result["respread"] == [shop.key]
     op = shop.operations.get(status=OperationStatus.QUEUED)

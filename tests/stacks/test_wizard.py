@@ -11,7 +11,7 @@ from django.test import Client
 from projects.models import Environment, Project
 from projects.services import ServiceError
 from stacks.models import ComponentVersion, Operation, OperationStatus, VersionStatus
-from tests.conftest import Team, client_for
+from tests.conftest import Team, add_memory_host, client_for
 
 pytestmark = pytest.mark.django_db
 URL = "/projects/new/"
@@ -394,7 +394,7 @@ def test_create_project_names_the_environment(team: Team, offered_catalog: None)
 
 # --- sample applications: made by the operation, not the request ---------------------------------
 def test_a_wordpress_stack_is_created_without_docker_and_its_operation_makes_the_content(
-    client: Client, monkeypatch: Any
+    client: Client, monkeypatch: Any, memory_backend: Any
 ) -> None:
     import hashlib
 
@@ -432,18 +432,7 @@ def test_a_wordpress_stack_is_created_without_docker_and_its_operation_makes_the
 
     monkeypatch.setattr(samples, "_wordpress_archive", build)
 
-    class Backend:
-        def __init__(self) -> None:
-            self.put: list[tuple[str, bytes]] = []
-
-        def put_content(self, key: str, state: Any, content_id: str, archive: bytes, image: Any) -> None:
-            self.put.append((content_id, archive))
-
-        def apply(self, spec: Any, state: Any, log: Any) -> dict[str, Any]:
-            return {"host": "fake"}
-
-    backend = Backend()
-    monkeypatch.setattr(operations, "backend_for", lambda environment: backend)
+    add_memory_host(environment)
     monkeypatch.setattr(operations, "sync_routes", lambda *args: False)
     monkeypatch.setattr(operations, "_check_site", lambda *args: None)
 
@@ -456,7 +445,10 @@ def test_a_wordpress_stack_is_created_without_docker_and_its_operation_makes_the
     assert all(s["status"] == "done" for s in op.steps)
     assert release.content_sha256 == hashlib.sha256(tree).hexdigest() and release.content_files == 2
     assert content_store.read(release.content_sha256) == tree
-    assert backend.put == [(release.content_id, tree)] and made == ["wordpress"]
+    assert memory_backend.calls("put_content") == [(environment.key, release.content_id)] and made == [
+        "wordpress"
+    ]
+    assert memory_backend.stack(environment.key).content["h1"][release.content_id] == tree
 
     # Resumed (a worker lost after the content was made): nothing is made again.
     Operation.objects.filter(pk=op.pk).update(status=OperationStatus.RUNNING, heartbeat_at=None)
