@@ -120,7 +120,6 @@ INSTALLED_APPS = [
     "template_partials",
     "django_prometheus",
     "django_structlog",
-    "rules.apps.AutodiscoverRulesConfig",
     "csp",
     "ninja",
     "portal",
@@ -198,7 +197,6 @@ if CACHES["default"]["BACKEND"].endswith("LocMemCache") and not DEBUG:
 
 # --- accounts (django-allauth) --------------------------------------------------------------
 AUTHENTICATION_BACKENDS = [
-    "rules.permissions.ObjectPermissionBackend",
     "django.contrib.auth.backends.ModelBackend",
     "allauth.account.auth_backends.AuthenticationBackend",
 ]

@@ -2,7 +2,7 @@
 
 Per stack (one project environment): a bridge network of its own with a subnet derived
 from the stack key (other projects' containers cannot reach it), named volumes, and one
-container per replica, every one started exactly as SECURITY.md lists. Replicas of public
+container per replica, every one started exactly as docs/security.md lists. Replicas of public
 components get fixed *slot* addresses on the network, so the edge router's upstreams never
 change when containers are replaced. Names derive from the server-generated stack key.
 """
@@ -413,7 +413,7 @@ class DockerBackend(Backend):
         peers: dict[str, str] | None = None,
         spec_label: str | None = None,
     ) -> dict[str, Any]:
-        """The hardened container settings (SECURITY.md), from a validated spec only."""
+        """The hardened container settings (docs/security.md), from a validated spec only."""
         volumes = {volume_name(spec.key, comp, v.name): {"bind": v.path, "mode": "rw"} for v in comp.volumes}
         if comp.content_path and spec.content_release:
             volumes[content_volume(spec.key, spec.content_release)] = {

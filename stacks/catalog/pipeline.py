@@ -197,7 +197,7 @@ def verify_version(cv: ComponentVersion, *, client: docker.DockerClient, log: Lo
 
 
 def hardened_run_options(cv: ComponentVersion) -> dict[str, Any]:
-    """The container settings SECURITY.md asks for, from the catalog's contract."""
+    """The container settings docs/security.md asks for, from the catalog's contract."""
     comp = cv.component
     return {
         "cap_drop": ["ALL"],

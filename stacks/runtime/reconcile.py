@@ -10,6 +10,7 @@ them (Caddy's config is not persisted).
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import Any
 
 import structlog
 from django.conf import settings
@@ -18,7 +19,7 @@ from django.db.models import Q
 from django.utils import timezone
 
 from projects.models import Environment, EnvironmentStatus
-from stacks.backends.base import BackendError, ReplicaState, get_backend
+from stacks.backends.base import Backend, BackendError, ReplicaState, get_backend
 from stacks.backends.edge import EdgeError
 from stacks.models import (
     ACTIVE_OPERATION_STATUSES,
@@ -35,19 +36,34 @@ from stacks.runtime.spec import SpecError, build_spec
 log = structlog.get_logger(__name__)
 
 
+def inventory_backends(exclude_url: str = "") -> list[Backend]:
+    """One backend per kind named by the regions (``Region.backend``), over every engine of
+    the regions using it that is not down; an engine listed under several inventory names
+    (make run's local one) once."""
+    engines: dict[str, dict[str, dict[str, Any]]] = {}
+    hosts = DockerHost.objects.exclude(state=DockerHost.State.DOWN).select_related("region").order_by("name")
+    for h in hosts:
+        if h.url != exclude_url:
+            engines.setdefault(h.region.backend, {}).setdefault(
+                h.url, {"name": h.name, "url": h.url, "pool": h.address_pool}
+            )
+    return [
+        get_backend(settings.STACKPORT_BACKENDS[kind], hosts=list(by_url.values()))
+        for kind, by_url in engines.items()
+    ]
+
+
 def reconcile() -> dict[str, int]:
     report = {"resumed": 0, "orphans_removed": 0, "repaired": 0, "routes_fixed": 0}
     report["resumed"] = resume_lost_operations()
-    # One entry per engine: several inventory hosts may be the same engine (make run's local one).
-    by_url = {h.url: h for h in DockerHost.objects.exclude(state=DockerHost.State.DOWN).order_by("name")}
-    hosts = [{"name": h.name, "url": h.url, "pool": h.address_pool} for h in by_url.values()]
-    if not hosts:
-        return report
-    backend = get_backend(settings.STACKPORT_BACKENDS["docker"], hosts=hosts)
-    try:
-        running = backend.stacks()
-    except BackendError as exc:
-        log.warning("reconcile_list_failed", error=exc.message)
+    running: dict[str, list[ReplicaState]] = {}
+    for backend in inventory_backends():
+        try:
+            running.update(backend.stacks())
+        except BackendError as exc:
+            log.warning("reconcile_list_failed", error=exc.message)
+            return report
+    if not running and not DockerHost.objects.exclude(state=DockerHost.State.DOWN).exists():
         return report
     prefix = f"{settings.STACKPORT_STACK_PREFIX}-"
     running = {k: v for k, v in running.items() if k.startswith(prefix)}  # other installations' are not ours
@@ -181,21 +197,12 @@ def prune_images() -> list[str]:
     for cv in ComponentVersion.objects.select_related("component"):
         if (cv.component.code, cv.version) in pairs:
             keep.add(cv.pinned_reference)
-    by_url = {
-        h.url: h
-        for h in DockerHost.objects.exclude(state=DockerHost.State.DOWN).exclude(
-            url=settings.STACKPORT_BUILD_DOCKER_URL
-        )
-    }
-    if not by_url:
-        return []
-    hosts = [{"name": h.name, "url": h.url, "pool": h.address_pool} for h in by_url.values()]
-    backend = get_backend(settings.STACKPORT_BACKENDS["docker"], hosts=hosts)
-    try:
-        removed = backend.prune_images(keep)
-    except BackendError as exc:
-        log.warning("prune_images_failed", error=exc.message)
-        return []
+    removed = []
+    for backend in inventory_backends(exclude_url=settings.STACKPORT_BUILD_DOCKER_URL):
+        try:
+            removed += backend.prune_images(keep)
+        except BackendError as exc:
+            log.warning("prune_images_failed", error=exc.message)
     if removed:
         log.info("pruned_images", images=removed)
     return removed
