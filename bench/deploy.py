@@ -89,13 +89,14 @@ def plain_deploy(bench: Bench, spec: Any, archive: bytes, run: int) -> Result:
     """The same containers by hand with the Docker SDK; seconds until the same page."""
     from django.conf import settings
 
+    from stacks.backends.base import HostRecord
     from stacks.backends.docker import DockerBackend
     from stacks.backends.edge import proxy_route
 
     key = f"bench-plain-{run}"
     labels = {PLAIN_LABEL: key}
     host = f"{key}.{settings.STACKPORT_APPS_DOMAIN}"
-    options_of = DockerBackend(hosts=[{"name": "local", "url": "unused"}])  # run_options only: no I/O
+    options_of = DockerBackend(hosts=[HostRecord("local", "unused")])  # run_options only: no I/O
     client = bench.docker()
     admin = requests.Session()
     admin.trust_env = False

@@ -73,6 +73,18 @@ class StackSpec:
 
 
 @dataclass(frozen=True)
+class HostRecord:
+    """One engine a backend may use, from the inventory: its name, its address, its own
+    address pool (routed hosts, docs/backends.md; "" for a stand-alone host), and whether
+    it is draining (nothing new is placed there; what runs there is still seen and removed)."""
+
+    name: str
+    url: str
+    pool: str = ""
+    drain: bool = False
+
+
+@dataclass(frozen=True)
 class HostFacts:
     """What an engine says about the machine it runs on (read when a host is added)."""
 

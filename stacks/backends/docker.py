@@ -27,6 +27,7 @@ from stacks.backends.base import (
     BackendError,
     ComponentSpec,
     HostFacts,
+    HostRecord,
     Observed,
     ReplicaState,
     ResourceSample,
@@ -84,7 +85,7 @@ class DockerBackend(Backend):
 
     def __init__(
         self,
-        hosts: list[dict[str, Any]] | None = None,
+        hosts: list[HostRecord] | None = None,
         edge_pickup: float = EDGE_PICKUP,
         dns_drain: float = DNS_DRAIN,
     ) -> None:
@@ -97,9 +98,9 @@ class DockerBackend(Backend):
 
     # --- engines -------------------------------------------------------------------------------
     def client(self, host: str | None = None) -> docker.DockerClient:
-        host = host or self.hosts[0]["name"]
+        host = host or self.hosts[0].name
         if host not in self._clients:
-            url = next((h["url"] for h in self.hosts if h["name"] == host), None)
+            url = next((h.url for h in self.hosts if h.name == host), None)
             if url is None:
                 raise BackendError(f"Docker host {host!r} is not available", permanent=False)
             try:
@@ -113,16 +114,16 @@ class DockerBackend(Backend):
         once chosen (its volumes are there). A new stack's home is never a draining host."""
         if state.get("host"):
             return str(state["host"])
-        placeable = [h for h in self.hosts if not h.get("drain")]
+        placeable = [h for h in self.hosts if not h.drain]
         if not placeable:
             raise BackendError("no active host to place the stack on", permanent=False)
-        return str(placeable[0]["name"])
+        return str(placeable[0].name)
 
     @property
     def multi_host(self) -> bool:
         """Hosts with an address pool each (scripts/docker-hosts.sh, docs/backends.md):
         replicas of the public component spread over them, routed between hosts."""
-        return len(self.hosts) > 1 and all(h.get("pool") for h in self.hosts)
+        return len(self.hosts) > 1 and all(h.pool for h in self.hosts)
 
     def host_of(self, spec: StackSpec, state: dict[str, Any], comp: ComponentSpec, index: int) -> str:
         """Where replica ``index`` of ``comp`` runs: the public component's replicas round-
@@ -131,12 +132,12 @@ class DockerBackend(Backend):
         if not self.multi_host or comp.stateful or not comp.public_port:
             return home
         # Stable, whatever order placement prefers; nothing new on a draining host.
-        names = sorted(h["name"] for h in self.hosts if not h.get("drain") or h["name"] == home)
+        names = sorted(h.name for h in self.hosts if not h.drain or h.name == home)
         start = names.index(home) if home in names else 0
         return names[(start + index) % len(names)]
 
     def _pool(self, host: str) -> ipaddress.IPv4Network | None:
-        pool = next((h.get("pool") for h in self.hosts if h["name"] == host), None)
+        pool = next((h.pool for h in self.hosts if h.name == host), None)
         return ipaddress.IPv4Network(pool) if pool else None
 
     def subnet(self, state: dict[str, Any], host: str) -> ipaddress.IPv4Network:
@@ -243,7 +244,7 @@ class DockerBackend(Backend):
         """Every container of the stack on every host: one list call per host."""
         found = []
         for host in self.hosts:
-            found += [(host["name"], c) for c in self._containers(self.client(host["name"]), key)]
+            found += [(host.name, c) for c in self._containers(self.client(host.name), key)]
         return found
 
     def _free_number(self, spec: StackSpec) -> int:
@@ -251,8 +252,8 @@ class DockerBackend(Backend):
         stack's id: every host gives the stack the same /24 of its own pool."""
         used = set()
         for host in self.hosts:
-            pool = self._pool(host["name"])
-            for network in self.client(host["name"]).networks.list():
+            pool = self._pool(host.name)
+            for network in self.client(host.name).networks.list():
                 for config in (network.attrs.get("IPAM") or {}).get("Config") or []:
                     subnet = ipaddress.ip_network(config.get("Subnet") or "0.0.0.0/32", strict=False)
                     if pool and subnet.subnet_of(pool):  # type: ignore[arg-type]
@@ -670,19 +671,19 @@ class DockerBackend(Backend):
         result: dict[str, list[ReplicaState]] = {}
         for host in self.hosts:
             try:
-                containers = list_containers(self.client(host["name"]), all=True, filters={"label": LABEL})
+                containers = list_containers(self.client(host.name), all=True, filters={"label": LABEL})
             except (APIError, DockerException) as exc:
-                raise _wrap(exc, f"listing containers on {host['name']}") from exc
+                raise _wrap(exc, f"listing containers on {host.name}") from exc
             for c in containers:
                 if HELPER not in c.labels:
-                    result.setdefault(c.labels[LABEL], []).append(self._replica(None, {}, host["name"], c))
+                    result.setdefault(c.labels[LABEL], []).append(self._replica(None, {}, host.name, c))
         return result
 
     def destroy(self, key: str, state: dict[str, Any]) -> None:
         if not KEY_RE.match(key):
             raise BackendError(f"invalid stack key {key!r}", permanent=True)
         for host in self.hosts:
-            client = self.client(host["name"])
+            client = self.client(host.name)
             try:
                 for c in self._containers(client, key):
                     self._remove_container(c)
@@ -697,12 +698,12 @@ class DockerBackend(Backend):
                     except NotFound:
                         pass
             except (APIError, DockerException) as exc:
-                raise _wrap(exc, f"destroying {key} on {host['name']}") from exc
+                raise _wrap(exc, f"destroying {key} on {host.name}") from exc
 
     def logs(self, key: str, state: dict[str, Any], component: str, tail: int = 200) -> Iterator[str]:
         for host in self.hosts:
             try:
-                client = self.client(host["name"])
+                client = self.client(host.name)
                 found = list_containers(
                     client, all=True, filters={"label": [f"{LABEL}={key}", f"{COMPONENT}={component}"]}
                 )
@@ -713,7 +714,7 @@ class DockerBackend(Backend):
                     except NotFound:
                         continue  # removed while we read: its lines are gone with it
             except (APIError, DockerException, OSError) as exc:
-                raise _wrap(exc, f"reading the logs of {key} on {host['name']}") from exc
+                raise _wrap(exc, f"reading the logs of {key} on {host.name}") from exc
             for name, data in chunks:
                 for line in data.decode(errors="replace").splitlines():
                     yield f"{name} {line}"
@@ -723,7 +724,7 @@ class DockerBackend(Backend):
         running = [
             c
             for h in self.hosts
-            for c in list_containers(self.client(h["name"]), filters={"label": f"{LABEL}={key}"})
+            for c in list_containers(self.client(h.name), filters={"label": f"{LABEL}={key}"})
         ]
         for c in running:
             stats = c.stats(stream=False)
@@ -751,7 +752,7 @@ class DockerBackend(Backend):
         container uses and ``keep`` (what releases may roll back to) does not name."""
         removed = []
         for host in self.hosts:
-            client = self.client(host["name"])
+            client = self.client(host.name)
             used = {c.attrs.get("Image") for c in list_containers(client, all=True)}
             for image in client.images.list():
                 refs = set(image.attrs.get("RepoDigests") or []) | set(image.tags)
@@ -763,7 +764,7 @@ class DockerBackend(Backend):
                     continue
                 try:
                     client.images.remove(image.id, force=False)
-                    removed.append(f"{host['name']}:{sorted(refs)[0]}")
+                    removed.append(f"{host.name}:{sorted(refs)[0]}")
                 except APIError:
                     pass  # in use by a stopped container or a child image
         return removed
@@ -780,7 +781,7 @@ class DockerBackend(Backend):
         if not re.match(r"^[a-z0-9]{1,32}$", release):
             raise BackendError(f"invalid release id {release!r}", permanent=True)
         for host in self.hosts:  # a replica may run on any of them
-            self._put_content(self.client(host["name"]), key, release, archive, image)
+            self._put_content(self.client(host.name), key, release, archive, image)
 
     def _put_content(
         self, client: docker.DockerClient, key: str, release: str, archive: bytes, image: str | None

@@ -50,6 +50,7 @@ from stacks.backends.base import (
     Backend,
     BackendError,
     ComponentSpec,
+    HostRecord,
     Observed,
     ReplicaState,
     ResourceSample,
@@ -138,18 +139,18 @@ def _is_catalog_ref(ref: str) -> bool:
 
 class MemoryBackend(Backend):
     """Runs nothing; remembers everything. ``hosts`` as the Docker backend takes them:
-    [{"name": ..., "url": ..., "pool": ..., "drain": ...}]."""
+    [HostRecord(...)]."""
 
     errors: ClassVar[dict[str, BaseException]] = ERRORS
 
     def __init__(
         self,
-        hosts: list[dict[str, Any]] | None = None,
+        hosts: list[HostRecord] | None = None,
         edge_pickup: float = 0.0,
         dns_drain: float = 0.0,
     ) -> None:
         if hosts is None:
-            hosts = [{"name": DEFAULT_HOST, "url": f"memory://{DEFAULT_HOST}"}]
+            hosts = [HostRecord(DEFAULT_HOST, f"memory://{DEFAULT_HOST}")]
         if not hosts:
             raise BackendError("no Docker host is available in this region", permanent=False)
         self.hosts = hosts
@@ -226,7 +227,7 @@ class MemoryBackend(Backend):
     # --- hosts and addresses (as the Docker backend) ------------------------------------------
     @property
     def names(self) -> list[str]:
-        return [str(h["name"]) for h in self.hosts]
+        return [str(h.name) for h in self.hosts]
 
     def _require_host(self, host: str) -> str:
         if host not in self.names:
@@ -236,25 +237,25 @@ class MemoryBackend(Backend):
     def place(self, spec: StackSpec, state: dict[str, Any]) -> str:
         if state.get("host"):
             return str(state["host"])
-        placeable = [h for h in self.hosts if not h.get("drain")]
+        placeable = [h for h in self.hosts if not h.drain]
         if not placeable:
             raise BackendError("no active host to place the stack on", permanent=False)
-        return str(placeable[0]["name"])
+        return str(placeable[0].name)
 
     @property
     def multi_host(self) -> bool:
-        return len(self.hosts) > 1 and all(h.get("pool") for h in self.hosts)
+        return len(self.hosts) > 1 and all(h.pool for h in self.hosts)
 
     def host_of(self, spec: StackSpec, state: dict[str, Any], comp: ComponentSpec, index: int) -> str:
         home = self.place(spec, state)
         if not self.multi_host or comp.stateful or not comp.public_port:
             return home
-        names = sorted(h["name"] for h in self.hosts if not h.get("drain") or h["name"] == home)
+        names = sorted(h.name for h in self.hosts if not h.drain or h.name == home)
         start = names.index(home) if home in names else 0
         return str(names[(start + index) % len(names)])
 
     def _pool(self, host: str) -> ipaddress.IPv4Network | None:
-        pool = next((h.get("pool") for h in self.hosts if h["name"] == host), None)
+        pool = next((h.pool for h in self.hosts if h.name == host), None)
         return ipaddress.IPv4Network(pool) if pool else None
 
     def subnet(self, state: dict[str, Any], host: str) -> ipaddress.IPv4Network:

@@ -22,7 +22,7 @@ from django.utils import timezone
 
 from projects.crypto import decrypt
 from projects.models import Environment, EnvironmentStatus
-from stacks.backends.base import Backend, BackendError, StackSpec, get_backend
+from stacks.backends.base import Backend, BackendError, HostRecord, StackSpec, get_backend
 from stacks.backends.edge import EdgeError, EdgeRouter
 from stacks.models import (
     DockerHost,
@@ -65,7 +65,7 @@ def free_memory_mb(hosts: list[DockerHost]) -> dict[str, int]:
     return {h.name: h.memory_mb - promised[h.name] for h in hosts}
 
 
-def hosts_for(environment: Environment) -> list[dict[str, Any]]:
+def hosts_for(environment: Environment) -> list[HostRecord]:
     """The hosts of the environment's region and kernel line the backend works on: active
     ones first (the stack's own host first, then by free memory: a new stack's home is the
     host with the most room), then draining ones marked ``drain`` — nothing new is placed
@@ -74,9 +74,9 @@ def hosts_for(environment: Environment) -> list[dict[str, Any]]:
     in_region = DockerHost.objects.filter(region=environment.project.region, kernel=environment.kernel)
     hosts = list(in_region.filter(state=DockerHost.State.ACTIVE))
     free = free_memory_mb(hosts)
-    listed: list[dict[str, Any]] = [{"name": h.name, "url": h.url, "pool": h.address_pool} for h in hosts]
+    listed = [HostRecord(h.name, h.url, h.address_pool) for h in hosts]
     own = home_host(environment)
-    listed.sort(key=lambda h: (h["name"] != own, -free[h["name"]], h["name"]))
+    listed.sort(key=lambda h: (h.name != own, -free[h.name], h.name))
     if not own and listed:
         needed = sum(c.size.memory_mb * c.replicas for c in environment.components.select_related("size"))
         if max(free.values()) < needed:
@@ -84,14 +84,14 @@ def hosts_for(environment: Environment) -> list[dict[str, Any]]:
                 f"No host in {environment.project.region.name} has {needed} MB free for this stack; "
                 "the hoster has been notified."
             )
-    if own and not any(h["name"] == own for h in listed):
+    if own and not any(h.name == own for h in listed):
         # Its network and volumes are there: keep using it while it is draining.
         host = DockerHost.objects.filter(name=own).exclude(state=DockerHost.State.DOWN).first()
         if host:
-            listed.insert(0, {"name": host.name, "url": host.url, "pool": host.address_pool})
-    named = {h["name"] for h in listed}
+            listed.insert(0, HostRecord(host.name, host.url, host.address_pool))
+    named = {h.name for h in listed}
     for host in in_region.filter(state=DockerHost.State.DRAINING).exclude(name__in=named).order_by("name"):
-        listed.append({"name": host.name, "url": host.url, "pool": host.address_pool, "drain": True})
+        listed.append(HostRecord(host.name, host.url, host.address_pool, drain=True))
     return listed
 
 

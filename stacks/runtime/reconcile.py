@@ -10,7 +10,6 @@ them (Caddy's config is not persisted).
 from __future__ import annotations
 
 from datetime import timedelta
-from typing import Any
 
 import structlog
 from django.conf import settings
@@ -19,7 +18,7 @@ from django.db.models import Q
 from django.utils import timezone
 
 from projects.models import Environment, EnvironmentStatus
-from stacks.backends.base import Backend, BackendError, ReplicaState, get_backend
+from stacks.backends.base import Backend, BackendError, HostRecord, ReplicaState, get_backend
 from stacks.backends.edge import EdgeError
 from stacks.models import (
     ACTIVE_OPERATION_STATUSES,
@@ -40,12 +39,12 @@ def inventory_backends(exclude_url: str = "") -> list[Backend]:
     """One backend per kind named by the regions (``Region.backend``), over every engine of
     the regions using it that is not down; an engine listed under several inventory names
     (make run's local one) once."""
-    engines: dict[str, dict[str, dict[str, Any]]] = {}
+    engines: dict[str, dict[str, HostRecord]] = {}
     hosts = DockerHost.objects.exclude(state=DockerHost.State.DOWN).select_related("region").order_by("name")
     for h in hosts:
         if h.url != exclude_url:
             engines.setdefault(h.region.backend, {}).setdefault(
-                h.url, {"name": h.name, "url": h.url, "pool": h.address_pool}
+                h.url, HostRecord(h.name, h.url, h.address_pool)
             )
     return [
         get_backend(settings.STACKPORT_BACKENDS[kind], hosts=list(by_url.values()))

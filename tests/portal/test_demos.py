@@ -171,9 +171,10 @@ def test_a_demo_serves_through_the_edge_and_leaves_nothing_after_expiry(
         assert not Environment.objects.filter(pk=env.pk).exists()
         assert not Organization.objects.filter(pk=login.organization.pk).exists()
     finally:
+        from stacks.backends.base import HostRecord
         from stacks.backends.docker import DockerBackend
 
-        DockerBackend(hosts=[{"name": "local", "url": "unix:///var/run/docker.sock"}]).destroy(key, {})
+        DockerBackend(hosts=[HostRecord("local", "unix:///var/run/docker.sock")]).destroy(key, {})
         client.close()
 
 

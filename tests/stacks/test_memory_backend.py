@@ -18,6 +18,7 @@ from stacks.backends.base import (
     Backend,
     BackendError,
     ComponentSpec,
+    HostRecord,
     ResourceSample,
     StackSpec,
     VolumeSpec,
@@ -30,7 +31,7 @@ from stacks.runtime.operations import backend_for
 from tests.conftest import MEMORY_BACKEND, Team, add_memory_host
 
 IMAGE = "127.0.0.1:5000/stackport/{}@sha256:" + "a" * 64
-ONE_HOST = [{"name": "h1", "url": "memory://h1", "pool": ""}]
+ONE_HOST = [HostRecord("h1", "memory://h1")]
 
 
 @pytest.fixture(autouse=True)
@@ -102,7 +103,7 @@ def test_it_is_built_like_the_docker_backend() -> None:
     backend = get_backend(MEMORY_BACKEND, hosts=ONE_HOST)
     assert isinstance(backend, MemoryBackend) and isinstance(backend, Backend)
     assert backend.hosts == ONE_HOST
-    assert MemoryBackend().hosts[0]["name"] == "memory"
+    assert MemoryBackend().hosts[0].name == "memory"
     with pytest.raises(BackendError, match="no Docker host is available") as refused:
         get_backend(MEMORY_BACKEND, hosts=[])
     assert refused.value.permanent is False
@@ -123,7 +124,7 @@ def test_backend_for_builds_it_from_the_regions_hosts(team: Team, offered_catalo
     add_memory_host(env, "h1")
     backend = backend_for(env)
     assert isinstance(backend, MemoryBackend)
-    assert [h["name"] for h in backend.hosts] == ["h1"]
+    assert [h.name for h in backend.hosts] == ["h1"]
 
 
 # --- apply -----------------------------------------------------------------------------------
@@ -229,9 +230,9 @@ def test_invalid_keys_are_permanent_and_a_gone_home_is_transient() -> None:
 
 def test_routed_hosts_spread_the_public_component_and_keep_data_at_home() -> None:
     hosts = [
-        {"name": "h1", "url": "memory://h1", "pool": "10.225.0.0/16"},
-        {"name": "h2", "url": "memory://h2", "pool": "10.226.0.0/16"},
-        {"name": "h3", "url": "memory://h3", "pool": "10.227.0.0/16", "drain": True},
+        HostRecord("h1", "memory://h1", pool="10.225.0.0/16"),
+        HostRecord("h2", "memory://h2", pool="10.226.0.0/16"),
+        HostRecord("h3", "memory://h3", pool="10.227.0.0/16", drain=True),
     ]
     backend = MemoryBackend(hosts=hosts)
 
@@ -267,7 +268,7 @@ def test_destroy_removes_everything_and_a_missing_stack_is_success() -> None:
 
 def test_another_backends_hosts_are_not_touched() -> None:
     MemoryBackend(hosts=ONE_HOST).apply(spec(), {}, print)
-    elsewhere = MemoryBackend(hosts=[{"name": "h9", "url": "memory://h9"}])
+    elsewhere = MemoryBackend(hosts=[HostRecord("h9", "memory://h9")])
 
     elsewhere.destroy("env-7", {})
 

@@ -26,6 +26,7 @@ from django.conf import settings
 
 from projects.models import Environment, EnvironmentStatus
 from projects.services import ServiceError
+from stacks.backends.base import HostRecord
 from stacks.backends.edge import NOT_FOUND_BODY
 from stacks.models import Domain, Operation, OperationStatus, Release
 from stacks.runtime import lifecycle
@@ -318,7 +319,7 @@ def test_reconcile_removes_containers_of_unknown_stacks_and_leaves_other_prefixe
         (mine,) = containers(engine_client, env)
         assert mine.status == "running" and get(stackport, env).status_code == 200
     finally:
-        backend = DockerBackend(hosts=[{"name": "local", "url": "unix:///var/run/docker.sock"}])
+        backend = DockerBackend(hosts=[HostRecord("local", "unix:///var/run/docker.sock")])
         for key in (ours, foreign, similar):
             backend.destroy(key, {})
 
@@ -448,7 +449,7 @@ def test_content_left_half_written_by_a_killed_worker_is_written_again(
     from stacks.backends.docker import HELPER, LABEL, DockerBackend, content_volume, tar_directory
 
     key, release = f"{settings.STACKPORT_STACK_PREFIX}-888888", "0123456789abcdef01234567"
-    backend = DockerBackend(hosts=[{"name": "local", "url": "unix:///var/run/docker.sock"}])
+    backend = DockerBackend(hosts=[HostRecord("local", "unix:///var/run/docker.sock")])
     volume = content_volume(key, release)
     try:
         engine_client.volumes.create(volume, labels={LABEL: key})

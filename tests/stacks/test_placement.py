@@ -64,7 +64,7 @@ def test_a_new_stack_goes_to_the_host_with_most_free_memory(team: Any, region: R
     environment(team, region, "Existing", 3000, on="big")
     new = environment(team, region, "New", 256)
     # A draining host is listed last, for cleanup only: nothing new is placed on it.
-    assert [(h["name"], h.get("drain", False)) for h in hosts_for(new)] == [
+    assert [(h.name, h.drain) for h in hosts_for(new)] == [
         ("small", False),
         ("big", False),
         ("drained", True),
@@ -75,7 +75,7 @@ def test_a_stack_stays_on_its_host(team: Any, region: Region) -> None:
     host(region, "big", 4096)
     host(region, "small", 2048)
     env = environment(team, region, "Placed", 256, on="small")
-    assert hosts_for(env)[0]["name"] == "small"
+    assert hosts_for(env)[0].name == "small"
 
 
 def test_no_room_is_refused_with_a_clear_message(team: Any, region: Region) -> None:

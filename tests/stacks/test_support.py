@@ -243,7 +243,7 @@ def test_drain_marks_the_host_at_once_moves_stateless_stacks_and_keeps_data(
     assert h1.state == DockerHost.State.DRAINING  # nothing new goes there from now on
     # The move's backend still sees h1 (to remove what ran there) but places nothing on it.
     hosts = hosts_for(shop)
-    assert [(h["name"], h.get("drain", False)) for h in hosts] == [("h2", False), ("h1", True)]
+    assert [(h.name, h.drain) for h in hosts] == [("h2", False), ("h1", True)]
     assert not support.finish_host_drain(host_id=h1.pk)
     finish(shop)
     assert support.finish_host_drain(host_id=h1.pk)
@@ -270,12 +270,13 @@ def test_drain_of_a_routed_host_redeploys_stacks_spread_onto_it(shop: Environmen
 
 
 def test_the_public_component_never_spreads_onto_a_draining_host(shop: Environment) -> None:
+    from stacks.backends.base import HostRecord
     from stacks.backends.docker import DockerBackend
 
     hosts = [
-        {"name": "h1", "url": "unix:///x", "pool": "10.225.0.0/16"},
-        {"name": "h2", "url": "unix:///y", "pool": "10.226.0.0/16", "drain": True},
-        {"name": "h3", "url": "unix:///z", "pool": "10.227.0.0/16"},
+        HostRecord("h1", "unix:///x", "10.225.0.0/16"),
+        HostRecord("h2", "unix:///y", "10.226.0.0/16", drain=True),
+        HostRecord("h3", "unix:///z", "10.227.0.0/16"),
     ]
     backend = DockerBackend(hosts=hosts)
     comp = SimpleNamespace(stateful=False, public_port=8080)
