@@ -23,7 +23,7 @@ from django.utils import timezone
 from projects.crypto import decrypt
 from projects.models import Environment, EnvironmentStatus
 from stacks.backends.base import Backend, BackendError, HostRecord, StackSpec, get_backend
-from stacks.backends.edge import EdgeError, EdgeRouter
+from stacks.backends.edge import NOT_FOUND_BODY, EdgeError, EdgeRouter
 from stacks.models import (
     DockerHost,
     Domain,
@@ -40,6 +40,7 @@ from stacks.runtime.spec import SpecError, build_spec
 
 log = structlog.get_logger(__name__)
 HEARTBEAT_SECONDS = 5
+CHECK_SITE_SECONDS = 30  # the public page must answer through the edge within this
 LOG_MAX_CHARS = 200_000
 
 
@@ -469,22 +470,27 @@ def _check_site(environment: Environment, backend: Backend, spec: StackSpec, rec
 
     host, _, port = settings.STACKPORT_EDGE_LISTEN.rpartition(":")
     url = f"http://{host}:{port}/"
-    deadline = timezone.now() + timedelta(seconds=30)
-    status = 0
+    deadline = timezone.now() + timedelta(seconds=CHECK_SITE_SECONDS)
+    answer = "nothing"
     while timezone.now() < deadline:
         try:
             response = requests.get(
                 url, headers={"Host": environment.hostname}, timeout=10, allow_redirects=False
             )
-            status = response.status_code
-            if status < 500:
-                rec.line(f"{environment.hostname} answers {status} through the edge")
-                return
         except requests.RequestException as exc:
-            status = 0
+            answer = "nothing"
             rec.line(f"edge not answering yet: {type(exc).__name__}")
+        else:
+            # The edge's own "no site here" (no route for the name) is not the site answering.
+            if response.status_code == 404 and response.text == NOT_FOUND_BODY:
+                answer = "the edge's not-found page (no route)"
+            elif response.status_code < 500:
+                rec.line(f"{environment.hostname} answers {response.status_code} through the edge")
+                return
+            else:
+                answer = str(response.status_code)
         threading.Event().wait(1)
-    raise OperationFailed(f"{environment.hostname} answers {status or 'nothing'} through the edge")
+    raise OperationFailed(f"{environment.hostname} answers {answer} through the edge")
 
 
 def _destroy(op: Operation, environment: Environment, rec: Recorder) -> None:

@@ -137,6 +137,18 @@ def _variables(environment: Environment) -> tuple[dict[str, dict[str, str]], dic
     return generated, customer
 
 
+def _provided(template: str, name: str, values: dict[str, str]) -> str:
+    """What a component provides to the others (``postgres://app:{POSTGRES_PASSWORD}@{host}``):
+    ``host`` is always its service name, whatever its variables are called; a placeholder
+    it has no value for is a clear error, never a crash of the operation."""
+    try:
+        return template.format_map({**values, "host": name})
+    except (KeyError, IndexError, ValueError) as exc:
+        raise SpecError(
+            f"The {name} component cannot provide its address: {exc!s} is missing.", "env"
+        ) from exc
+
+
 # --- the spec --------------------------------------------------------------------------------------
 def build_spec(environment: Environment, release: Release, *, running: bool | None = None) -> StackSpec:
     rows = sorted(release.spec.get("components", []), key=lambda r: r.get("position", 0))
@@ -166,7 +178,7 @@ def build_spec(environment: Environment, release: Release, *, running: bool | No
                 continue
             for key, template in other_component.provides.items():
                 if not env.get(key):
-                    env[key] = str(template).format(host=other["name"], **own_env[other["name"]])
+                    env[key] = _provided(str(template), other["name"], own_env[other["name"]])
         if component.kind in APP_KINDS:
             env.update(customer.get("", {}))
         env.update(customer.get(row["name"], {}))

@@ -134,3 +134,27 @@ def test_an_apply_records_where_the_stack_lives(
     assert run_operation(environment.operations.get().pk) == OperationStatus.SUCCEEDED
     environment.refresh_from_db()
     assert placed_hosts(environment) == ["h1"] and environment.placement.host.name == "h1"
+
+
+def test_the_edges_own_not_found_page_is_not_a_healthy_site(
+    environment: Environment, memory_backend: type[MemoryBackend], caddy: Any, settings: Any, monkeypatch: Any
+) -> None:
+    """Check the site against a real Caddy that has no route for the stack: its catch-all
+    404 used to pass as "answers below 500"."""
+    from stacks.runtime import operations
+    from stacks.runtime.spec import build_spec
+
+    settings.STACKPORT_EDGE_ADMIN_URL, settings.STACKPORT_EDGE_LISTEN = caddy.admin_url, caddy.edge_addr
+    operations.edge().ensure_server()  # the edge server with its catch-all, no route for this stack
+    monkeypatch.setattr(operations, "CHECK_SITE_SECONDS", 2)
+    backend = operations.backend_for(environment)
+    spec = build_spec(environment, environment.releases.get())
+    operations.save_state(environment, backend, backend.apply(spec, {}, print))
+    op = environment.operations.get()
+
+    with pytest.raises(operations.OperationFailed) as failed:
+        operations._check_site(environment, backend, spec, operations.Recorder(op))
+    assert (
+        str(failed.value)
+        == f"{environment.hostname} answers the edge's not-found page (no route) through the edge"
+    )
