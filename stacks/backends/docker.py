@@ -721,17 +721,26 @@ class DockerBackend(Backend):
 
     def samples(self, key: str, state: dict[str, Any]) -> list[ResourceSample]:
         result = []
-        running = [
-            c
-            for h in self.hosts
-            for c in list_containers(self.client(h.name), filters={"label": f"{LABEL}={key}"})
-        ]
+        running = []
+        for h in self.hosts:
+            try:
+                running += list_containers(self.client(h.name), filters={"label": f"{LABEL}={key}"})
+            except (APIError, DockerException, OSError) as exc:
+                raise _wrap(exc, f"sampling {key} on {h.name}") from exc
         for c in running:
-            stats = c.stats(stream=False)
-            cpu = (
-                stats["cpu_stats"]["cpu_usage"]["total_usage"]
-                - stats["precpu_stats"]["cpu_usage"]["total_usage"]
-            )
+            try:
+                stats = c.stats(stream=False)
+            except NotFound:
+                continue  # removed while we sampled
+            except (APIError, DockerException, OSError) as exc:
+                raise _wrap(exc, f"sampling {c.name}") from exc
+            try:
+                cpu = (
+                    stats["cpu_stats"]["cpu_usage"]["total_usage"]
+                    - stats["precpu_stats"]["cpu_usage"]["total_usage"]
+                )
+            except (KeyError, TypeError):
+                continue  # stopped between the listing and the stats: nothing to sample
             system = stats["cpu_stats"].get("system_cpu_usage", 0) - stats["precpu_stats"].get(
                 "system_cpu_usage", 0
             )

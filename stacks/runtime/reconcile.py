@@ -13,6 +13,7 @@ from datetime import timedelta
 
 import structlog
 from django.conf import settings
+from django.core.cache import cache
 from django.db import IntegrityError, transaction
 from django.db.models import Q
 from django.utils import timezone
@@ -29,7 +30,7 @@ from stacks.models import (
     ResourceSampleRow,
 )
 from stacks.runtime import lifecycle
-from stacks.runtime.operations import backend_for, sync_routes
+from stacks.runtime.operations import OperationFailed, backend_for, sync_routes
 from stacks.runtime.spec import SpecError, build_spec
 
 log = structlog.get_logger(__name__)
@@ -52,7 +53,23 @@ def inventory_backends(exclude_url: str = "") -> list[Backend]:
     ]
 
 
+RECONCILE_LOCK = "stackport:reconcile-lock"
+RECONCILE_LOCK_SECONDS = 600  # a pass that died holding the lock frees it after this
+
+
 def reconcile() -> dict[str, int]:
+    """One pass, never two at once (beat every 30 s, support's "reconcile now", a slow pass):
+    a pass that finds another one running does nothing (``{"skipped": 1}``)."""
+    if not cache.add(RECONCILE_LOCK, timezone.now().isoformat(), timeout=RECONCILE_LOCK_SECONDS):
+        log.info("reconcile_skipped", reason="another pass is running")
+        return {"skipped": 1}
+    try:
+        return _reconcile()
+    finally:
+        cache.delete(RECONCILE_LOCK)
+
+
+def _reconcile() -> dict[str, int]:
     report = {"resumed": 0, "orphans_removed": 0, "repaired": 0, "routes_fixed": 0}
     report["resumed"] = resume_lost_operations()
     running: dict[str, list[ReplicaState]] = {}
@@ -164,7 +181,8 @@ def record_samples() -> int:
     ):
         try:
             samples = backend_for(env).samples(env.key, env.backend_state)
-        except BackendError:
+        except (BackendError, OperationFailed) as exc:  # one stack's engine: the others are sampled
+            log.warning("samples_failed", environment=env.pk, error=str(getattr(exc, "message", exc)))
             continue
         ResourceSampleRow.objects.bulk_create(
             ResourceSampleRow(

@@ -327,3 +327,24 @@ def test_an_empty_log_is_followed_from_the_start(
     assert "No lines yet." in page
     assert f'hx-get="{url("component_logs", environment)}?after="' in page
     assert "hello" in tail.content.decode() and "<html" not in tail.content.decode()
+
+
+def test_one_stacks_engine_failing_does_not_end_the_sampling_pass(
+    team: Team, environment: Environment, backend: type[MemoryBackend], offered_catalog: None
+) -> None:
+    """The first environment sampled fails; the next one is still sampled."""
+    second = lifecycle.create_project(
+        organization=team.org, actor=team.owner, name="Second", region="eu-central", template="static-site"
+    )
+    Environment.objects.filter(pk=second.pk).update(
+        status=EnvironmentStatus.RUNNING, backend_state={"host": "h1"}
+    )
+    backend.seed_samples(second.key, [ResourceSample("web", 0, 1.0, 2**20)] * 3)
+    first, later = list(Environment.objects.filter(status=EnvironmentStatus.RUNNING))
+    backend.fail_next("samples", BackendError("Docker host h1 does not answer", permanent=False))
+
+    recorded = record_samples()
+
+    assert recorded == (3 if first.pk == environment.pk else 2)
+    assert not ResourceSampleRow.objects.filter(environment=first).exists()
+    assert ResourceSampleRow.objects.filter(environment=later).count() == recorded

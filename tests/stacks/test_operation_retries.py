@@ -158,3 +158,18 @@ def test_the_edges_own_not_found_page_is_not_a_healthy_site(
         str(failed.value)
         == f"{environment.hostname} answers the edge's not-found page (no route) through the edge"
     )
+
+
+def test_reconcile_passes_never_overlap(memory_backend: type[MemoryBackend]) -> None:
+    from django.core.cache import cache
+
+    from stacks.runtime.reconcile import RECONCILE_LOCK, reconcile
+
+    cache.delete(RECONCILE_LOCK)
+    cache.add(RECONCILE_LOCK, "another pass", timeout=60)  # a pass is running elsewhere
+    try:
+        assert reconcile() == {"skipped": 1}
+    finally:
+        cache.delete(RECONCILE_LOCK)
+    assert "skipped" not in reconcile()  # free again: a real pass
+    assert cache.get(RECONCILE_LOCK) is None  # and it let go of the lock
