@@ -14,6 +14,7 @@ def send_invitation_email(invitation: Invitation) -> None:
         "projects:invitation", kwargs={"token": invitation_token(invitation)}
     )
     context = {"invitation": invitation, "url": url}
-    subject = render_to_string("projects/email/invitation_subject.txt", context).strip()
+    # A mail subject is plain text: no HTML escaping ("walk's organization", not "walk&#x27;s").
+    subject = " ".join(render_to_string("projects/email/invitation_subject.txt", context).split())
     body = render_to_string("projects/email/invitation_message.txt", context)
     send_mail(subject, body, None, [invitation.email])

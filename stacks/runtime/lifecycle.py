@@ -698,11 +698,22 @@ def add_domain(
     from stacks.models import Domain
 
     _editable(environment, actor)
+    # Our own words, never the library's message with the value echoed back.
     try:
         host = normalize_host(hostname)
+    except EdgeError as exc:
+        raise ServiceError(
+            "This is not a domain name we can serve. Use a full name such as shop.example.com: "
+            "letters, digits and hyphens, no spaces, ports, wildcards or IP addresses.",
+            field="hostname",
+        ) from exc
+    try:
         prefix = normalize_path_prefix(path_prefix) if path_prefix else ""
     except EdgeError as exc:
-        raise ServiceError(str(exc), field="hostname") from exc
+        raise ServiceError(
+            "A path prefix starts with / and holds letters, digits, -, _, . and / only (for example /shop).",
+            field="path_prefix",
+        ) from exc
     if host.endswith("." + settings.STACKPORT_APPS_DOMAIN) or host == settings.STACKPORT_APPS_DOMAIN:
         raise ServiceError("Names under the apps domain are given by Stackport.", field="hostname")
     if Domain.objects.filter(hostname=host, path_prefix=prefix).exists():

@@ -74,13 +74,28 @@ def test_signup_with_a_bad_email_is_a_400_and_creates_nothing(email: str) -> Non
     assert User.objects.count() == before
 
 
-def test_signup_with_a_taken_email_says_so_and_creates_nothing() -> None:
+def test_a_taken_email_is_not_revealed_at_sign_up_or_password_reset(mailoutbox) -> None:
+    """An outsider learns nothing about who is a customer: sign-up with a taken address
+    answers like any other (the owner gets a mail instead), password reset answers alike
+    for known and unknown addresses."""
     existing = UserFactory()
+    fresh = f"fresh-{uuid.uuid4().hex[:6]}@example.test"
     before = User.objects.count()
-    response = _signup(_client(), existing.email.upper())
-    assert response.status_code == 400
-    assert b"already registered with this email" in response.content
-    assert User.objects.count() == before
+    taken, new = _signup(_client(), existing.email.upper()), _signup(_client(), fresh)
+    assert (
+        (taken.status_code, taken["Location"])
+        == (new.status_code, new["Location"])
+        == (302, "/accounts/confirm-email/")
+    )
+    assert (
+        User.objects.count() == before + 1 and not User.objects.filter(email=existing.email.upper()).exists()
+    )
+    assert any(existing.email in m.to for m in mailoutbox)
+    known = _client().post("/accounts/password/reset/", {"email": existing.email})
+    unknown = _client().post(
+        "/accounts/password/reset/", {"email": f"nobody-{uuid.uuid4().hex[:6]}@example.test"}
+    )
+    assert (known.status_code, known["Location"]) == (unknown.status_code, unknown["Location"])
 
 
 def test_signup_with_a_weak_password_is_refused() -> None:

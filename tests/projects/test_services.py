@@ -210,6 +210,10 @@ def test_invitation_email_is_sent_on_commit_with_a_working_link(
     mail = mailoutbox[0]
     assert mail.to == ["sam@example.test"]
     assert "Acme Hosting Co" in mail.subject
+    Organization.objects.filter(pk=team.org.pk).update(name="walk's <b>organization</b> & co")
+    with django_capture_on_commit_callbacks(execute=True):
+        invite(team, email="kim@example.test", role=Role.VIEWER, actor=team.admin)
+    assert mailoutbox[1].subject.endswith("invited you to walk's <b>organization</b> & co")  # plain text
     match = re.search(r"http://\S+/invitations/(?P<token>[^/\s]+)/", mail.body)
     assert match, mail.body
     assert services.invitation_from_token(match["token"]) == invitation

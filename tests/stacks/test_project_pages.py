@@ -382,6 +382,16 @@ def test_bad_domains_are_explained_next_to_the_field(
         assert "invalid-feedback" in form[: form.index("</form>")], hostname
         if message != "hostname":
             assert message in form
+    # Our own words, never the library's message with the value echoed back.
+    for hostname in ("Not a domain!", "shop.example.test:8080", "192.0.2.10", "<b>x</b>.test"):
+        response = client.post(f"/environments/{static_env.pk}/domains/", {"hostname": hostname})
+        form = page(response)[page(response).index('id="domain-form"') :]
+        assert response.status_code == 400 and "This is not a domain name we can serve." in form, hostname
+        assert "Codepoint" not in form and "Not a domain!" not in form.split("invalid-feedback")[1][:300]
+    response = client.post(
+        f"/environments/{static_env.pk}/domains/", {"hostname": "shop.example.test", "path_prefix": "/a b"}
+    )
+    assert response.status_code == 400 and "A path prefix starts with /" in page(response)
     assert state() == before
 
 
