@@ -211,13 +211,28 @@ def _act(
     *,
     role: str = Role.DEVELOPER,
     component_field: bool = False,
+    confirm: Callable[[Environment, dict[str, Any]], str] | None = None,
 ) -> HttpResponse:
     """The shape of every action: access check, form, one service call, redirect; a refusal
-    re-renders the environment page with the message next to the field, at its status."""
+    re-renders the environment page with the message next to the field, at its status.
+    ``confirm`` names what a destructive action will do: until the request says
+    ``confirmed``, a confirmation page asks first (it works without JavaScript)."""
     environment = get_environment_for_user(request, environment_id, role=role)
     form = form_class(request.POST, request.FILES)
     status = 400
     if form.is_valid():
+        question = confirm(environment, form.cleaned_data) if confirm else ""
+        if question and request.POST.get("confirmed") != "yes":
+            fields = [
+                (k, v) for k, v in request.POST.items() if k not in ("csrfmiddlewaretoken", "confirmed")
+            ]
+            context = {
+                "environment": environment,
+                "question": question,
+                "fields": fields,
+                "action": request.path,
+            }
+            return render(request, "stacks/confirm.html", context)
         _result, status = attempt(form, lambda: call(environment, form.cleaned_data))
         if status == 200:
             messages.success(request, success.format(**form.cleaned_data))
@@ -250,6 +265,28 @@ def environment_scale(request: AuthedRequest, environment_id: int) -> HttpRespon
         ),
         "Scaling {component}.",
         component_field=True,
+        confirm=_scale_question,
+    )
+
+
+def _rollback_question(environment: Environment, data: dict[str, Any]) -> str:
+    target = environment.releases.filter(number=data["release"]).first()
+    if target is None or target.pk == environment.current_release_id:
+        return ""  # nothing to confirm: the service says why it refuses
+    return (
+        f"Roll back to release {target.number}? Its components, versions and content replace what runs "
+        "now (blue/green: the site keeps answering). Data in databases is not rolled back."
+    )
+
+
+def _scale_question(environment: Environment, data: dict[str, Any]) -> str:
+    if data.get("replicas") != 0 or not environment.components.filter(name=data["component"]).exists():
+        return ""
+    public = environment.components.filter(name=data["component"], public=True).exists()
+    return (
+        f"Scale {data['component']} to zero replicas? "
+        + ("The site stops answering " if public else "It stops running ")
+        + "until you scale it up again."
     )
 
 
@@ -288,6 +325,7 @@ def environment_rollback(request: AuthedRequest, environment_id: int) -> HttpRes
             origin=Origin.from_request(request),
         ),
         "Rolling back to release {release}.",
+        confirm=_rollback_question,
     )
 
 
@@ -429,6 +467,10 @@ def environment_stop(request: AuthedRequest, environment_id: int) -> HttpRespons
             environment=env, actor=request.user, running=False, origin=Origin.from_request(request)
         ),
         "Stopping the environment.",
+        confirm=lambda env, d: (
+            f"Stop {env}? Every container stops and the site does not answer until you "
+            "start it again. Data in volumes is kept."
+        ),
     )
 
 

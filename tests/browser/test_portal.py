@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 from django.db import connection
 from playwright.sync_api import TimeoutError as PlaywrightTimeout
+from playwright.sync_api import expect
 
 from projects.models import Environment, EnvironmentStatus
 from stacks.models import ComponentVersion, Operation, OperationStatus, VersionStatus
@@ -205,6 +206,8 @@ def test_a_wordpress_project_from_sign_up_to_destroy(
     # 7. Roll back to the release before the upgrade (PHP 8.2, two web replicas).
     before_upgrade = environment.releases.get(note="scale web").number
     page.get_by_role("button", name=f"Roll back to {before_upgrade}").click()
+    expect(page.locator("#confirm")).to_contain_text(f"Roll back to release {before_upgrade}?")
+    page.get_by_role("button", name="Yes, go ahead").click()
     settle(page, environment, worker)
     environment.refresh_from_db()
     assert environment.current_release.number == before_upgrade

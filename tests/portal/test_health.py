@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from django.test import Client
 
@@ -48,3 +50,20 @@ def test_metrics_accept_the_bearer_token(settings) -> None:
 
 def test_healthz_rejects_post(client) -> None:
     assert client.post("/healthz").status_code == 405
+
+
+def test_error_pages_are_styled_and_navigation_shows_only_what_the_role_may_do(team: Any) -> None:
+    """A viewer sees no "New project"; opening it anyway gives the site's own 403 page,
+    and an unknown address the site's own 404 page (with the navigation, not a bare text)."""
+    from tests.conftest import client_for
+
+    viewer = client_for(team.viewer)
+    dashboard = viewer.get("/").content.decode()
+    assert 'href="/projects/new/"' not in dashboard.split("</nav>")[0]
+    refused = viewer.get("/projects/new/")
+    assert refused.status_code == 403
+    assert 'id="error-403"' in refused.content.decode() and "navbar" in refused.content.decode()
+    missing = viewer.get("/no-such-page/")
+    assert missing.status_code == 404 and 'id="error-404"' in missing.content.decode()
+    developer = client_for(team.developer).get("/").content.decode()
+    assert 'href="/projects/new/"' in developer.split("</nav>")[0]

@@ -334,7 +334,12 @@ def test_rollback_to_an_earlier_release(team: Team, static_env: Environment) -> 
     finish(static_env)
     html = page(client.get(f"/environments/{static_env.pk}/"))
     assert "Roll back to 1" in html and "Roll back to 2" not in html
+    # A confirmation first (no JavaScript needed), then the rollback.
     response = client.post(f"/environments/{static_env.pk}/rollback/", {"release": "1"})
+    assert response.status_code == 200 and "Roll back to release 1?" in page(response)
+    assert 'name="confirmed" value="yes"' in page(response) and 'name="release" value="1"' in page(response)
+    assert not static_env.operations.filter(status=OperationStatus.QUEUED).exists()
+    response = client.post(f"/environments/{static_env.pk}/rollback/", {"release": "1", "confirmed": "yes"})
     assert response.status_code == 302
     op = static_env.operations.get(status=OperationStatus.QUEUED)
     assert op.kind == "rollback" and op.release.number == 1
@@ -512,7 +517,10 @@ def test_git_source(team: Team, static_env: Environment) -> None:
 
 def test_stop_and_start(team: Team, static_env: Environment) -> None:
     client = client_for(team.developer)
-    assert client.post(f"/environments/{static_env.pk}/stop/").status_code == 302
+    asked = client.post(f"/environments/{static_env.pk}/stop/")
+    assert asked.status_code == 200 and "Every container stops" in page(asked)
+    assert not static_env.operations.filter(kind="stop").exists()
+    assert client.post(f"/environments/{static_env.pk}/stop/", {"confirmed": "yes"}).status_code == 302
     static_env.refresh_from_db()
     assert not static_env.desired_running
     assert static_env.operations.get(status=OperationStatus.QUEUED).kind == "stop"
@@ -635,3 +643,23 @@ def test_environment_and_project_pages_make_a_fixed_number_of_queries(
         client.get(f"/environments/{env.pk}/")
     with django_assert_max_num_queries(20):
         client.get(f"/projects/{env.project_id}/")
+
+
+def test_scaling_the_public_component_to_zero_asks_first(team: Team, static_env: Environment) -> None:
+    client = client_for(team.developer)
+    before = state()
+    asked = client.post(f"/environments/{static_env.pk}/scale/", {"component": "web", "replicas": "0"})
+    assert asked.status_code == 200 and "Scale web to zero replicas? The site stops answering" in page(asked)
+    assert state() == before
+    done = client.post(
+        f"/environments/{static_env.pk}/scale/", {"component": "web", "replicas": "0", "confirmed": "yes"}
+    )
+    assert done.status_code == 302 and static_env.components.get(name="web").replicas == 0
+    # Scaling up again needs no confirmation.
+    finish(static_env)
+    assert (
+        client.post(
+            f"/environments/{static_env.pk}/scale/", {"component": "web", "replicas": "1"}
+        ).status_code
+        == 302
+    )
