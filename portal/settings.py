@@ -240,6 +240,9 @@ AUTH_PASSWORD_VALIDATORS = [
 INVITATION_TTL_DAYS = env.int("INVITATION_TTL_DAYS", default=7)
 # Client address for the audit log: how many reverse proxies in front of the portal.
 TRUSTED_PROXY_COUNT = env.int("TRUSTED_PROXY_COUNT", default=0)
+# One notion of the client's address everywhere: allauth's login and sign-up rate limits
+# count per real client behind the proxies too (the audit log and /metrics use the same).
+ALLAUTH_TRUSTED_PROXY_COUNT = TRUSTED_PROXY_COUNT
 
 # --- e-mail --------------------------------------------------------------------------------
 _email = env.email_url("EMAIL_URL", default="smtp://localhost:25" if PRODUCTION else "consolemail://")

@@ -82,3 +82,13 @@ def test_unknown_environment_name_is_refused() -> None:
     result = _run(["check"], DJANGO_ENV="prod")
     assert result.returncode != 0
     assert "DJANGO_ENV must be one of" in result.stderr
+
+
+def test_one_trusted_proxy_count_for_the_audit_log_metrics_and_rate_limits() -> None:
+    result = _run(
+        ["shell", "-c", "from django.conf import settings; print(settings.ALLAUTH_TRUSTED_PROXY_COUNT)"],
+        TRUSTED_PROXY_COUNT="2",
+        **_prod_keys(),
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == "2"

@@ -157,3 +157,25 @@ def test_pages_send_a_content_security_policy() -> None:
     assert "default-src 'self'" in policy
     assert "frame-ancestors 'none'" in policy
     assert response["X-Frame-Options"] == "DENY"
+
+
+def test_behind_a_trusted_proxy_one_clients_failed_logins_do_not_lock_out_another(settings) -> None:
+    """Every request comes from the proxy's address; the client is the last address the
+    proxy added to X-Forwarded-For. Ten bad logins from one client (each with another
+    e-mail) throttle that client only, and the audit log records the client's address."""
+    settings.TRUSTED_PROXY_COUNT = settings.ALLAUTH_TRUSTED_PROXY_COUNT = 1
+    proxy, attacker, other = _unique_ip(), _unique_ip(), _unique_ip()
+    client = Client(REMOTE_ADDR=proxy)
+
+    def login(address: str, email: str) -> int:
+        return client.post(
+            "/accounts/login/",
+            {"login": email, "password": "wrong-password"},
+            HTTP_X_FORWARDED_FOR=f"203.0.113.9, {address}",  # a spoofed first hop, then the client
+        ).status_code
+
+    statuses = [login(attacker, f"guess-{i}-{uuid.uuid4().hex[:6]}@example.test") for i in range(11)]
+    assert statuses[:10] == [400] * 10 and statuses[10] == 429
+    assert login(other, f"someone-{uuid.uuid4().hex[:6]}@example.test") == 400  # not locked out
+    assert AuditEvent.objects.filter(action="account.login_failed", ip_address=attacker).count() == 10
+    assert not AuditEvent.objects.filter(action="account.login_failed", ip_address=proxy).exists()
