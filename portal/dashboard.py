@@ -305,6 +305,7 @@ def dashboard_context(organization: Organization, page_number: Any) -> dict[str,
         "page": page,
         "rows": rows,
         "live": any(e.busy for r in rows for e in r.environments),
+        "suspended": [r.project for r in rows if r.project.suspended_at],
         "attention_total": organization_attention(organization, catalog, page.paginator.count),
         "quota_warnings": quota_warnings(organization),
     }

@@ -174,8 +174,9 @@ def _environment_page(
         "project": environment.project,
         "environments": environments,
         "membership": membership,
-        "can_write": membership.has_role(Role.DEVELOPER),
-        "can_admin": membership.has_role(Role.ADMIN),
+        # A suspended project takes no changes (the services answer 423): no live buttons.
+        "can_write": membership.has_role(Role.DEVELOPER) and environment.project.suspended_at is None,
+        "can_admin": membership.has_role(Role.ADMIN) and environment.project.suspended_at is None,
         "is_live": environment.status not in (EnvironmentStatus.DESTROYING, EnvironmentStatus.DESTROYED),
         "rows": rows,
         "hosts": hosts,

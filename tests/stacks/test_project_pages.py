@@ -663,3 +663,21 @@ def test_scaling_the_public_component_to_zero_asks_first(team: Team, static_env:
         ).status_code
         == 302
     )
+
+
+def test_a_suspended_project_shows_why_and_offers_no_actions(team: Team, static_env: Environment) -> None:
+    from django.utils import timezone
+
+    from projects.models import Project
+
+    Project.objects.filter(pk=static_env.project_id).update(
+        suspended_at=timezone.now(), suspended_reason="Unpaid"
+    )
+    client = client_for(team.developer)
+    html = page(client.get(f"/environments/{static_env.pk}/"))
+    assert 'id="suspended"' in html and "Unpaid" in html
+    assert "One replica more of web" not in html and f"/environments/{static_env.pk}/stop/" not in html
+    dashboard = page(client.get("/"))
+    assert (
+        'id="suspended"' in dashboard and "Unpaid" in dashboard and "Nothing needs attention" not in dashboard
+    )
