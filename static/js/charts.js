@@ -4,6 +4,14 @@
   "use strict";
   var MB = 1024 * 1024;
 
+  // Times in UTC, 24-hour, as the page's caption says (uPlot's default is local, 12-hour).
+  function pad(n) { return (n < 10 ? "0" : "") + n; }
+  function utcTime(ts) { var d = new Date(ts * 1000); return pad(d.getUTCHours()) + ":" + pad(d.getUTCMinutes()); }
+  function utcStamp(ts) {
+    var d = new Date(ts * 1000);
+    return d.getUTCFullYear() + "-" + pad(d.getUTCMonth() + 1) + "-" + pad(d.getUTCDate()) + " " + utcTime(ts) + " UTC";
+  }
+
   function options(kind, width, limit) {
     var isCpu = kind === "cpu";
     var unit = isCpu ? "%" : " MB";
@@ -12,9 +20,12 @@
       width: width,
       height: 200,
       scales: { x: { time: true }, y: { range: function (u, min, max) { return [0, Math.max(max, limit) * 1.05]; } } },
-      axes: [{}, { values: function (u, ticks) { return ticks.map(function (t) { return t.toFixed(0) + unit; }); }, size: 60 }],
+      axes: [
+        { values: function (u, ticks) { return ticks.map(utcTime); } },
+        { values: function (u, ticks) { return ticks.map(function (t) { return t.toFixed(0) + unit; }); }, size: 60 }
+      ],
       series: [
-        {},
+        { value: function (u, v) { return v == null ? "—" : utcStamp(v); } },
         { label: "average", stroke: "#0d6efd", width: 2, value: fmt },
         { label: "peak", stroke: "#6c757d", width: 1, dash: [4, 4], value: fmt },
         { label: "limit", stroke: "#dc3545", width: 1, dash: [2, 6], value: fmt }

@@ -3,6 +3,7 @@ status polls until the operation ends, the log tail appends new lines, uPlot dra
 
 from __future__ import annotations
 
+import re
 from datetime import timedelta
 from typing import Any
 
@@ -99,4 +100,8 @@ def test_resource_charts_are_drawn_by_uplot(
     page.locator("[data-chart=cpu] .uplot").wait_for(timeout=15000)
     assert page.locator("[data-chart=memory] .uplot").count() == 1
     assert page.locator("#cpu-sparkline.d-none").count() == 1
+    # Times are UTC and 24-hour, as the caption says (uPlot's default: local time, AM/PM).
+    page.locator("[data-chart=cpu] .u-over").hover()
+    shown = page.locator("[data-chart=cpu] .u-legend .u-series").first.locator(".u-value").inner_text()
+    assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d UTC", shown), shown
     assert console_errors == []
