@@ -102,6 +102,8 @@ CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
 
 # Absolute URL of the portal, for links in e-mails sent by the worker (no request there).
 STACKPORT_BASE_URL = env.url("STACKPORT_BASE_URL", default="http://127.0.0.1:8000").geturl().rstrip("/")
+# The portal's name in e-mails and pages ("Hello from Stackport", "[Stackport] ...").
+STACKPORT_SITE_NAME = env.str("STACKPORT_SITE_NAME", default="Stackport")
 
 # --- applications --------------------------------------------------------------------------
 INSTALLED_APPS = [

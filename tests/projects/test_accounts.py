@@ -179,3 +179,17 @@ def test_behind_a_trusted_proxy_one_clients_failed_logins_do_not_lock_out_anothe
     assert login(other, f"someone-{uuid.uuid4().hex[:6]}@example.test") == 400  # not locked out
     assert AuditEvent.objects.filter(action="account.login_failed", ip_address=attacker).count() == 10
     assert not AuditEvent.objects.filter(action="account.login_failed", ip_address=proxy).exists()
+
+
+def test_account_mails_name_the_portal_not_the_request_host(mailoutbox, settings) -> None:
+    settings.STACKPORT_SITE_NAME = "Acme Cloud"
+    settings.STACKPORT_BASE_URL = "https://portal.acme.example"
+    _signup(
+        Client(REMOTE_ADDR=_unique_ip(), HTTP_HOST="127.0.0.1:8000"), f"n-{uuid.uuid4().hex[:6]}@example.test"
+    )
+    (mail,) = mailoutbox
+    assert mail.subject.startswith("[Acme Cloud] ") and "Hello from Acme Cloud!" in mail.body
+    assert (
+        "portal.acme.example" in mail.body
+        and "127.0.0.1:8000" not in mail.subject + mail.body.split("http")[0]
+    )
