@@ -79,35 +79,12 @@ def subnet_of(state: dict[str, Any]) -> ipaddress.IPv4Network:
     return ipaddress.IPv4Network(state["subnet"])
 
 
-class DockerBackend(Backend):
-    """Runs stacks on Docker engines. ``hosts``: [{"name": ..., "url": ...}], the active
-    hosts of the stack's region and kernel line, in the order placement prefers them."""
+class HostPlacement:
+    """Where a stack's replicas go on ``self.hosts`` (a list of ``HostRecord``), and the
+    addresses they get: the Docker backend's placement, which the in-memory backend shares
+    so that names, homes and slot addresses match."""
 
-    def __init__(
-        self,
-        hosts: list[HostRecord] | None = None,
-        edge_pickup: float = EDGE_PICKUP,
-        dns_drain: float = DNS_DRAIN,
-    ) -> None:
-        if not hosts:
-            raise BackendError("no Docker host is available in this region", permanent=False)
-        self.hosts = hosts
-        self.edge_pickup = edge_pickup
-        self.dns_drain = dns_drain
-        self._clients: dict[str, docker.DockerClient] = {}
-
-    # --- engines -------------------------------------------------------------------------------
-    def client(self, host: str | None = None) -> docker.DockerClient:
-        host = host or self.hosts[0].name
-        if host not in self._clients:
-            url = next((h.url for h in self.hosts if h.name == host), None)
-            if url is None:
-                raise BackendError(f"Docker host {host!r} is not available", permanent=False)
-            try:
-                self._clients[host] = docker.DockerClient(base_url=url, version="auto", timeout=120)
-            except DockerException as exc:
-                raise _wrap(exc, f"Docker host {host} does not answer") from exc
-        return self._clients[host]
+    hosts: list[HostRecord]
 
     def place(self, spec: StackSpec, state: dict[str, Any]) -> str:
         """The stack's home host: its data services and single replicas live there, kept
@@ -147,6 +124,45 @@ class DockerBackend(Backend):
         if not state.get("number"):
             raise BackendError("the stack has no network number yet", permanent=False)
         return ipaddress.IPv4Network((int(pool.network_address) + (int(state["number"]) << 8), 24))
+
+    def hosts_of(self, state: dict[str, Any]) -> list[str]:
+        home = str(state.get("host") or "")
+        others = [str(h) for h in state.get("hosts") or [] if h and h != home]
+        return ([home] if home else []) + sorted(set(others))
+
+    def rehome(self, state: dict[str, Any], host: str) -> dict[str, Any]:
+        return {"host": host}  # its network (and subnet) are made there
+
+
+class DockerBackend(HostPlacement, Backend):
+    """Runs stacks on Docker engines. ``hosts``: [{"name": ..., "url": ...}], the active
+    hosts of the stack's region and kernel line, in the order placement prefers them."""
+
+    def __init__(
+        self,
+        hosts: list[HostRecord] | None = None,
+        edge_pickup: float = EDGE_PICKUP,
+        dns_drain: float = DNS_DRAIN,
+    ) -> None:
+        if not hosts:
+            raise BackendError("no Docker host is available in this region", permanent=False)
+        self.hosts = hosts
+        self.edge_pickup = edge_pickup
+        self.dns_drain = dns_drain
+        self._clients: dict[str, docker.DockerClient] = {}
+
+    # --- engines -------------------------------------------------------------------------------
+    def client(self, host: str | None = None) -> docker.DockerClient:
+        host = host or self.hosts[0].name
+        if host not in self._clients:
+            url = next((h.url for h in self.hosts if h.name == host), None)
+            if url is None:
+                raise BackendError(f"Docker host {host!r} is not available", permanent=False)
+            try:
+                self._clients[host] = docker.DockerClient(base_url=url, version="auto", timeout=120)
+            except DockerException as exc:
+                raise _wrap(exc, f"Docker host {host} does not answer") from exc
+        return self._clients[host]
 
     # --- apply ---------------------------------------------------------------------------------
     def apply(self, spec: StackSpec, state: dict[str, Any], log: Any = print) -> dict[str, Any]:
@@ -230,15 +246,6 @@ class DockerBackend(Backend):
             used = {self.host_of(spec, new_state, c, i) for c in spec.components for i in range(c.replicas)}
             new_state["hosts"] = sorted(used - {home})
         return new_state
-
-    # --- placement -----------------------------------------------------------------------------
-    def hosts_of(self, state: dict[str, Any]) -> list[str]:
-        home = str(state.get("host") or "")
-        others = [str(h) for h in state.get("hosts") or [] if h and h != home]
-        return ([home] if home else []) + sorted(set(others))
-
-    def rehome(self, state: dict[str, Any], host: str) -> dict[str, Any]:
-        return {"host": host}  # its network (and subnet) are made there
 
     def _existing(self, key: str) -> list[tuple[str, Any]]:
         """Every container of the stack on every host: one list call per host."""

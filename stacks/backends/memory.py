@@ -64,9 +64,9 @@ from stacks.backends.docker import (
     MAX_REPLICAS,
     SLOTS_PER_COMPONENT,
     DockerBackend,
+    HostPlacement,
     content_volume,
     subnet_candidates,
-    subnet_of,
     volume_name,
 )
 
@@ -137,7 +137,7 @@ def _is_catalog_ref(ref: str) -> bool:
     return len(parts) == 3 and (":" in parts[0] or "." in parts[0]) and parts[1] == "stackport"
 
 
-class MemoryBackend(Backend):
+class MemoryBackend(HostPlacement, Backend):
     """Runs nothing; remembers everything. ``hosts`` as the Docker backend takes them:
     [HostRecord(...)]."""
 
@@ -233,38 +233,6 @@ class MemoryBackend(Backend):
         if host not in self.names:
             raise BackendError(f"Docker host {host!r} is not available", permanent=False)
         return host
-
-    def place(self, spec: StackSpec, state: dict[str, Any]) -> str:
-        if state.get("host"):
-            return str(state["host"])
-        placeable = [h for h in self.hosts if not h.drain]
-        if not placeable:
-            raise BackendError("no active host to place the stack on", permanent=False)
-        return str(placeable[0].name)
-
-    @property
-    def multi_host(self) -> bool:
-        return len(self.hosts) > 1 and all(h.pool for h in self.hosts)
-
-    def host_of(self, spec: StackSpec, state: dict[str, Any], comp: ComponentSpec, index: int) -> str:
-        home = self.place(spec, state)
-        if not self.multi_host or comp.stateful or not comp.public_port:
-            return home
-        names = sorted(h.name for h in self.hosts if not h.drain or h.name == home)
-        start = names.index(home) if home in names else 0
-        return str(names[(start + index) % len(names)])
-
-    def _pool(self, host: str) -> ipaddress.IPv4Network | None:
-        pool = next((h.pool for h in self.hosts if h.name == host), None)
-        return ipaddress.IPv4Network(pool) if pool else None
-
-    def subnet(self, state: dict[str, Any], host: str) -> ipaddress.IPv4Network:
-        pool = self._pool(host) if self.multi_host else None
-        if pool is None:
-            return subnet_of(state)
-        if not state.get("number"):
-            raise BackendError("the stack has no network number yet", permanent=False)
-        return ipaddress.IPv4Network((int(pool.network_address) + (int(state["number"]) << 8), 24))
 
     def slot_address(
         self, spec: StackSpec, state: dict[str, Any], comp: ComponentSpec, color: str, index: int
@@ -440,13 +408,6 @@ class MemoryBackend(Backend):
                 del STACKS[key]
 
     # --- placement -----------------------------------------------------------------------------
-    def hosts_of(self, state: dict[str, Any]) -> list[str]:
-        home = str(state.get("host") or "")
-        others = [str(h) for h in state.get("hosts") or [] if h and h != home]
-        return ([home] if home else []) + sorted(set(others))
-
-    def rehome(self, state: dict[str, Any], host: str) -> dict[str, Any]:
-        return {"host": host}  # its network (and subnet) are made there
 
     def logs(self, key: str, state: dict[str, Any], component: str, tail: int = 200) -> Iterator[str]:
         """The seeded lines of each replica of ``component``: the last ``tail`` of each."""

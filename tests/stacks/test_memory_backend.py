@@ -111,7 +111,9 @@ def test_it_is_built_like_the_docker_backend() -> None:
 
 def test_every_method_of_the_interface_is_implemented() -> None:
     public = {name for name in vars(Backend) if not name.startswith("_")}
-    assert public <= set(vars(MemoryBackend)), sorted(public - set(vars(MemoryBackend)))
+    # Implemented here or in the placement it shares with the Docker backend, never Backend's stub.
+    missing = {name for name in public if getattr(MemoryBackend, name) is getattr(Backend, name)}
+    assert not missing, sorted(missing)
 
 
 @pytest.mark.django_db
