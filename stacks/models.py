@@ -266,6 +266,7 @@ class DockerHost(models.Model):
 
     class State(models.TextChoices):
         ACTIVE = "active", "Active"
+        SUSPECT = "suspect", "Suspect (missed a health probe)"
         DRAINING = "draining", "Draining (no new replicas)"
         DOWN = "down", "Down"
 
@@ -291,6 +292,10 @@ class DockerHost(models.Model):
     memory_mb = models.PositiveIntegerField(default=0)
     last_seen_at = models.DateTimeField(null=True, blank=True)
     last_error = models.CharField(max_length=300, blank=True)
+    # Health probes (stacks.runtime.hosts): consecutive misses move active -> suspect -> down.
+    probed_at = models.DateTimeField(null=True, blank=True)
+    missed_probes = models.PositiveSmallIntegerField(default=0)
+    down_since = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["region__code", "name"]
@@ -403,6 +408,11 @@ class Release(models.Model):
     content_bytes = models.PositiveBigIntegerField(default=0)
     commit = models.CharField(max_length=64, blank=True)
     note = models.CharField(max_length=200, blank=True)
+    # Set when the release first ran to the end of its operation: only such releases are
+    # rollback targets. ``images``: component name -> the image (by digest) it ran, so a
+    # rollback or repair runs the same bytes whatever the catalog says of the version today.
+    ran_at = models.DateTimeField(null=True, blank=True)
+    images = models.JSONField(default=dict, blank=True)
     created_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
