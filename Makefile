@@ -20,6 +20,11 @@ TEST_ENV := DJANGO_ENV=test \
 run: system-deps setup engine
 	./scripts/run.sh
 
+# Tests run in parallel (pytest-xdist): fast ones spread over the workers, slow ones grouped so
+# those sharing an engine-wide resource never overlap (tests/conftest.py). PYTEST_ARGS="-n 0"
+# runs them one after another.
+PYTEST_ARGS ?= -n 3 --dist loadgroup
+
 test: system-deps-test services setup engine lint
 	redis-cli -h 127.0.0.1 -n 2 flushdb >/dev/null
 	$(TEST_ENV) $(VENV)/bin/pytest $(PYTEST_ARGS)

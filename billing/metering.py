@@ -7,9 +7,13 @@ component gets one UsageRecord per interval: a unique constraint makes a second 
 workers at once, record nothing twice, and the interval is marked finished with a
 compare-and-set on ``finished_at``.
 
-Usage comes from the desired state (StackComponent rows of environments that are running:
-status running or degraded, and desired running), never from the engine. A late run meters
+Usage comes from the applied state (the components of the release that runs, in environments
+that are running: status running or degraded, and desired running), never from a change that
+has not run and never from the engine. A late run meters
 missed intervals with the stack as it is now; an environment counts from its creation.
+Storage is the exception: a component's volumes count at their last measured size
+(``stacks.runtime.disk``, measured on the hosts every few minutes) when one is known, and at
+the catalog's flat size otherwise.
 """
 
 from __future__ import annotations
@@ -24,9 +28,11 @@ from django.utils import timezone
 from billing.models import MeteringInterval, UsageRecord
 from billing.pricing import MICRO, Catalog
 from projects.models import Environment, EnvironmentStatus
+from stacks.runtime import disk
 
 METERED_STATUSES = (EnvironmentStatus.RUNNING, EnvironmentStatus.DEGRADED)
 HOUR = Decimal(3600)
+GIB = Decimal(1024**3)
 
 
 def interval_length() -> timedelta:
@@ -63,23 +69,38 @@ def due_intervals(now: datetime | None = None) -> list[datetime]:
 
 def _running(now: datetime) -> list[Environment]:
     return list(
-        Environment.objects.filter(status__in=METERED_STATUSES, desired_running=True, created_at__lt=now)
-        .select_related("project__region")
-        .prefetch_related("components__component", "components__size")
+        Environment.objects.filter(
+            status__in=METERED_STATUSES, desired_running=True, created_at__lt=now
+        ).select_related("project__region", "current_release")
     )
+
+
+def storage_gb(flat_gb: int, measured_bytes: int | None) -> Decimal:
+    """A component's storage in GB: its volumes' measured bytes when known, else the flat
+    size the catalog gives it (``billing.pricing.volume_gb``)."""
+    if measured_bytes is None:
+        return Decimal(flat_gb)
+    return Decimal(measured_bytes) / GIB
 
 
 def _records(
     start: datetime, end: datetime, environments: list[Environment], catalog: Catalog
 ) -> list[UsageRecord]:
     records = []
+    measured = disk.usage_by_environment([env.pk for env in environments])
     for env in environments:
         if env.created_at >= end:
             continue
+        # Storage at its real size: the volumes' last measurement, where one is known.
+        stored: dict[str, int] = {}
+        for volume in measured.get(env.pk, []):
+            stored[volume.component] = stored.get(volume.component, 0) + volume.used_bytes
         seconds = int((end - max(start, env.created_at)).total_seconds())
         hours = Decimal(seconds) / HOUR
-        for sc in env.components.all():
-            use = catalog.use({"component": sc.component.code, "size": sc.size.code, "replicas": sc.replicas})
+        # What ran (the applied release), never a requested change that has not (yet) run.
+        rows = env.current_release.spec.get("components", []) if env.current_release else []
+        for row in rows:
+            use = catalog.use(row)
             records.append(
                 UsageRecord(
                     organization_id=env.project.organization_id,
@@ -87,17 +108,19 @@ def _records(
                     project_name=env.project.name,
                     environment=env,
                     environment_ref=env.pk,
-                    component=sc.name,
-                    component_code=sc.component.code,
+                    component=row["name"],
+                    component_code=row["component"],
                     region=env.project.region.code,
-                    size=sc.size.code,
-                    replicas=sc.replicas,
+                    size=row["size"],
+                    replicas=row["replicas"],
                     interval_start=start,
                     interval_end=end,
                     seconds=seconds,
                     cpu_hours=(use.cpus * hours).quantize(MICRO),
                     memory_gb_hours=(use.memory_gb * hours).quantize(MICRO),
-                    storage_gb_hours=(Decimal(use.storage_gb) * hours).quantize(MICRO),
+                    storage_gb_hours=(storage_gb(use.storage_gb, stored.get(row["name"])) * hours).quantize(
+                        MICRO
+                    ),
                 )
             )
     return records

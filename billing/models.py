@@ -60,6 +60,21 @@ class Plan(models.Model):
     max_storage_gb = models.PositiveIntegerField(null=True, blank=True)
     max_replicas = models.PositiveSmallIntegerField(null=True, blank=True, help_text="Replicas per component")
     max_custom_domains = models.PositiveIntegerField(null=True, blank=True)
+    # The size each new volume is made with and held to by its host (docs/backends.md,
+    # "Disk limits"); None: volumes have no limit.
+    volume_size_gb = models.PositiveIntegerField(
+        null=True, blank=True, help_text="Size of each new volume, held to by the host"
+    )
+    # Backups (docs/backups.md): how often each environment is backed up, how many daily and
+    # weekly backups are kept per component, and how much they may hold (None: unlimited).
+    backup_schedule = models.CharField(
+        max_length=8,
+        default="daily",
+        choices=[("off", "Off"), ("hourly", "Hourly"), ("daily", "Daily"), ("weekly", "Weekly")],
+    )
+    backup_keep_daily = models.PositiveSmallIntegerField(default=7)
+    backup_keep_weekly = models.PositiveSmallIntegerField(default=4)
+    max_backup_gb = models.PositiveIntegerField(null=True, blank=True, help_text="Stored backups, GB")
     position = models.PositiveIntegerField(default=0)
 
     class Meta:

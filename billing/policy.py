@@ -7,7 +7,8 @@ from typing import Any
 
 from billing import pricing, quotas
 from projects.models import Environment, Organization
-from stacks.runtime.policy import StackPolicy
+from projects.services import ServiceError
+from stacks.runtime.policy import BackupPolicy, StackPolicy
 
 
 class BillingPolicy(StackPolicy):
@@ -34,3 +35,30 @@ class BillingPolicy(StackPolicy):
 
     def estimate_monthly(self, *, organization: Organization, region: Any, rows: list[dict[str, Any]]) -> Any:
         return pricing.estimate_monthly(organization=organization, region=region, rows=rows)
+
+    def volume_size_gb(self, *, organization: Organization, volume: dict[str, Any]) -> int | None:
+        """The plan's volume size (None: no plan, or a plan without one: no limit)."""
+        plan = quotas.plan_for(organization)
+        return plan.volume_size_gb if plan is not None else None
+
+    def backup_policy(self, *, organization: Organization) -> BackupPolicy:
+        plan = quotas.plan_for(organization)
+        if plan is None:
+            return BackupPolicy()
+        return BackupPolicy(
+            schedule=plan.backup_schedule,
+            keep_daily=plan.backup_keep_daily,
+            keep_weekly=plan.backup_keep_weekly,
+        )
+
+    def check_backup(self, *, organization: Organization, stored_bytes: int) -> None:
+        plan = quotas.plan_for(organization)
+        if plan is None or plan.max_backup_gb is None:
+            return
+        if stored_bytes >= plan.max_backup_gb * 1024**3:
+            used = stored_bytes / 1024**3
+            raise ServiceError(
+                f"Your backups hold {used:.1f} GB, the {plan.name} plan's limit is {plan.max_backup_gb} GB: "
+                "remove older backups' environments or change the plan.",
+                status=402,
+            )

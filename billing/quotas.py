@@ -121,10 +121,37 @@ def current_totals(
             totals.cpus += use.cpus
             totals.memory_mb += use.memory_mb
         totals.storage_gb += use.storage_gb * group["count"]
+    _add_pending(totals, environments, exclude, catalog)
     if replicas_of is not None:
         for name, replicas in components.filter(environment=replicas_of).values_list("name", "replicas"):
             totals.replicas[(replicas_of.pk, name)] = replicas
     return totals
+
+
+def _add_pending(
+    totals: Totals, environments: QuerySet[Environment], exclude: Environment | None, catalog: Catalog
+) -> None:
+    """While a change is pending (an operation in flight), the applied release still runs
+    next to the desired rows: count whichever of the two is larger, per component."""
+    from stacks.models import ACTIVE_OPERATION_STATUSES
+
+    pending = (
+        environments.filter(operations__status__in=ACTIVE_OPERATION_STATUSES, current_release__isnull=False)
+        .select_related("current_release")
+        .distinct()
+    )
+    if exclude is not None:
+        pending = pending.exclude(pk=exclude.pk)
+    for env in pending:
+        assert env.current_release is not None
+        desired = {row["name"]: row for row in _component_rows(env)}
+        for row in env.current_release.spec.get("components", []):
+            applied = catalog.use(row)
+            wanted = catalog.use({**row, **desired[row["name"]]}) if row.get("name") in desired else None
+            if env.desired_running:
+                totals.cpus += max(Decimal(0), applied.cpus - (wanted.cpus if wanted else 0))
+                totals.memory_mb += max(0, applied.memory_mb - (wanted.memory_mb if wanted else 0))
+            totals.storage_gb += max(0, applied.storage_gb - (wanted.storage_gb if wanted else 0))
 
 
 @dataclass(frozen=True)

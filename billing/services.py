@@ -267,6 +267,7 @@ PLAN_FIELDS = (
     "max_storage_gb",
     "max_replicas",
     "max_custom_domains",
+    "volume_size_gb",
 )
 
 

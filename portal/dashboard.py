@@ -30,6 +30,7 @@ from stacks.models import (
     StackComponent,
     VersionStatus,
 )
+from stacks.runtime import disk
 
 PAGE_SIZE = 20
 EOL_SOON_DAYS = 180  # as ComponentVersion.eol_soon
@@ -204,18 +205,25 @@ def project_rows(page: Page, catalog: Catalog) -> list[ProjectRow]:
             environment__in=environments, status__in=ACTIVE_OPERATION_STATUSES
         ).defer("log", "params")  # the log of a running operation grows to 200,000 characters
     }
+    volumes = disk.usage_by_environment([env.pk for env in environments])  # one cache round trip
     rows = []
     for project in projects:
         envs = []
         for env in project.environments.all():
             components = list(env.components.all())
+            attention = environment_attention(env, components, catalog)
+            attention += [  # a volume near its size (docs/backends.md, "Disk limits")
+                Attention("warning", f"The {v.volume} volume of {v.component} is {v.percent}% full.")
+                for v in volumes.get(env.pk, [])
+                if v.nearly_full and env.status != EnvironmentStatus.DESTROYED
+            ]
             envs.append(
                 EnvironmentRow(
                     environment=env,
                     components=components,
                     operation=active.get(env.pk),
                     hosts=offers.hosts_of(env),
-                    attention=environment_attention(env, components, catalog),
+                    attention=attention,
                 )
             )
         rows.append(ProjectRow(project=project, environments=envs))

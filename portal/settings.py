@@ -132,6 +132,7 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django_prometheus.middleware.PrometheusBeforeMiddleware",
+    "portal.middleware.BodyLimitMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -145,6 +146,7 @@ MIDDLEWARE = [
     "allauth.account.middleware.AccountMiddleware",
     "allauth.usersessions.middleware.UserSessionsMiddleware",
     "portal.support_views.ViewAsMiddleware",
+    "portal.staff.StaffMFAMiddleware",
     "django_structlog.middlewares.RequestMiddleware",
     "django_prometheus.middleware.PrometheusAfterMiddleware",
 ]
@@ -225,6 +227,11 @@ LOGIN_REDIRECT_URL = "portal:dashboard"
 ACCOUNT_LOGOUT_REDIRECT_URL = "account_login"
 
 MFA_SUPPORTED_TYPES = ["totp", "recovery_codes", "webauthn"]
+# Staff need an authenticator app or a security key before the admin, the support pages and
+# "view as customer" (portal.staff); view-as, suspend, resume, drain, move and secret changes
+# on the pages ask for a re-authentication older than this many seconds (projects.sensitive).
+STACKPORT_STAFF_MFA_REQUIRED = env.bool("STACKPORT_STAFF_MFA_REQUIRED", default=True)
+ACCOUNT_REAUTHENTICATION_TIMEOUT = env.int("ACCOUNT_REAUTHENTICATION_TIMEOUT", default=300)
 MFA_TOTP_ISSUER = env.str("MFA_TOTP_ISSUER", default="Stackport")
 MFA_PASSKEY_LOGIN_ENABLED = False
 # WebAuthn needs a secure origin; plain http on loopback is allowed outside production.
@@ -282,6 +289,14 @@ STACKPORT_BACKENDS = {
 STACKPORT_EDGE_ADMIN_URL = env.str("STACKPORT_EDGE_ADMIN_URL", default="http://127.0.0.1:2019")
 STACKPORT_EDGE_LISTEN = env.str("STACKPORT_EDGE_LISTEN", default="127.0.0.1:8080")
 STACKPORT_APPS_DOMAIN = env.str("STACKPORT_APPS_DOMAIN", default="apps.localhost")
+# Custom domains (docs/domains.md): proof of control by a DNS TXT record, checked through these
+# resolvers ("ip" or "ip:port", comma-separated; empty: the system's), on by default. Off only
+# for a trusted single-tenant install. Names under these domains (and the apps domain and the
+# portal's own host) cannot be claimed by customers.
+STACKPORT_DOMAIN_VERIFICATION = env.bool("STACKPORT_DOMAIN_VERIFICATION", default=True)
+STACKPORT_DNS_RESOLVERS = env.list("STACKPORT_DNS_RESOLVERS", default=[])
+STACKPORT_DNS_TIMEOUT_SECONDS = env.float("STACKPORT_DNS_TIMEOUT_SECONDS", default=5.0)
+STACKPORT_RESERVED_DOMAINS = env.list("STACKPORT_RESERVED_DOMAINS", default=[])
 # The port customers reach the edge on (in front of it a load balancer may listen on 80/443).
 STACKPORT_EDGE_PUBLIC_PORT = env.int(
     "STACKPORT_EDGE_PUBLIC_PORT", default=int(STACKPORT_EDGE_LISTEN.rsplit(":", 1)[1])
@@ -292,6 +307,17 @@ STACKPORT_DEFAULT_DOCKER_URL = env.str("STACKPORT_DEFAULT_DOCKER_URL", default="
 STACKPORT_UPLOAD_MAX_BYTES = env.int("STACKPORT_UPLOAD_MAX_BYTES", default=50 * 1024 * 1024)
 STACKPORT_CONTENT_MAX_BYTES = env.int("STACKPORT_CONTENT_MAX_BYTES", default=200 * 1024 * 1024)
 STACKPORT_CONTENT_MAX_FILES = env.int("STACKPORT_CONTENT_MAX_FILES", default=20_000)
+# A git fetch: bytes git may write (pack and checkout) and seconds it may take.
+STACKPORT_GIT_MAX_DOWNLOAD_BYTES = env.int(
+    "STACKPORT_GIT_MAX_DOWNLOAD_BYTES", default=STACKPORT_CONTENT_MAX_BYTES
+)
+STACKPORT_GIT_TIMEOUT_SECONDS = env.float("STACKPORT_GIT_TIMEOUT_SECONDS", default=300.0)
+# Stored content is pruned daily: each live environment keeps that of its current release and
+# of the releases that ran among its last N (rollback targets); older releases lose theirs.
+STACKPORT_CONTENT_KEEP_RELEASES = env.int("STACKPORT_CONTENT_KEEP_RELEASES", default=10)
+# An uploaded file goes to a temporary file above this size; a request body larger than
+# STACKPORT_UPLOAD_MAX_BYTES (plus the form's fields) is refused unread (portal.middleware).
+FILE_UPLOAD_MAX_MEMORY_SIZE = 2**20
 STACKPORT_MAX_REPLICAS = 10
 # Every object on the hosts is named <prefix>-<environment id>-...: installations (and test
 # runs) sharing an engine keep apart, and the reconciler touches only its own prefix.
@@ -306,8 +332,20 @@ STACKPORT_GIT_TRUSTED_HOSTS = [h.lower() for h in env.list("STACKPORT_GIT_TRUSTE
 # An operation that fails for a transient reason (an engine or the router not answering) is
 # tried again with backoff (5 s, 10 s, 20 s, ...), at most this many attempts in all.
 STACKPORT_OPERATION_MAX_ATTEMPTS = env.int("STACKPORT_OPERATION_MAX_ATTEMPTS", default=5)
+# Operations an organization may have queued or running at once (customers' requests; the
+# reconciler's repairs and support's actions are not counted against it).
+STACKPORT_ORG_MAX_ACTIVE_OPERATIONS = env.int("STACKPORT_ORG_MAX_ACTIVE_OPERATIONS", default=20)
 # A running operation whose worker sent no heartbeat for this long is run again.
 STACKPORT_OPERATION_STALE_SECONDS = env.int("STACKPORT_OPERATION_STALE_SECONDS", default=60)
+# Host health (docs/backends.md, "Host health"): every host that is not draining is probed
+# this often (an engine ping and its info, each within the timeout); one miss makes it
+# suspect, this many in a row make it down (its stacks move, docs/backends.md).
+STACKPORT_HOST_PROBE_SECONDS = env.int("STACKPORT_HOST_PROBE_SECONDS", default=15)
+STACKPORT_HOST_PROBE_TIMEOUT = env.float("STACKPORT_HOST_PROBE_TIMEOUT", default=5.0)
+STACKPORT_HOST_DOWN_AFTER_MISSES = env.int("STACKPORT_HOST_DOWN_AFTER_MISSES", default=3)
+# The reconciler's repair of an environment that failed (or whose automatic repair failed)
+# is tried again after this long, doubling with each failure (at most 16 times as long).
+STACKPORT_RECONCILE_RETRY_SECONDS = env.int("STACKPORT_RECONCILE_RETRY_SECONDS", default=600)
 # Sales demos (projects/demos.py): removed this long after they start, the salesperson warned before.
 STACKPORT_DEMO_LIFETIME_HOURS = env.int("STACKPORT_DEMO_LIFETIME_HOURS", default=4)
 STACKPORT_DEMO_WARN_MINUTES = env.int("STACKPORT_DEMO_WARN_MINUTES", default=30)
@@ -335,6 +373,25 @@ if STACKPORT_METERING_INTERVAL_MINUTES <= 0 or 1440 % STACKPORT_METERING_INTERVA
 STACKPORT_METERING_CATCHUP_HOURS = env.int("STACKPORT_METERING_CATCHUP_HOURS", default=48)
 # The catalog gives volumes no size: each volume of a stateful component counts as this many GB.
 STACKPORT_VOLUME_GB = env.int("STACKPORT_VOLUME_GB", default=1)
+# Disk limits (docs/backends.md): a sized volume is an ext4 image in this folder of its
+# engine's host (one subfolder per engine), made and attached by a helper container of the
+# volume tools image (needs losetup, mkfs.ext4 and debugfs; privileged, our own commands only).
+STACKPORT_VOLUME_IMAGE_DIR = env.str("STACKPORT_VOLUME_IMAGE_DIR", default="/var/lib/stackport/volumes")
+STACKPORT_VOLUME_TOOLS_IMAGE = env.str("STACKPORT_VOLUME_TOOLS_IMAGE", default="stackport/debian:bookworm")
+# A volume fuller than this share of its size is shown with a warning.
+STACKPORT_VOLUME_WARN_RATIO = env.float("STACKPORT_VOLUME_WARN_RATIO", default=0.8)
+
+# --- backups (docs/backups.md) ----------------------------------------------------------------
+# restic repository base: "s3:http(s)://host:port/bucket[/prefix]" on an S3-compatible store;
+# empty: a repository on local disk under STACKPORT_VAR_DIR/backups. One repository per
+# organization below it (org-<id>), encrypted with the organization's own generated password.
+STACKPORT_BACKUP_REPOSITORY = env.str("STACKPORT_BACKUP_REPOSITORY", default="")
+STACKPORT_BACKUP_S3_ACCESS_KEY = env.str("STACKPORT_BACKUP_S3_ACCESS_KEY", default="")
+STACKPORT_BACKUP_S3_SECRET_KEY = env.str("STACKPORT_BACKUP_S3_SECRET_KEY", default="")
+STACKPORT_RESTIC = env.str("STACKPORT_RESTIC", default="restic")
+STACKPORT_BACKUP_TIMEOUT = env.int("STACKPORT_BACKUP_TIMEOUT", default=6 * 3600)
+STACKPORT_BACKUP_MAX_ATTEMPTS = env.int("STACKPORT_BACKUP_MAX_ATTEMPTS", default=3)
+STACKPORT_BACKUP_RETRY_SECONDS = env.int("STACKPORT_BACKUP_RETRY_SECONDS", default=60)
 
 # --- background work (Celery) ---------------------------------------------------------------
 CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default="filesystem://")
@@ -359,8 +416,13 @@ CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
 CELERY_BEAT_SCHEDULE = {
     "heartbeat": {"task": "portal.heartbeat_task", "schedule": 60.0},
     "reconcile": {"task": "stacks.reconcile_task", "schedule": 30.0},
+    "backups": {"task": "stacks.backup_schedule_task", "schedule": 300.0},
+    "probe-hosts": {"task": "stacks.probe_hosts_task", "schedule": float(STACKPORT_HOST_PROBE_SECONDS)},
     "samples": {"task": "stacks.record_samples_task", "schedule": 60.0},
+    "check-domains": {"task": "stacks.check_domains_task", "schedule": 60.0},
+    "volumes": {"task": "stacks.measure_volumes_task", "schedule": 300.0},
     "prune-images": {"task": "stacks.prune_images_task", "schedule": 6 * 3600.0},
+    "prune-content": {"task": "stacks.prune_content_task", "schedule": 24 * 3600.0},
     "warn-expiring-demos": {"task": "portal.warn_expiring_demos_task", "schedule": 300.0},
     "expire-demos": {"task": "portal.expire_demos_task", "schedule": 60.0},
     "metering": {"task": "billing.record_usage_task", "schedule": 300.0},

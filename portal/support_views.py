@@ -24,6 +24,7 @@ from django.views.decorators.http import require_http_methods, require_POST
 from portal.demos import START_PERMISSION, demo_lifetime, start_demo
 from projects.access import VIEW_AS_PERMISSION, VIEW_AS_SESSION_KEY, AuthedRequest
 from projects.models import Organization
+from projects.sensitive import require_recent_authentication
 from projects.services import Origin, ServiceError, record_audit_event
 
 SAFE_METHODS = ("GET", "HEAD", "OPTIONS", "TRACE")
@@ -78,6 +79,7 @@ def _require_staff_permission(request: AuthedRequest, permission: str) -> None:
 @require_POST
 def view_as_start(request: AuthedRequest, org_id: int) -> HttpResponse:
     _require_staff_permission(request, VIEW_AS_PERMISSION)
+    require_recent_authentication(request)  # allauth's page, then this POST again
     organization = get_object_or_404(Organization, pk=org_id)
     request.session[VIEW_AS_SESSION_KEY] = {
         "org": organization.pk,

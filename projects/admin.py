@@ -24,6 +24,7 @@ from projects.models import (
     Project,
     User,
 )
+from projects.sensitive import require_recent_authentication
 
 
 # --- people and organizations ----------------------------------------------------------------
@@ -65,6 +66,24 @@ class UserAdmin(BaseUserAdmin):
     list_filter = ["is_staff", "is_superuser", "is_active", "groups"]
     search_fields = ["email", "username", "first_name", "last_name"]
     inlines = [UserMembershipInline]
+
+    # Who is staff, their groups and passwords: saved only after a recent re-authentication
+    # (allauth's page, then the same POST again).
+    def changeform_view(
+        self,
+        request: HttpRequest,
+        object_id: str | None = None,
+        form_url: str = "",
+        extra_context: dict[str, Any] | None = None,
+    ) -> HttpResponse:
+        if request.method == "POST":
+            require_recent_authentication(request)
+        return super().changeform_view(request, object_id, form_url, extra_context)
+
+    def user_change_password(self, request: HttpRequest, id: str, form_url: str = "") -> HttpResponse:
+        if request.method == "POST":
+            require_recent_authentication(request)
+        return super().user_change_password(request, id, form_url)
 
 
 @admin.register(Organization)

@@ -84,7 +84,21 @@ CATALOG_MODELS = (
     "compatibilityrule",
     "stacktemplate",
     "stacktemplatecomponent",
-    "dockerhost",
+)
+# What each group's job needs, nothing more: Docker hosts (their engine URLs) are the
+# operators' (superusers'); the catalog's capabilities, user and mounts are read-only in
+# admin, and the runtime checks them against a fixed allowlist anyway (stacks.runtime.spec).
+# Billing edits plans, prices, subscriptions, invoices and credits; usage is read-only.
+BILLING_EDITS = (
+    ("add", "plan"),
+    ("change", "plan"),
+    ("add", "pricelist"),
+    ("change", "pricelist"),
+    ("add", "price"),
+    ("change", "price"),
+    ("change", "subscription"),
+    ("change", "invoice"),
+    ("add", "adjustment"),
 )
 STAFF_GROUPS: dict[str, list[tuple[str, str]]] = {
     # (app label, codename); a codename "view_*" means every model's view permission of the app.
@@ -98,11 +112,11 @@ STAFF_GROUPS: dict[str, list[tuple[str, str]]] = {
     "Catalog managers": [
         *[("stacks", f"{verb}_{model}") for model in CATALOG_MODELS for verb in ("view", "add", "change")],
         ("stacks", "view_release"),
+        ("stacks", "view_dockerhost"),
     ],
     "Billing": [
         ("billing", "view_*"),
-        ("billing", "add_*"),
-        ("billing", "change_*"),
+        *[("billing", f"{verb}_{model}") for verb, model in BILLING_EDITS],
         ("projects", "view_organization"),
         ("projects", "view_project"),
         ("projects", "view_user"),

@@ -6,7 +6,10 @@
 # No systemd here: it runs in the background and logs to /var/log/stackport-caddy.log.
 #   STACKPORT_CADDY_ADMIN=127.0.0.1:2019 STACKPORT_EDGE_LISTEN=127.0.0.1:8080 scripts/caddy.sh
 # Caddy never reaches the internet: automatic HTTPS (ACME) is off and 2.6 has no telemetry.
-# Its config is not persisted: after a restart the backend's reconcile puts the routes back.
+# A restart is not an outage: Caddy saves every config change (autosave.json under its config
+# folder) and starts from that saved config (--resume), so it serves every route it had at
+# once; the reconciler is the safety net (it puts back anything still missing). Only a saved
+# config for other addresses, or one Caddy cannot load, is set aside (autosave.json.old).
 set -euo pipefail
 ADMIN=${STACKPORT_CADDY_ADMIN:-127.0.0.1:2019}
 LISTEN=${STACKPORT_EDGE_LISTEN:-127.0.0.1:8080}
@@ -30,14 +33,19 @@ fi
 slug=${ADMIN//[^0-9A-Za-z]/-}
 CONFIG=$DIR/edge-$slug.json
 PIDFILE=$DIR/caddy-$slug.pid
+CONFIG_HOME=$DIR/config-$slug
+AUTOSAVE=$CONFIG_HOME/caddy/autosave.json
 URL="http://$ADMIN/config/"
+edge_host=${LISTEN%:*}
+case $edge_host in "" | 0.0.0.0) edge_host=127.0.0.1 ;; "[::]") edge_host="[::1]" ;; esac
+EDGE_URL="http://$edge_host:${LISTEN##*:}/"
 
 if ! command -v caddy >/dev/null 2>&1; then
   echo "installing caddy"
   DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends caddy
 fi
 
-mkdir -p "$DIR/data" "$DIR/config"
+mkdir -p "$DIR/data" "$CONFIG_HOME"
 chmod 700 "$DIR"
 # Parallel runs (pytest-xdist workers, CI jobs) must not start two routers.
 exec 9>"$DIR/.lock"
@@ -50,7 +58,7 @@ flock -w 60 9
 new=$(mktemp "$DIR/edge.json.XXXXXX")
 cat >"$new" <<JSON
 {
-  "admin": {"listen": "$ADMIN", "config": {"persist": false}},
+  "admin": {"listen": "$ADMIN", "config": {"persist": true}},
   "logging": {
     "logs": {"default": {"exclude": ["http.handlers.reverse_proxy.health_checker.active"]}}
   },
@@ -87,22 +95,51 @@ else
   mv "$new" "$CONFIG"
 fi
 
-answers() { curl -fsS --max-time 2 -o /dev/null "$URL" 2>/dev/null; }
+# Up means both: the admin API answers and the edge server listens (any answer, a 404 too).
+answers() {
+  curl -fsS --max-time 2 -o /dev/null "$URL" 2>/dev/null &&
+    curl -sS --max-time 2 -o /dev/null "$EDGE_URL" 2>/dev/null
+}
 
 if answers; then
   exit 0
 fi
+
+# The saved config must be for these addresses (Go writes it compact: no spaces).
+if [[ -f $AUTOSAVE ]] && ! { grep -qF "\"listen\":\"$ADMIN\"" "$AUTOSAVE" &&
+  grep -qF "\"listen\":[\"$LISTEN\"]" "$AUTOSAVE"; }; then
+  echo "setting aside $AUTOSAVE: it is for other addresses"
+  mv -f "$AUTOSAVE" "$AUTOSAVE.old"
+fi
+
+# start: run Caddy in the background and wait until it answers; 1 when it exits first.
+start() {
+  # setsid: Caddy outlives whoever ran this script (a test session, a CI step). Its data
+  # (certificate storage, instance id) and config (the autosave) stay out of root's home.
+  HOME=$DIR XDG_DATA_HOME=$DIR/data XDG_CONFIG_HOME=$CONFIG_HOME \
+    nohup setsid caddy run --config "$CONFIG" --resume --pidfile "$PIDFILE" >>"$LOG" 2>&1 </dev/null 9>&- &
+  local pid=$!
+  for _ in $(seq 1 120); do
+    answers && return 0
+    kill -0 "$pid" 2>/dev/null || return 1 # exited (bad config, port taken): no use waiting
+    sleep 0.25
+  done
+  echo "error: caddy did not answer on $URL and $EDGE_URL; see $LOG" >&2
+  tail -20 "$LOG" >&2
+  exit 1
+}
+
 echo "starting caddy: admin API on $ADMIN, edge server on $LISTEN"
-# setsid: Caddy outlives whoever ran this script (a test session, a CI step). Its data
-# (certificate storage, instance id) and config folders stay out of root's home.
-HOME=$DIR XDG_DATA_HOME=$DIR/data XDG_CONFIG_HOME=$DIR/config \
-  nohup setsid caddy run --config "$CONFIG" --pidfile "$PIDFILE" >"$LOG" 2>&1 </dev/null 9>&- &
-pid=$!
-for _ in $(seq 1 60); do
-  answers && exit 0
-  kill -0 "$pid" 2>/dev/null || break  # exited (bad config, port taken): no use waiting
-  sleep 0.5
-done
-echo "error: caddy did not answer on $URL; see $LOG" >&2
+: >"$LOG"
+if start; then
+  exit 0
+fi
+if [[ -f $AUTOSAVE ]]; then
+  echo "caddy did not start from $AUTOSAVE; setting it aside and starting empty"
+  tail -5 "$LOG"
+  mv -f "$AUTOSAVE" "$AUTOSAVE.old"
+  start && exit 0
+fi
+echo "error: caddy exited; see $LOG" >&2
 tail -20 "$LOG" >&2
 exit 1

@@ -240,6 +240,19 @@ host_numbers() {
   done | sort -n
 }
 
+# Sized volumes (docs/backends.md, "Disk limits") are made by a helper container of the
+# volume tools image: copy it from the root engine when the host lacks it (a no-op after).
+TOOLS_IMAGE=${STACKPORT_VOLUME_TOOLS_IMAGE:-stackport/debian:bookworm}
+ensure_volume_tools() {
+  local host=(docker -H "unix://$(sock "$1")")
+  "${host[@]}" image inspect "$TOOLS_IMAGE" >/dev/null 2>&1 && return 0
+  docker image inspect "$TOOLS_IMAGE" >/dev/null 2>&1 || {
+    log "warning: no $TOOLS_IMAGE on the root engine (scripts/base-images.sh): sized volumes will fail on sp$1"
+    return 0
+  }
+  docker save "$TOOLS_IMAGE" | "${host[@]}" load -q >/dev/null
+}
+
 up() {
   local count=${1:-2} n
   [[ $count =~ ^[0-9]+$ ]] && ((count >= 1 && count <= MAX_HOSTS)) ||
@@ -256,6 +269,7 @@ up() {
     ensure_registry_forwarder "$n"
     ensure_dockerd "$n"
     host_rules "$n"
+    ensure_volume_tools "$n"
   done
   for n in $(seq 1 "$count"); do print_host "$n"; done
 }

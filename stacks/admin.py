@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from django import forms
 from django.contrib import admin, messages
 from django.db.models import Count, QuerySet
 from django.http import HttpRequest
@@ -18,6 +19,7 @@ from django.utils.safestring import SafeString
 from projects.access import VIEW_AS_PERMISSION
 from projects.admin_helpers import ReadOnlyInline, SupportActionsMixin, action_form, staff_user
 from projects.models import Environment, Organization, Project
+from projects.sensitive import sensitive_action
 from projects.services import Origin
 from stacks.models import (
     CompatibilityRule,
@@ -25,6 +27,7 @@ from stacks.models import (
     ComponentVersion,
     DockerHost,
     Domain,
+    DomainClaim,
     Framework,
     KernelVersion,
     Operation,
@@ -84,6 +87,14 @@ class ComponentAdmin(admin.ModelAdmin):
     search_fields = ["code", "name"]
     inlines = [ComponentVersionInline]
     filter_horizontal = ["sizes"]
+    # What a container may do comes from the catalog files (load_catalog), not from admin;
+    # the runtime checks it against a fixed allowlist anyway (stacks.runtime.spec).
+    container_fields = ("user", "read_only_root", "capabilities", "tmpfs", "volumes", "ports")
+
+    def get_readonly_fields(self, request: HttpRequest, obj: object = None) -> Any:
+        if request.user.is_superuser:
+            return super().get_readonly_fields(request, obj)
+        return (*super().get_readonly_fields(request, obj), *self.container_fields)
 
 
 @admin.register(ComponentVersion)
@@ -163,8 +174,21 @@ class VariableDisplay:
         return "plain_value" if request.user.has_perm(VIEW_AS_PERMISSION) else "masked_value"
 
 
+class DockerHostForm(forms.ModelForm):
+    def clean_url(self) -> str:
+        from stacks.runtime.hosts import URL_RE
+
+        url = str(self.cleaned_data.get("url", "")).strip()
+        if not URL_RE.fullmatch(url):
+            raise forms.ValidationError(
+                "Give the engine as unix:///path, tcp://host:port or ssh://user@host."
+            )
+        return url
+
+
 @admin.register(DockerHost)
 class DockerHostAdmin(SupportActionsMixin, admin.ModelAdmin):
+    form = DockerHostForm
     list_display = [
         "name",
         "region",
@@ -173,16 +197,32 @@ class DockerHostAdmin(SupportActionsMixin, admin.ModelAdmin):
         "cpus",
         "memory_mb",
         "kernel_release",
+        "probed_at",
+        "missed_probes",
+        "last_error",
         "last_seen_at",
     ]
     list_filter = ["region", "state", "kernel"]
     search_fields = ["name", "url"]
-    readonly_fields = ["engine_id", "kernel_release", "cpus", "memory_mb", "last_seen_at", "last_error"]
+    # Host health (stacks.runtime.hosts.record_probe) writes these; the state too, but support
+    # may still set it by hand (draining is set by the drain action).
+    readonly_fields = [
+        "engine_id",
+        "kernel_release",
+        "cpus",
+        "memory_mb",
+        "last_seen_at",
+        "last_error",
+        "probed_at",
+        "missed_probes",
+        "down_since",
+    ]
     actions = ["drain"]
 
     @admin.action(
         description="Drain (move stateless stacks elsewhere, then mark draining)", permissions=["operate"]
     )
+    @sensitive_action
     def drain(self, request: HttpRequest, queryset: QuerySet[DockerHost]) -> None:
         from projects.services import ServiceError
         from stacks.runtime.support import drain_host
@@ -219,7 +259,7 @@ class OperationInline(ReadOnlyInline):
 
 class DomainInline(ReadOnlyInline):
     model = Domain
-    fields = readonly_fields = ("hostname", "path_prefix", "component", "created_at")
+    fields = readonly_fields = ("hostname", "path_prefix", "component", "claim", "created_at")
     show_change_link = False
 
 
@@ -311,16 +351,62 @@ class ReleaseAdmin(admin.ModelAdmin):
 
 @admin.register(Domain)
 class DomainAdmin(admin.ModelAdmin):
-    list_display = ["hostname", "path_prefix", "environment", "created_at"]
+    list_display = ["hostname", "path_prefix", "environment", "claim", "created_at"]
     search_fields = ["hostname", "environment__project__name", "environment__project__organization__name"]
-    readonly_fields = ["environment", "hostname", "path_prefix", "component", "created_at"]
-    list_select_related = ["environment__project"]
+    readonly_fields = ["environment", "claim", "hostname", "path_prefix", "component", "created_at"]
+    list_select_related = ["environment__project", "claim"]
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False  # domains go through stacks.runtime.lifecycle.add_domain (validation, uniqueness, edge)
 
     def has_change_permission(self, request: HttpRequest, obj: object = None) -> bool:
         return False
+
+
+@admin.register(DomainClaim)
+class DomainClaimAdmin(SupportActionsMixin, admin.ModelAdmin):
+    """Organizations' claims on host names (docs/domains.md): support can vouch for one."""
+
+    list_display = ["hostname", "organization", "verified_at", "method", "last_checked_at", "check_error"]
+    list_filter = ["method"]
+    search_fields = ["hostname", "organization__name"]
+    readonly_fields = [
+        "organization",
+        "hostname",
+        "record_name",
+        "token",
+        "verified_at",
+        "method",
+        "last_checked_at",
+        "check_error",
+        "created_at",
+    ]
+    list_select_related = ["organization"]
+    actions = ["mark_verified", "check_now"]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False  # claims are made by stacks.runtime.lifecycle.add_domain
+
+    def has_change_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False
+
+    @admin.action(description="Mark verified (support vouches; audited)", permissions=["operate"])
+    def mark_verified(self, request: HttpRequest, queryset: QuerySet[DomainClaim]) -> None:
+        from stacks.runtime.domains import mark_verified
+
+        for claim in queryset.filter(verified_at__isnull=True):
+            if not mark_verified(claim=claim, actor=staff_user(request), origin=Origin.from_request(request)):
+                self.message_user(
+                    request, f"{claim.hostname}: another organization holds it verified.", messages.ERROR
+                )
+        self.message_user(request, "Done; verified domains are routed in a moment.", messages.SUCCESS)
+
+    @admin.action(description="Check the TXT record now", permissions=["operate"])
+    def check_now(self, request: HttpRequest, queryset: QuerySet[DomainClaim]) -> None:
+        from stacks.runtime.domains import check_claim
+
+        verified = sum(check_claim(claim) for claim in queryset.filter(verified_at__isnull=True))
+        self.message_user(request, f"{verified} claim(s) verified.", messages.SUCCESS)
 
 
 @admin.register(StackComponent)
@@ -494,6 +580,7 @@ class ProjectAdmin(SupportActionsMixin, admin.ModelAdmin):
     @admin.action(
         description="Suspend (stop containers, keep data, block the customer)", permissions=["operate"]
     )
+    @sensitive_action
     def suspend_projects(self, request: HttpRequest, queryset: QuerySet[Project]) -> TemplateResponse | None:
         from stacks.runtime.support import suspend_project
 
@@ -517,6 +604,7 @@ class ProjectAdmin(SupportActionsMixin, admin.ModelAdmin):
         return None
 
     @admin.action(description="Resume (start again what was running)", permissions=["operate"])
+    @sensitive_action
     def resume_projects(self, request: HttpRequest, queryset: QuerySet[Project]) -> None:
         from stacks.runtime.support import resume_project
 
@@ -528,19 +616,47 @@ class ProjectAdmin(SupportActionsMixin, admin.ModelAdmin):
         )
 
 
+class NeedsSupportFilter(admin.SimpleListFilter):
+    """Environments nothing heals by itself right now: failed (the reconciler retries them
+    slowly), degraded (a repair failed, or waiting for a host that is down)."""
+
+    title = "needs support"
+    parameter_name = "attention"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        return [
+            ("any", "Failed or degraded"),
+            ("failed", "Failed"),
+            ("waiting", "Waiting for a host"),
+        ]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Environment]) -> QuerySet[Environment]:
+        from projects.models import EnvironmentStatus
+        from stacks.runtime.reconcile import WAITING_PREFIX
+
+        if self.value() == "any":
+            return queryset.filter(status__in=[EnvironmentStatus.FAILED, EnvironmentStatus.DEGRADED])
+        if self.value() == "failed":
+            return queryset.filter(status=EnvironmentStatus.FAILED)
+        if self.value() == "waiting":
+            return queryset.filter(status_detail__startswith=WAITING_PREFIX)
+        return queryset
+
+
 @admin.register(Environment)
 class EnvironmentAdmin(SupportActionsMixin, admin.ModelAdmin):
     list_display = [
         "__str__",
         "organization",
         "status",
+        "status_detail",
         "host",
         "kernel",
         "template",
         "current_release",
         "created_at",
     ]
-    list_filter = ["status", "project__region", "kernel", "template"]
+    list_filter = [NeedsSupportFilter, "status", "project__region", "kernel", "template"]
     search_fields = [
         "project__name",
         "project__organization__name",
@@ -606,6 +722,7 @@ class EnvironmentAdmin(SupportActionsMixin, admin.ModelAdmin):
         )
 
     @admin.action(description="Move to another host", permissions=["operate"])
+    @sensitive_action
     def move_to_host(self, request: HttpRequest, queryset: QuerySet[Environment]) -> TemplateResponse | None:
         from stacks.runtime.support import move_environment
 

@@ -264,6 +264,7 @@ class ReleaseOut(Schema):
     components: list[dict[str, Any]]
     created_at: datetime
     current: bool
+    ran: bool = Field(description="It ran to the end of its operation: a rollback target")
 
 
 class DomainIn(Schema):
@@ -271,11 +272,24 @@ class DomainIn(Schema):
     path_prefix: str = Field("", max_length=300)
 
 
+class DomainRecord(Schema):
+    type: str = Field("TXT", description="Always TXT")
+    name: str = Field(description="The record's name: _stackport-challenge.<host name>")
+    value: str = Field(description="The record's value: the organization's token for this host name")
+
+
 class DomainOut(Schema):
     id: int
     hostname: str
     path_prefix: str
     created_at: datetime
+    status: str = Field(
+        description="pending: not routed until the TXT record is seen; verified: routed by the edge"
+    )
+    verified_at: datetime | None
+    record: DomainRecord = Field(description="The DNS record that proves control of the host name")
+    last_checked_at: datetime | None
+    check_error: str = Field(description="Why the last check did not verify the name ('' when it did)")
 
 
 class VariableIn(Schema):
@@ -596,6 +610,7 @@ def list_releases(request: HttpRequest, environment_id: int) -> list[dict[str, A
             "note": r.note,
             "content_files": r.content_files,
             "content_bytes": r.content_bytes,
+            "ran": r.ran_at is not None,
             "components": [
                 {k: row.get(k) for k in ("name", "component", "version", "size", "replicas", "public")}
                 for row in r.spec.get("components", [])
@@ -631,6 +646,18 @@ def stop(request: HttpRequest, environment_id: int) -> Status:
     return Status(202, _operation_brief(op))
 
 
+@router.post(
+    "/environments/{int:environment_id}/redeploy", response={202: OperationBrief}, summary="Redeploy"
+)
+def redeploy(request: HttpRequest, environment_id: int) -> Status:
+    """Apply the running release again, so changed variables reach the containers
+    (stateless components blue/green, without downtime)."""
+    op = lifecycle.redeploy(
+        environment=_writable(request, environment_id), actor=actor(request), origin=origin(request)
+    )
+    return Status(202, _operation_brief(op))
+
+
 @router.post("/environments/{int:environment_id}/start", response={202: OperationBrief}, summary="Start")
 def start(request: HttpRequest, environment_id: int) -> Status:
     op = lifecycle.set_running(
@@ -658,9 +685,27 @@ def destroy(request: HttpRequest, environment_id: int, payload: DestroyIn) -> St
 
 
 # --- domains -------------------------------------------------------------------------------------
+def _domain_out(d: Domain) -> dict[str, Any]:
+    from stacks.runtime.domains import status
+
+    shown = status(d)
+    return {
+        "id": d.pk,
+        "hostname": d.hostname,
+        "path_prefix": d.path_prefix,
+        "created_at": d.created_at,
+        "status": shown["status"],
+        "verified_at": shown["verified_at"],
+        "record": {"type": "TXT", "name": shown["record_name"], "value": shown["record_value"]},
+        "last_checked_at": shown["last_checked_at"],
+        "check_error": shown["check_error"],
+    }
+
+
 @router.get("/environments/{int:environment_id}/domains", response=list[DomainOut], summary="Domains")
-def list_domains(request: HttpRequest, environment_id: int) -> QuerySet[Domain]:
-    return Domain.objects.filter(environment=scoped_environment(request, environment_id))
+def list_domains(request: HttpRequest, environment_id: int) -> list[dict[str, Any]]:
+    env = scoped_environment(request, environment_id)
+    return [_domain_out(d) for d in Domain.objects.filter(environment=env).select_related("claim")]
 
 
 @router.post("/environments/{int:environment_id}/domains", response={201: DomainOut}, summary="Add a domain")
@@ -672,7 +717,26 @@ def add_domain(request: HttpRequest, environment_id: int, payload: DomainIn) -> 
         path_prefix=payload.path_prefix,
         origin=origin(request),
     )
-    return Status(201, domain)
+    return Status(201, _domain_out(domain))
+
+
+@router.post(
+    "/environments/{int:environment_id}/domains/{int:domain_id}/check",
+    response=DomainOut,
+    summary="Check a pending domain's TXT record now",
+)
+def check_domain(request: HttpRequest, environment_id: int, domain_id: int) -> dict[str, Any]:
+    from stacks.runtime.domains import check_now
+
+    env = _writable(request, environment_id)
+    found = Domain.objects.select_related("claim", "environment__project__organization").filter(
+        environment=env, pk=domain_id
+    )
+    domain = found.first()
+    if domain is None:
+        raise Http404
+    check_now(domain=domain, actor=actor(request), origin=origin(request))
+    return _domain_out(domain)
 
 
 @router.delete(
@@ -850,3 +914,104 @@ def resource_samples(
     if component:
         samples = samples.filter(component=component)
     return samples.order_by("taken_at", "component", "replica")[:5000]
+
+
+# --- backups (stacks.runtime.backups; docs/backups.md) -----------------------------------------------
+class BackupOut(Schema):
+    id: int
+    environment: int = Field(validation_alias="environment_id")
+    batch: str
+    component: str
+    kind: str
+    volume: str
+    status: str
+    trigger: str
+    size_bytes: int
+    added_bytes: int
+    duration_seconds: float
+    error: str
+    created_at: datetime
+    finished_at: datetime | None
+    downloadable: bool
+
+
+class RestoreIn(Schema):
+    confirmation: str = Field("", description="In place: the component's name, typed to confirm")
+    new_environment: str = Field("", description="Restore the backup run into this new environment instead")
+
+
+class SettleIn(Schema):
+    undo: bool = Field(False, description="Put the replaced data back instead of keeping the restored data")
+
+
+def scoped_backup(request: HttpRequest, backup_id: int, role: str = Role.VIEWER) -> Any:
+    from stacks.access import get_backup_for_user
+
+    backup = get_backup_for_user(request, backup_id, role=role)
+    within_token(request, backup.environment.project.organization_id)
+    return backup
+
+
+@router.get("/environments/{int:environment_id}/backups", response=list[BackupOut], summary="Backups")
+@paginate(LimitOffsetPagination)
+def list_backups(request: HttpRequest, environment_id: int) -> Any:
+    from stacks.models import Backup
+
+    env = scoped_environment(request, environment_id)
+    return Backup.objects.filter(environment=env).order_by("-created_at", "-id")
+
+
+@router.post(
+    "/environments/{int:environment_id}/backups", response={202: list[BackupOut]}, summary="Back up now"
+)
+def back_up_now(request: HttpRequest, environment_id: int) -> Status:
+    from stacks.runtime import backups
+
+    rows = backups.request_backup(
+        environment=_writable(request, environment_id), actor=actor(request), origin=origin(request)
+    )
+    return Status(202, rows)
+
+
+@router.post("/backups/{int:backup_id}/restore", response={202: OperationBrief}, summary="Restore a backup")
+def restore_backup(request: HttpRequest, backup_id: int, payload: RestoreIn) -> Status:
+    from stacks.runtime import backups
+
+    op = backups.request_restore(
+        backup=scoped_backup(request, backup_id, Role.ADMIN),
+        actor=actor(request),
+        new_environment=payload.new_environment,
+        confirmation=payload.confirmation,
+        origin=origin(request),
+    )
+    return Status(202, _operation_brief(op))
+
+
+@router.post(
+    "/operations/{int:operation_id}/settle-restore", response={204: None}, summary="Keep or undo a restore"
+)
+def settle_restore(request: HttpRequest, operation_id: int, payload: SettleIn) -> Status:
+    from stacks.runtime import backups
+
+    backups.settle_restore(
+        operation=scoped_operation(request, operation_id),
+        actor=actor(request),
+        undo=payload.undo,
+        origin=origin(request),
+    )
+    return Status(204, None)
+
+
+@router.get("/backups/{int:backup_id}/download", summary="Download a database backup (a standard dump file)")
+def download_backup(request: HttpRequest, backup_id: int) -> Any:
+    from django.http import StreamingHttpResponse
+
+    from stacks.runtime import backups
+
+    backup = scoped_backup(request, backup_id, Role.ADMIN)
+    filename, stream = backups.download(backup=backup, actor=actor(request), origin=origin(request))
+    response = StreamingHttpResponse(
+        stream, content_type=backups.CONTENT_TYPES.get(backup.kind, "application/octet-stream")
+    )
+    response["Content-Disposition"] = f'attachment; filename="{filename}"'
+    return response

@@ -441,6 +441,7 @@ class OperationKind(models.TextChoices):
     STOP = "stop", "Stop"
     START = "start", "Start"
     DESTROY = "destroy", "Destroy"
+    RESTORE = "restore", "Restore from a backup"
 
 
 class OperationStatus(models.TextChoices):
@@ -513,10 +514,65 @@ class Operation(models.Model):
         return int(100 * done / len(self.steps))
 
 
+def new_claim_token() -> str:
+    import secrets
+
+    return secrets.token_hex(16)
+
+
+class DomainClaim(models.Model):
+    """An organization's claim on a host name, proven by a DNS TXT record holding ``token``
+    (docs/domains.md). One claim serves every path prefix of that host in the organization;
+    several organizations may wait on the same name, but only one can hold it verified."""
+
+    class Method(models.TextChoices):
+        DNS = "dns", "DNS TXT record"
+        SUPPORT = "support", "Marked verified by support"
+        EXISTING = "existing", "Routed before verification existed"
+        TRUSTED = "trusted", "Verification off (single-tenant install)"
+
+    organization = models.ForeignKey(
+        "projects.Organization", on_delete=models.CASCADE, related_name="domain_claims"
+    )
+    hostname = models.CharField(max_length=253)
+    token = models.CharField(max_length=64, default=new_claim_token, editable=False)
+    verified_at = models.DateTimeField(null=True, blank=True)
+    method = models.CharField(max_length=10, choices=Method.choices, blank=True)
+    last_checked_at = models.DateTimeField(null=True, blank=True)
+    check_error = models.CharField(max_length=300, blank=True)
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+
+    class Meta:
+        ordering = ["hostname"]
+        constraints = [
+            models.UniqueConstraint(fields=["organization", "hostname"], name="domainclaim_unique_per_org"),
+            models.UniqueConstraint(
+                fields=["hostname"],
+                condition=models.Q(verified_at__isnull=False),
+                name="domainclaim_one_verified_owner",
+            ),
+        ]
+        indexes = [models.Index(fields=["verified_at", "last_checked_at"], name="domainclaim_pending")]
+
+    def __str__(self) -> str:
+        return f"{self.hostname} ({'verified' if self.verified_at else 'pending'})"
+
+    @property
+    def is_verified(self) -> bool:
+        return self.verified_at is not None
+
+    @property
+    def record_name(self) -> str:
+        """The TXT record to create: its name (its value is ``token``)."""
+        return f"_stackport-challenge.{self.hostname}"
+
+
 class Domain(models.Model):
-    """A customer's own host name (and optional path prefix) routed to an environment."""
+    """A customer's own host name (and optional path prefix) routed to an environment once
+    its organization's claim on the host name is verified."""
 
     environment = models.ForeignKey("projects.Environment", on_delete=models.CASCADE, related_name="domains")
+    claim = models.ForeignKey(DomainClaim, on_delete=models.CASCADE, related_name="domains")
     hostname = models.CharField(max_length=253)
     path_prefix = models.CharField(max_length=256, blank=True)
     component = models.CharField(max_length=30, blank=True, help_text="Empty: the public component")
@@ -525,7 +581,7 @@ class Domain(models.Model):
     class Meta:
         ordering = ["hostname", "path_prefix"]
         constraints = [
-            models.UniqueConstraint(fields=["hostname", "path_prefix"], name="domain_unique_route"),
+            models.UniqueConstraint(fields=["claim", "path_prefix"], name="domain_unique_claim_route"),
         ]
 
     def __str__(self) -> str:
@@ -548,3 +604,72 @@ class ResourceSampleRow(models.Model):
 
     def __str__(self) -> str:
         return f"{self.component}-{self.replica} at {self.taken_at:%H:%M:%S}"
+
+
+# --- backups --------------------------------------------------------------------------------------
+class BackupKey(models.Model):
+    """An organization's backup repository password (restic encrypts every backup with it):
+    made once, stored encrypted (``projects.crypto``), never shown."""
+
+    organization = models.OneToOneField(
+        "projects.Organization", on_delete=models.CASCADE, related_name="backup_key"
+    )
+    encrypted_password = models.BinaryField()
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+
+    def __str__(self) -> str:
+        return f"backup key of organization {self.organization_id}"
+
+
+class Backup(models.Model):
+    """One backup of one component's data (a restic snapshot in the organization's
+    repository), made by ``stacks.runtime.backups``. The backups of one run share a batch."""
+
+    class Status(models.TextChoices):
+        QUEUED = "queued", "Queued"
+        RUNNING = "running", "Running"
+        SUCCEEDED = "succeeded", "Succeeded"
+        FAILED = "failed", "Failed"
+
+    class Trigger(models.TextChoices):
+        MANUAL = "manual", "Manual"
+        SCHEDULED = "scheduled", "Scheduled"
+
+    environment = models.ForeignKey("projects.Environment", on_delete=models.CASCADE, related_name="backups")
+    batch = models.CharField(max_length=32, db_index=True)
+    component = models.CharField(max_length=30)
+    # How the data was taken: postgresql, mariadb (dumps), redis (RDB), rabbitmq
+    # (definitions), files (a tar of ``volume``).
+    kind = models.CharField(max_length=16)
+    volume = models.CharField(max_length=40, blank=True)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.QUEUED)
+    trigger = models.CharField(max_length=16, choices=Trigger.choices, default=Trigger.MANUAL)
+    snapshot_id = models.CharField(max_length=64, blank=True)
+    size_bytes = models.PositiveBigIntegerField(default=0)
+    added_bytes = models.PositiveBigIntegerField(default=0)  # new data the repository stored
+    duration_seconds = models.FloatField(default=0)
+    error = models.TextField(blank=True)
+    attempts = models.PositiveSmallIntegerField(default=0)
+    requested_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+    started_at = models.DateTimeField(null=True, blank=True)
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        indexes = [models.Index(fields=["environment", "-created_at"], name="backup_env_latest")]
+
+    def __str__(self) -> str:
+        return f"backup {self.pk} of {self.component} ({self.status})"
+
+    @property
+    def is_active(self) -> bool:
+        return self.status in (self.Status.QUEUED, self.Status.RUNNING)
+
+    @property
+    def downloadable(self) -> bool:
+        """A standard dump file the customer can load with their own tools."""
+        return self.status == self.Status.SUCCEEDED and self.kind in ("postgresql", "mariadb")

@@ -19,11 +19,26 @@ def reconcile_task() -> dict[str, int]:
     return reconcile()
 
 
+@shared_task(name="stacks.probe_hosts_task", ignore_result=True)
+def probe_hosts_task() -> dict[str, str]:
+    """Host health (beat, every STACKPORT_HOST_PROBE_SECONDS): each host's state after its probe."""
+    from stacks.runtime.hosts import probe_hosts
+
+    return probe_hosts()
+
+
 @shared_task(name="stacks.record_samples_task", ignore_result=True)
 def record_samples_task() -> int:
     from stacks.runtime.reconcile import record_samples
 
     return record_samples()
+
+
+@shared_task(name="stacks.measure_volumes_task", ignore_result=True)
+def measure_volumes_task() -> int:
+    from stacks.runtime.disk import measure_volumes
+
+    return measure_volumes()
 
 
 @shared_task(name="stacks.sync_routes_task", bind=True, max_retries=8)
@@ -39,11 +54,26 @@ def sync_routes_task(self, environment_id: int) -> bool:  # type: ignore[no-unty
         raise self.retry(exc=exc, countdown=retry_delay(self.request.retries + 1)) from exc
 
 
+@shared_task(name="stacks.check_domains_task", ignore_result=True)
+def check_domains_task() -> dict[str, int]:
+    """Pending custom domains: look their TXT records up (docs/domains.md)."""
+    from stacks.runtime.domains import check_pending
+
+    return check_pending()
+
+
 @shared_task(name="stacks.prune_images_task", ignore_result=True)
 def prune_images_task() -> list[str]:
     from stacks.runtime.reconcile import prune_images
 
     return prune_images()
+
+
+@shared_task(name="stacks.prune_content_task", ignore_result=True)
+def prune_content_task() -> list[str]:
+    from stacks.runtime.content_store import prune
+
+    return prune()
 
 
 @shared_task(name="stacks.finish_host_drain_task", bind=True, max_retries=360, ignore_result=True)
@@ -53,3 +83,25 @@ def finish_host_drain_task(self, host_id: int) -> None:  # type: ignore[no-untyp
 
     if not finish_host_drain(host_id=host_id):
         raise self.retry(countdown=10)
+
+
+@shared_task(name="stacks.run_backup_task", acks_late=True, reject_on_worker_lost=False, ignore_result=True)
+def run_backup_task(backup_id: int) -> str | None:
+    from stacks.runtime.backups import run_backup
+
+    return run_backup(backup_id)
+
+
+@shared_task(name="stacks.restore_task", acks_late=True, reject_on_worker_lost=False, ignore_result=True)
+def restore_task(operation_id: int) -> str | None:
+    from stacks.runtime.backups import run_restore
+
+    return run_restore(operation_id)
+
+
+@shared_task(name="stacks.backup_schedule_task", ignore_result=True)
+def backup_schedule_task() -> int:
+    """Scheduled backups by plan; lost backups marked failed; retention applied daily."""
+    from stacks.runtime.backups import run_schedules
+
+    return run_schedules()

@@ -17,6 +17,11 @@ urlpatterns = [
     ),
     path("environments/<int:environment_id>/domains/", views.domain_add, name="domain_add"),
     path(
+        "environments/<int:environment_id>/domains/<int:domain_id>/check/",
+        views.domain_check,
+        name="domain_check",
+    ),
+    path(
         "environments/<int:environment_id>/domains/<int:domain_id>/remove/",
         views.domain_remove,
         name="domain_remove",
@@ -29,8 +34,16 @@ urlpatterns = [
     path("environments/<int:environment_id>/content/git/", views.content_git, name="content_git"),
     path("environments/<int:environment_id>/stop/", views.environment_stop, name="environment_stop"),
     path("environments/<int:environment_id>/start/", views.environment_start, name="environment_start"),
+    path(
+        "environments/<int:environment_id>/redeploy/", views.environment_redeploy, name="environment_redeploy"
+    ),
     path("environments/<int:environment_id>/destroy/", views.environment_destroy, name="environment_destroy"),
     path("operations/<int:operation_id>/", views.operation_detail, name="operation"),
+    path("environments/<int:environment_id>/backups/", views.environment_backups, name="environment_backups"),
+    path("environments/<int:environment_id>/backup/", views.environment_backup, name="environment_backup"),
+    path("backups/<int:backup_id>/restore/", views.backup_restore, name="backup_restore"),
+    path("backups/<int:backup_id>/download/", views.backup_download, name="backup_download"),
+    path("operations/<int:operation_id>/restore/", views.restore_settle, name="restore_settle"),
     # --- end projects ---
     # --- logs, resource charts (stacks/views_live.py) ---
     path(

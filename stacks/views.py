@@ -29,6 +29,7 @@ from projects.access import (
 )
 from projects.forms import attempt
 from projects.models import Environment, EnvironmentStatus, Membership, Role
+from projects.sensitive import require_recent_authentication
 from projects.services import Origin
 from stacks import forms as stack_forms
 from stacks.access import get_operation_for_user
@@ -45,7 +46,7 @@ from stacks.models import (
     StackTemplateComponent,
     Variable,
 )
-from stacks.runtime import lifecycle
+from stacks.runtime import content_store, disk, lifecycle
 
 
 @require_GET
@@ -150,6 +151,8 @@ def _environment_page(
     )
     active = next((op for op in operations if op.is_active), None)
     hosts = offers.hosts_of(environment)
+    release = environment.current_release
+    applied = {r.get("name"): r for r in (release.spec.get("components", []) if release else [])}
     rows = [
         {
             "sc": c,
@@ -157,6 +160,7 @@ def _environment_page(
             "sizes": sizes.get(c.pk, []),
             "hosts": min(len(hosts), c.replicas) if c.replicas else 0,
             "error": (component_errors or {}).get(c.name, ""),
+            "pending": _pending(c, applied.get(c.name), active),
         }
         for c in components
     ]
@@ -180,19 +184,43 @@ def _environment_page(
         "is_live": environment.status not in (EnvironmentStatus.DESTROYING, EnvironmentStatus.DESTROYED),
         "rows": rows,
         "hosts": hosts,
-        "domains": list(Domain.objects.filter(environment=environment)),
+        "domains": list(Domain.objects.filter(environment=environment).select_related("claim")),
         "variables": list(
             Variable.objects.filter(environment=environment).only(
                 "id", "name", "component", "value", "is_secret", "generated", "updated_at"
             )
         ),
-        "releases": list(environment.releases.select_related("created_by").order_by("-number")[:20]),
+        "releases": (
+            releases := list(environment.releases.select_related("created_by").order_by("-number")[:20])
+        ),
+        "content_pruned": content_store.pruned(releases),  # no longer rollback targets
         "operation": active or (operations[0] if operations else None),
         "operations": operations,
+        "active_release_id": active.release_id if active else None,
+        "variables_pending": active is None and lifecycle.pending_variables(environment),
         "forms": forms_,
         "max_replicas": _max_replicas(),
+        # The last measurement of each volume (docs/backends.md, "Disk limits").
+        "volumes": disk.volume_usage(environment.pk),
     }
     return render(request, "stacks/environment.html", context, status=status)
+
+
+def _pending(desired: StackComponent, applied: dict[str, Any] | None, active: Operation | None) -> str:
+    """Desired (the rows the customer edits) against applied (the running release), in words,
+    while they differ: "scaling to 3 (2 run now)"."""
+    if applied is None:
+        return "being added" if active else "not running yet"
+    changes = []
+    if applied.get("version") != desired.version.version:
+        changes.append(f"upgrading to {desired.version.version} ({applied.get('version')} runs now)")
+    if applied.get("replicas") != desired.replicas:
+        changes.append(f"scaling to {desired.replicas} ({applied.get('replicas')} run now)")
+    if applied.get("size") != desired.size.code:
+        changes.append(f"resizing to {desired.size.name}")
+    if not changes:
+        return ""
+    return "; ".join(changes) + ("…" if active else " (waiting for its operation)")
 
 
 def _max_replicas() -> int:
@@ -272,7 +300,7 @@ def environment_scale(request: AuthedRequest, environment_id: int) -> HttpRespon
 
 def _rollback_question(environment: Environment, data: dict[str, Any]) -> str:
     target = environment.releases.filter(number=data["release"]).first()
-    if target is None or target.pk == environment.current_release_id:
+    if target is None or target.pk == environment.current_release_id or target.ran_at is None:
         return ""  # nothing to confirm: the service says why it refuses
     return (
         f"Roll back to release {target.number}? Its components, versions and content replace what runs "
@@ -283,12 +311,9 @@ def _rollback_question(environment: Environment, data: dict[str, Any]) -> str:
 def _scale_question(environment: Environment, data: dict[str, Any]) -> str:
     if data.get("replicas") != 0 or not environment.components.filter(name=data["component"]).exists():
         return ""
-    public = environment.components.filter(name=data["component"], public=True).exists()
-    return (
-        f"Scale {data['component']} to zero replicas? "
-        + ("The site stops answering " if public else "It stops running ")
-        + "until you scale it up again."
-    )
+    if environment.components.filter(name=data["component"], public=True).exists():
+        return ""  # refused by the service: the public component keeps a replica
+    return f"Scale {data['component']} to zero replicas? It stops running until you scale it up again."
 
 
 @login_required
@@ -345,8 +370,33 @@ def domain_add(request: AuthedRequest, environment_id: int) -> HttpResponse:
             path_prefix=d["path_prefix"],
             origin=Origin.from_request(request),
         ),
-        "Added {hostname}{path_prefix}. Point its DNS at the hoster's edge.",
+        "Added {hostname}{path_prefix}. Point its DNS at the hoster's edge; "
+        "a pending domain is routed once its TXT record (shown below) is seen.",
     )
+
+
+@login_required
+@require_POST
+def domain_check(request: AuthedRequest, environment_id: int, domain_id: int) -> HttpResponse:
+    """The "Check now" button of a pending domain: its TXT record looked up at once."""
+    from stacks.runtime.domains import check_now
+
+    environment = get_environment_for_user(request, environment_id, role=Role.DEVELOPER)
+    domain = Domain.objects.filter(environment=environment, pk=domain_id).select_related("claim").first()
+    if domain is None:
+        raise Http404
+    form = forms.Form(request.POST)
+    done, status = attempt(
+        form, lambda: check_now(domain=domain, actor=request.user, origin=Origin.from_request(request))
+    )
+    if done:
+        claim = domain.claim
+        if claim.verified_at:
+            messages.success(request, f"{domain.hostname} is verified; its route follows in a moment.")
+        else:
+            messages.warning(request, f"{domain.hostname} is still pending: {claim.check_error}")
+        return redirect("stacks:environment", environment_id=environment.pk)
+    return _environment_page(request, environment, bound={"domain": form}, status=status)
 
 
 @login_required
@@ -372,9 +422,22 @@ def domain_remove(request: AuthedRequest, environment_id: int, domain_id: int) -
     return _environment_page(request, environment, bound={"domain": form}, status=status)
 
 
+def _recent_login_for_secrets(request: AuthedRequest, environment_id: int) -> None:
+    """Setting a secret, or overwriting or deleting one, asks for a recent re-authentication
+    (allauth's page, then this POST again). API tokens cannot re-authenticate: not asked."""
+    environment = get_environment_for_user(request, environment_id, role=Role.DEVELOPER)
+    name, component = str(request.POST.get("name", "")), str(request.POST.get("component", ""))
+    touches_secret = Variable.objects.filter(
+        environment=environment, name=name, component=component, is_secret=True
+    ).exists()
+    if request.POST.get("secret") or touches_secret:
+        require_recent_authentication(request)
+
+
 @login_required
 @require_POST
 def variable_set(request: AuthedRequest, environment_id: int) -> HttpResponse:
+    _recent_login_for_secrets(request, environment_id)
     return _act(
         request,
         environment_id,
@@ -399,6 +462,7 @@ def variable_set(request: AuthedRequest, environment_id: int) -> HttpResponse:
 @login_required
 @require_POST
 def variable_delete(request: AuthedRequest, environment_id: int) -> HttpResponse:
+    _recent_login_for_secrets(request, environment_id)
     return _act(
         request,
         environment_id,
@@ -477,6 +541,21 @@ def environment_stop(request: AuthedRequest, environment_id: int) -> HttpRespons
 
 @login_required
 @require_POST
+def environment_redeploy(request: AuthedRequest, environment_id: int) -> HttpResponse:
+    return _act(
+        request,
+        environment_id,
+        forms.Form,
+        "running",
+        lambda env, d: lifecycle.redeploy(
+            environment=env, actor=request.user, origin=Origin.from_request(request)
+        ),
+        "Redeploying: the containers get the changed variables.",
+    )
+
+
+@login_required
+@require_POST
 def environment_start(request: AuthedRequest, environment_id: int) -> HttpResponse:
     return _act(
         request,
@@ -528,4 +607,121 @@ def operation_detail(request: AuthedRequest, operation_id: int) -> HttpResponse:
     )
     if request.htmx and not operation.is_active and request.GET.get("refresh") == "1":
         response["HX-Refresh"] = "true"
+    return response
+
+
+# --- backups (stacks.runtime.backups; docs/backups.md) -----------------------------------------------
+@login_required
+@require_GET
+def environment_backups(request: AuthedRequest, environment_id: int) -> HttpResponse:
+    from stacks.models import Backup
+    from stacks.runtime import backups
+
+    environment = get_environment_for_user(request, environment_id)
+    membership: Membership = environment.membership  # type: ignore[attr-defined]
+    writable = environment.project.suspended_at is None
+    rows = list(Backup.objects.filter(environment=environment).order_by("-created_at", "-id")[:100])
+    context: dict[str, Any] = {
+        "environment": environment,
+        "project": environment.project,
+        "backups": rows,
+        "pending": backups.pending_restore(environment),
+        "can_write": membership.has_role(Role.DEVELOPER) and writable,
+        "can_admin": membership.has_role(Role.ADMIN) and writable,
+    }
+    if request.GET.get("summary"):  # the environment page's embed (loaded after the page)
+        context["backup_rows"] = rows[:5]
+        return render(request, "stacks/backups/_table.html", context)
+    return render(request, "stacks/backups/list.html", context)
+
+
+@login_required
+@require_POST
+def environment_backup(request: AuthedRequest, environment_id: int) -> HttpResponse:
+    from projects.services import ServiceError
+    from stacks.runtime import backups
+
+    environment = get_environment_for_user(request, environment_id, role=Role.DEVELOPER)
+    try:
+        backups.request_backup(
+            environment=environment, actor=request.user, origin=Origin.from_request(request)
+        )
+    except ServiceError as exc:
+        messages.error(request, exc.message)
+    else:
+        messages.success(request, "Backing up the environment's data.")
+    return redirect(reverse("stacks:environment_backups", kwargs={"environment_id": environment.pk}))
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def backup_restore(request: AuthedRequest, backup_id: int) -> HttpResponse:
+    """GET: what a restore does and the two ways (in place, typed confirmation; or a new
+    environment); POST: request it, then follow the operation."""
+    from projects.services import ServiceError
+    from stacks.access import get_backup_for_user
+    from stacks.runtime import backups
+
+    backup = get_backup_for_user(request, backup_id, role=Role.ADMIN)
+    error, status = "", 200
+    if request.method == "POST":
+        try:
+            operation = backups.request_restore(
+                backup=backup,
+                actor=request.user,
+                new_environment=str(request.POST.get("new_environment", "")).strip()[:40],
+                confirmation=str(request.POST.get("confirmation", ""))[:40],
+                origin=Origin.from_request(request),
+            )
+        except ServiceError as exc:
+            error, status = exc.message, exc.status
+        else:
+            messages.success(request, "Restoring the backup.")
+            return redirect(reverse("stacks:operation", kwargs={"operation_id": operation.pk}))
+    context = {"backup": backup, "environment": backup.environment, "error": error}
+    return render(request, "stacks/backups/restore.html", context, status=status)
+
+
+@login_required
+@require_POST
+def restore_settle(request: AuthedRequest, operation_id: int) -> HttpResponse:
+    from projects.services import ServiceError
+    from stacks.runtime import backups
+
+    operation = get_operation_for_user(request, operation_id, role=Role.ADMIN)
+    undo = request.POST.get("action") == "undo"
+    try:
+        backups.settle_restore(
+            operation=operation, actor=request.user, undo=undo, origin=Origin.from_request(request)
+        )
+    except ServiceError as exc:
+        messages.error(request, exc.message)
+    else:
+        messages.success(request, "The previous data is back." if undo else "The restored data is kept.")
+    return redirect(
+        reverse("stacks:environment_backups", kwargs={"environment_id": operation.environment_id})
+    )
+
+
+@login_required
+@require_GET
+def backup_download(request: AuthedRequest, backup_id: int) -> Any:
+    """A database backup as a standard dump file, streamed from the repository."""
+    from django.http import StreamingHttpResponse
+
+    from projects.services import ServiceError
+    from stacks.access import get_backup_for_user
+    from stacks.runtime import backups
+
+    backup = get_backup_for_user(request, backup_id, role=Role.ADMIN)
+    try:
+        filename, stream = backups.download(
+            backup=backup, actor=request.user, origin=Origin.from_request(request)
+        )
+    except ServiceError as exc:
+        return HttpResponse(exc.message, status=exc.status, content_type="text/plain")
+    response = StreamingHttpResponse(
+        stream, content_type=backups.CONTENT_TYPES.get(backup.kind, "application/octet-stream")
+    )
+    response["Content-Disposition"] = f'attachment; filename="{filename}"'
     return response

@@ -17,6 +17,36 @@ if TYPE_CHECKING:
     from stacks.backends.memory import MemoryBackend
 
 
+# --- parallel runs (pytest-xdist, ``--dist loadgroup``) ---------------------------------------------
+# Fast tests spread over every worker. Slow tests stay together where they share something
+# that is not per-worker: the netns Docker hosts (one set on the machine), the broker's queue
+# (a worker started by one test would take another test's tasks) and Chromium; every other
+# slow module runs its tests in order on one worker, beside the other modules.
+SHARED_GROUPS = {
+    "test_multihost.py": "netns-hosts",
+    "test_host_health.py": "netns-hosts",
+    "test_hosts.py": "netns-hosts",
+    "test_operations.py": "broker",
+    "test_celery.py": "broker",
+}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        module = item.path.name
+        if "browser" in item.keywords:
+            group = "browser"
+        elif module in SHARED_GROUPS:
+            group = SHARED_GROUPS[module]
+        elif "broker" in item.keywords:
+            group = "broker"
+        elif "slow" in item.keywords or "engine" in item.keywords:
+            group = f"slow-{module}"
+        else:
+            continue
+        item.add_marker(pytest.mark.xdist_group(group))
+
+
 @dataclass
 class Team:
     org: Organization
@@ -50,10 +80,52 @@ def team(db: None) -> Team:
     )
 
 
-def client_for(user: User) -> Client:
+def client_for(user: User, *, second_factor: bool = True, reauthenticated: bool = True) -> Client:
+    """A signed-in client. Staff get a TOTP authenticator (the admin and the support pages
+    need one) and every session a re-authentication just now (allauth's record, as after its
+    re-authentication page), unless a test asks for neither."""
     client = Client()
     client.force_login(user, backend="django.contrib.auth.backends.ModelBackend")
+    if second_factor and user.is_staff:
+        add_totp(user)
+    if reauthenticated:
+        reauthenticate(client, user)
     return client
+
+
+def add_totp(user: User) -> Any:
+    """An active TOTP authenticator for ``user`` (allauth.mfa's own model and encryption)."""
+    from allauth.mfa.models import Authenticator
+    from allauth.mfa.totp.internal.auth import TOTP, generate_totp_secret
+
+    existing = Authenticator.objects.filter(user=user, type=Authenticator.Type.TOTP).first()
+    return existing or TOTP.activate(user, generate_totp_secret()).instance
+
+
+def totp_code(user: User) -> str:
+    """The current code of ``user``'s TOTP authenticator (made if missing), as their app shows it."""
+    import time
+
+    from allauth.mfa.totp.internal.auth import format_hotp_value, hotp_value
+    from allauth.mfa.utils import decrypt
+
+    secret = decrypt(add_totp(user).data["secret"])
+    return format_hotp_value(hotp_value(secret, int(time.time()) // 30))
+
+
+def reauthenticate(client: Client, user: User, *, at: float | None = None) -> None:
+    """Record in the client's session that ``user`` re-authenticated (at ``at``, default now),
+    as allauth's re-authentication page does."""
+    from allauth.account.internal.flows.login import record_authentication
+    from django.test import RequestFactory
+
+    request = RequestFactory().get("/")
+    request.session = client.session
+    request.user = user
+    record_authentication(request, user, method="password", reauthenticated=True)
+    if at is not None:
+        request.session["account_authentication_methods"][-1]["at"] = at
+    request.session.save()
 
 
 @pytest.fixture(autouse=True)
@@ -148,3 +220,14 @@ def place(environment: Any, *hosts: str, state: dict[str, Any] | None = None) ->
         environment_id=environment.pk,
         defaults={"host": DockerHost.objects.filter(name=hosts[0]).first(), "hosts": list(hosts)},
     )
+
+
+def verified(domain: Any) -> Any:
+    """``domain`` with its organization's claim on the host name verified, as if its TXT record
+    had been seen (``stacks.runtime.domains``; its routes are queued after commit)."""
+    from stacks.models import DomainClaim
+    from stacks.runtime.domains import verify_claim
+
+    assert verify_claim(domain.claim, method=DomainClaim.Method.SUPPORT), domain
+    domain.claim.refresh_from_db()
+    return domain

@@ -14,9 +14,9 @@ resolved lazily (``stacks.backends.get_backend``), like Django's e-mail backends
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, BinaryIO
 
 
 class BackendError(Exception):
@@ -32,6 +32,20 @@ class BackendError(Exception):
 class VolumeSpec:
     name: str  # server-generated, e.g. "data"
     path: str
+    # The volume's size from the plan (docs/backends.md, "Disk limits"): a volume is made
+    # with it once and held to it by the engine; None: no limit. Out of repr: the spec hash
+    # (and so the running containers) do not depend on it.
+    size_gb: int | None = field(default=None, repr=False)
+
+
+@dataclass
+class VolumeUsage:
+    """What one volume of a stack holds, measured on its host."""
+
+    component: str
+    volume: str  # the VolumeSpec's name
+    used_bytes: int
+    size_bytes: int | None  # the filesystem's size; None: a volume with no limit
 
 
 @dataclass(frozen=True)
@@ -57,6 +71,12 @@ class ComponentSpec:
     stateful: bool = False  # keeps data in its volumes: replaced in place, never two at once
     data_generation: int = 0  # bumped by a data migration: new volumes, the old ones kept
     version: str = ""  # the catalog version, for labels and logs
+    # How data reaches this version by dump-and-restore (the catalog's ``migration``), left
+    # out of repr so the spec hash (and so the running containers) do not depend on them:
+    # ``data_export`` runs in the old version's container, its output handed to
+    # ``data_restore``, which runs in a temporary container of this version on the new volumes.
+    data_export: tuple[str, ...] = field(default=(), repr=False)
+    data_restore: tuple[str, ...] = field(default=(), repr=False)
 
 
 @dataclass(frozen=True)
@@ -145,10 +165,11 @@ class Backend:
         raise NotImplementedError
 
     def put_content(
-        self, key: str, state: dict[str, Any], release: str, archive: bytes, image: str | None = None
+        self, key: str, state: dict[str, Any], release: str, archive: BinaryIO, image: str | None = None
     ) -> None:
-        """Store a release's content (an uncompressed tar) once, where the stack mounts it;
-        ``image`` (one of the stack's) may be used to unpack it."""
+        """Store a release's content (an uncompressed tar, a seekable file: streamed, read once
+        per host from its start) once, where the stack mounts it; ``image`` (one of the stack's)
+        may be used to unpack it."""
         raise NotImplementedError
 
     def migrate_data(
@@ -170,6 +191,11 @@ class Backend:
         """Remove catalog images no container uses and ``keep`` does not name."""
         raise NotImplementedError
 
+    def volume_usage(self, spec: StackSpec, state: dict[str, Any]) -> list[VolumeUsage]:
+        """Used and total bytes of every volume of the stack's components (one call per
+        host); volumes not made yet are left out."""
+        raise NotImplementedError
+
     def hosts_of(self, state: dict[str, Any]) -> list[str]:
         """The hosts the stack uses by its ``state``, its home first; [] when not placed.
         The runtime records this (``Placement``); nothing outside the backend reads ``state``."""
@@ -178,6 +204,50 @@ class Backend:
     def rehome(self, state: dict[str, Any], host: str) -> dict[str, Any]:
         """The state to apply so the stack is made afresh with ``host`` as its home (a
         move): the next ``apply`` builds it there, and what ran elsewhere is removed."""
+        raise NotImplementedError
+
+    # Backups (stacks.runtime.backups). ``method`` names how a component's data is taken:
+    # "postgresql", "mariadb" (logical dumps), "redis" (its RDB snapshot), "rabbitmq" (the
+    # broker's definitions) or "files" (a tar of the file volume ``volume``).
+    def dump(
+        self,
+        spec: StackSpec,
+        state: dict[str, Any],
+        component: str,
+        method: str,
+        volume: str = "",
+        log: Any = print,
+    ) -> Iterator[bytes]:
+        """Stream a consistent backup of a running component, taken by a helper container of
+        its own image on the stack's network; it keeps running. Raises ``BackendError`` at the
+        end of the stream when the dump failed (a consumer must then keep nothing)."""
+        raise NotImplementedError
+
+    def restore(
+        self,
+        spec: StackSpec,
+        state: dict[str, Any],
+        component: str,
+        method: str,
+        chunks: Iterable[bytes],
+        token: str,
+        volume: str = "",
+        log: Any = print,
+    ) -> list[str]:
+        """Replace a component's data in place by a backup (what ``dump`` streamed). Loaded
+        into fresh volumes first: a failure leaves the running data as it was. The replaced
+        data is kept (volumes named by ``token``, returned) until ``drop_kept``; ``undo_restore``
+        puts it back."""
+        raise NotImplementedError
+
+    def undo_restore(
+        self, spec: StackSpec, state: dict[str, Any], component: str, kept: list[str], log: Any = print
+    ) -> None:
+        """Put back the data a restore replaced (``kept``, as ``restore`` returned it)."""
+        raise NotImplementedError
+
+    def drop_kept(self, key: str, state: dict[str, Any], kept: list[str]) -> None:
+        """Remove the data a restore kept. Missing is fine."""
         raise NotImplementedError
 
 

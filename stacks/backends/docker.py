@@ -14,10 +14,11 @@ import io
 import ipaddress
 import json
 import re
+import socket
 import tarfile
 import time
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Iterable, Iterator
+from typing import Any, BinaryIO
 
 import docker
 from docker.errors import APIError, DockerException, ImageNotFound, NotFound
@@ -32,9 +33,12 @@ from stacks.backends.base import (
     ReplicaState,
     ResourceSample,
     StackSpec,
+    VolumeUsage,
 )
 
 KEY_RE = re.compile(r"^[a-z][a-z0-9-]{1,40}$")
+# The only engine addresses Stackport connects to, whatever a host row says (admin edits).
+ENGINE_URL_RE = re.compile(r"(unix:///[\w./-]+|tcp://[\w.-]+:\d{1,5}|ssh://[\w.-]+@[\w.-]+(:\d{1,5})?)")
 LABEL = "org.stackport.stack"
 HEALTH_TIMEOUT = 180
 # Project networks come from 10.64.0.0/10 (16,384 /24s), apart from the engine's own pools.
@@ -47,6 +51,8 @@ EDGE_PICKUP = 2.5  # seconds: more than two of the edge's 1 s active health chec
 DNS_DRAIN = 11.0  # seconds an internal component's old colour keeps serving (nginx resolver valid=10s)
 STOP_TIMEOUT = 10  # seconds between the image's graceful STOPSIGNAL and SIGKILL
 CRASH_LIMIT = 3  # restarts while starting before a container counts as failed
+EXPORT_LIMIT = 64 << 20  # bytes a migration's export may hand over (definitions, not data)
+DUMP_FILE = ".stackport-migrate.dump"  # where the export lands on the new version's volume
 COMPONENT = "org.stackport.component"
 INDEX = "org.stackport.index"
 COLOR = "org.stackport.color"
@@ -54,6 +60,41 @@ SPEC = "org.stackport.spec"
 VERSION = "org.stackport.version"
 HELPER = "org.stackport.helper"
 COMPLETE = "org.stackport.complete"
+SIZE = "org.stackport.size-gb"  # a volume held to this size (a fixed-size filesystem image)
+# Disk limits (docs/backends.md, "Disk limits"): a sized volume is an ext4 filesystem image
+# on its host, attached to a loop device by a helper container of the volume tools image and
+# mounted by the engine's local driver through a link under the host's /dev (devtmpfs: gone
+# after a reboot, so a stale loop number can never mount another volume's image).
+VOLUME_LINKS = "/dev/stackport-volumes"
+ATTACH_SCRIPT = r"""set -eu
+img="/images/$1.img"; link="/dev/stackport-volumes/$2"
+if [ ! -f "$img" ]; then
+  rm -f "$img.new"
+  truncate -s "$3G" "$img.new"
+  mkfs.ext4 -q -F -m 0 -E nodiscard -L stackport "$img.new"
+  # Empty, like a fresh volume: the engine then copies the image's directory into it.
+  debugfs -w -R "rmdir lost+found" "$img.new" >/dev/null 2>&1
+  mv "$img.new" "$img"
+fi
+dev=$(losetup -j "$img" -n -O NAME | head -n 1)
+[ -n "$dev" ] || dev=$(losetup -f --show "$img")
+mkdir -p /dev/stackport-volumes
+ln -sfn "$dev" "$link.new" && mv -f "$link.new" "$link"
+"""
+RELEASE_SCRIPT = r"""set -u
+for name in "$@"; do
+  img="/images/$name.img"
+  for dev in $(losetup -j "$img" -n -O NAME 2>/dev/null); do losetup -d "$dev" || true; done
+  rm -f "$img" "$img.new" "/dev/stackport-volumes/$ENGINE-$name"
+done
+"""
+USAGE_SCRIPT = r"""for i in "$@"; do
+  case "$i" in
+    s*) df -B1 -P "/v/${i#s}" | tail -n 1 | { read -r _ total used _; echo "$i $total $used"; } ;;
+    *) echo "$i - $(du -sxb "/v/$i" | cut -f1)" ;;
+  esac
+done
+"""
 
 
 def _wrap(exc: Exception, what: str) -> BackendError:
@@ -99,8 +140,10 @@ class HostPlacement:
     @property
     def multi_host(self) -> bool:
         """Hosts with an address pool each (scripts/docker-hosts.sh, docs/backends.md):
-        replicas of the public component spread over them, routed between hosts."""
-        return len(self.hosts) > 1 and all(h.pool for h in self.hosts)
+        replicas of the public component spread over them, routed between hosts. One such
+        host alone (the others lost or draining) still uses its pool: only the pool's
+        addresses are routed to it from the edge."""
+        return bool(self.hosts) and all(h.pool for h in self.hosts)
 
     def host_of(self, spec: StackSpec, state: dict[str, Any], comp: ComponentSpec, index: int) -> str:
         """Where replica ``index`` of ``comp`` runs: the public component's replicas round-
@@ -146,6 +189,10 @@ class DockerBackend(HostPlacement, Backend):
     ) -> None:
         if not hosts:
             raise BackendError("no Docker host is available in this region", permanent=False)
+        for host in hosts:
+            if not ENGINE_URL_RE.fullmatch(host.url):
+                message = f"Docker host {host.name} has an address Stackport does not use"
+                raise BackendError(message, permanent=True)
         self.hosts = hosts
         self.edge_pickup = edge_pickup
         self.dns_drain = dns_drain
@@ -309,7 +356,9 @@ class DockerBackend(HostPlacement, Backend):
             return COLORS[0], {}, []
         home = self.place(spec, state)
         for volume in comp.volumes:
-            self._ensure_volume(self.client(home), spec.key, volume_name(spec.key, comp, volume.name))
+            self._ensure_volume(
+                self.client(home), spec.key, volume_name(spec.key, comp, volume.name), volume.size_gb
+            )
         if current:
             color = current[0][1].labels.get(COLOR, COLORS[0])
         elif comp.stateful or not stale:
@@ -386,12 +435,155 @@ class DockerBackend(HostPlacement, Backend):
         )
         return client.networks.create(name, driver="bridge", ipam=ipam, labels={LABEL: key}, options=options)
 
-    def _ensure_volume(self, client: docker.DockerClient, key: str, name: str) -> str:
+    def _ensure_volume(
+        self, client: docker.DockerClient, key: str, name: str, size_gb: int | None = None
+    ) -> str:
+        """Find or create the named volume. With ``size_gb`` a new volume is a fixed-size
+        ext4 image on the host (the engine holds it to that size: "No space left on device"
+        inside the container, nothing else on the host fills up); a volume that exists keeps
+        what it was made with (made before limits: no limit), and a sized one is attached
+        again (after a host restart its loop device is gone)."""
         try:
-            client.volumes.get(name)
+            found = client.volumes.get(name)
         except NotFound:
+            found = None
+        if found is not None:
+            made_with = (found.attrs.get("Labels") or {}).get(SIZE)
+            if made_with:
+                self._attach_volume(client, key, name, int(made_with))
+            return name
+        if not size_gb:
             client.volumes.create(name, labels={LABEL: key})
+            return name
+        link = self._attach_volume(client, key, name, size_gb)
+        client.volumes.create(
+            name,
+            driver="local",
+            driver_opts={"type": "ext4", "device": link, "o": "nosuid,nodev"},
+            labels={LABEL: key, SIZE: str(size_gb)},
+        )
         return name
+
+    def _engine_tag(self, client: docker.DockerClient) -> str:
+        """A short name of the engine (its id's hash): engines that share a machine (the
+        test hosts) keep their volume images and links apart."""
+        engine_id = str(client.info().get("ID", ""))
+        return hashlib.sha256(engine_id.encode()).hexdigest()[:12]
+
+    def _volume_tool(
+        self, client: docker.DockerClient, key: str, script: str, args: list[str], *, privileged: bool
+    ) -> str:
+        """Run the volume tools image once with ``script`` (fixed text; ``args`` are names we
+        made) and return its output; ``BackendError`` when it fails."""
+        from django.conf import settings
+
+        image = str(settings.STACKPORT_VOLUME_TOOLS_IMAGE)
+        self._ensure_image(client, image)
+        tag = self._engine_tag(client)
+        binds = {
+            f"{settings.STACKPORT_VOLUME_IMAGE_DIR}/{tag}": {"bind": "/images", "mode": "rw"},
+            "/dev": {"bind": "/dev", "mode": "rw"},
+        }
+        helper = client.containers.create(
+            image,
+            command=["sh", "-c", script, "sh", *args],
+            entrypoint=[],
+            environment={"ENGINE": tag},
+            volumes=binds,
+            # losetup: loop devices (block 7:*, loop-control 10:237) and CAP_SYS_ADMIN, not
+            # --privileged (engines may run with a reduced capability bounding set).
+            cap_drop=["ALL"],
+            cap_add=["SYS_ADMIN", "DAC_OVERRIDE", "CHOWN", "FOWNER"] if privileged else [],
+            device_cgroup_rules=["b 7:* rwm", "c 10:237 rwm"] if privileged else [],
+            security_opt=["no-new-privileges:true"],
+            network_disabled=True,
+            user="0",
+            labels={LABEL: key, HELPER: "volume"},
+        )
+        try:
+            helper.start()
+            result = helper.wait(timeout=300)
+            output = helper.logs(stdout=True, stderr=True).decode(errors="replace")
+        finally:
+            self._remove_container(helper)
+        if int(result.get("StatusCode", 1)) != 0:
+            raise BackendError(f"volume tools failed: {output.strip()[-300:]}")
+        return str(output)
+
+    def _attach_volume(self, client: docker.DockerClient, key: str, name: str, size_gb: int) -> str:
+        """Make (once) the volume's filesystem image, attach it to a loop device and point
+        the volume's link at it; the link's path."""
+        tag = self._engine_tag(client)
+        self._volume_tool(
+            client, key, ATTACH_SCRIPT, [name, f"{tag}-{name}", str(int(size_gb))], privileged=True
+        )
+        return f"{VOLUME_LINKS}/{tag}-{name}"
+
+    def _release_volumes(self, client: docker.DockerClient, key: str, names: list[str]) -> None:
+        """Detach and delete the images of removed sized volumes."""
+        if names:
+            self._volume_tool(client, key, RELEASE_SCRIPT, names, privileged=True)
+
+    def volume_usage(self, spec: StackSpec, state: dict[str, Any]) -> list[VolumeUsage]:
+        """Used and total bytes of the stack's volumes on its home host, measured by one
+        helper container that mounts them read-only: ``df`` for a sized volume (its own
+        filesystem), ``du`` for one made before limits."""
+        if not KEY_RE.match(spec.key):
+            raise BackendError(f"invalid stack key {spec.key!r}", permanent=True)
+        wanted = {
+            volume_name(spec.key, comp, v.name): (comp.name, v.name)
+            for comp in spec.components
+            for v in comp.volumes
+        }
+        try:
+            client = self.client(self.place(spec, state))
+            found = [
+                v for v in client.volumes.list(filters={"label": f"{LABEL}={spec.key}"}) if v.name in wanted
+            ]
+            if not found:
+                return []
+            sized = {v.name for v in found if (v.attrs.get("Labels") or {}).get(SIZE)}
+            args = [f"s{i}" if v.name in sized else str(i) for i, v in enumerate(found)]
+            output = self._volume_tool_ro(client, spec.key, found, args)
+        except (APIError, DockerException) as exc:
+            raise _wrap(exc, f"measuring the volumes of {spec.key}") from exc
+        result = []
+        for line in output.splitlines():
+            parts = line.split()
+            if len(parts) != 3 or not parts[2].isdigit():
+                continue
+            volume = found[int(parts[0].lstrip("s"))]
+            component, name = wanted[volume.name]
+            total = int(parts[1]) if parts[1].isdigit() else None
+            result.append(VolumeUsage(component, name, int(parts[2]), total))
+        return result
+
+    def _volume_tool_ro(
+        self, client: docker.DockerClient, key: str, volumes: list[Any], args: list[str]
+    ) -> str:
+        from django.conf import settings
+
+        image = str(settings.STACKPORT_VOLUME_TOOLS_IMAGE)
+        self._ensure_image(client, image)
+        helper = client.containers.create(
+            image,
+            command=["sh", "-c", USAGE_SCRIPT, "sh", *args],
+            entrypoint=[],
+            volumes={v.name: {"bind": f"/v/{i}", "mode": "ro"} for i, v in enumerate(volumes)},
+            network_disabled=True,
+            user="0",
+            cap_drop=["ALL"],
+            cap_add=["DAC_READ_SEARCH"],
+            security_opt=["no-new-privileges:true"],
+            read_only=True,
+            labels={LABEL: key, HELPER: "volume"},
+        )
+        try:
+            helper.start()
+            helper.wait(timeout=120)
+            return str(helper.logs(stdout=True, stderr=False).decode(errors="replace"))
+        finally:
+            self._remove_container(helper)
 
     def slot_address(
         self, spec: StackSpec, state: dict[str, Any], comp: ComponentSpec, color: str, index: int
@@ -593,29 +785,44 @@ class DockerBackend(HostPlacement, Backend):
     def migrate_data(
         self, spec: StackSpec, state: dict[str, Any], old: ComponentSpec, new: ComponentSpec, log: Any = print
     ) -> None:
-        """dump-and-restore into fresh volumes: a temporary container of the new version
-        starts on them (so it initialises an empty data directory with the same
-        credentials), pulls a dump from the old container over the stack network with the
-        new version's client, restores it and checks it. The old container and volumes
-        are untouched; on any failure the new volumes are removed again."""
+        """dump-and-restore into fresh volumes, by the catalog's procedure for ``new``: a
+        temporary container of the new version starts on them (so it initialises an empty
+        data directory with the same credentials); ``new.data_export``, when there is one,
+        runs in the old container and its output is handed to the restore as the file
+        ``$STACKPORT_DUMP`` on the new volume; ``new.data_restore`` then runs in the
+        temporary container with the old container's address in ``$STACKPORT_OLD_HOST``
+        (it may pull over the stack network with the new version's client) and exits 0 only
+        once the data is in. The temporary container is stopped (so the server writes
+        everything out) and removed. The old container and volumes are untouched; on any
+        failure the new volumes are removed again."""
         if old.name != new.name or new.data_generation <= old.data_generation:
             raise BackendError("a data migration needs a new data generation", permanent=True)
-        handler = DATA_MOVES.get(new.health[0] if new.health else "")
-        if handler is None:
+        if not new.data_restore or not new.volumes:
             raise BackendError(f"no dump-and-restore procedure for {new.name}", permanent=True)
         client = self.client(self.place(spec, state))
         volumes = [volume_name(spec.key, new, v.name) for v in new.volumes]
+        name = f"sp-{spec.key}-{new.name}-migrate"
+        # A resumed operation: once the new version runs on its volumes, the data moved.
+        running_on = [
+            c.name
+            for c in self._containers(client, spec.key)
+            if HELPER not in c.labels and {m.get("Name") for m in c.attrs.get("Mounts") or []} & set(volumes)
+        ]
+        if running_on:
+            log(f"the data is in {new.version}'s volumes already ({running_on[0]} uses them)")
+            return
         temp = None
         try:
-            network = self._ensure_network(self.place(spec, state), spec, state)
-            for volume in volumes:
-                self._ensure_volume(client, spec.key, volume)
-            old_ip = self.slot_address(spec, state, old, COLORS[0], 0)
-            name = f"sp-{spec.key}-{new.name}-migrate"
+            # What an attempt that stopped half-way left: the old version is still the source.
             try:
                 self._remove_container(client.containers.get(name))
             except NotFound:
                 pass
+            self._cleanup_failed_move(client, None, volumes)
+            network = self._ensure_network(self.place(spec, state), spec, state)
+            for volume, volume_spec in zip(volumes, new.volumes, strict=True):
+                self._ensure_volume(client, spec.key, volume, volume_spec.size_gb)
+            old_ip = self.slot_address(spec, state, old, COLORS[0], 0)
             self._ensure_image(client, new.image)
             options = self.run_options(spec, new, COLORS[1], 0, name)
             options["labels"] = {LABEL: spec.key, HELPER: "migrate"}
@@ -631,7 +838,17 @@ class DockerBackend(HostPlacement, Backend):
             if problem:
                 raise BackendError(f"the new version did not start on an empty volume: {problem}")
             log(f"copying the data of {old.name} {old.version} into {new.version}")
-            handler(temp, old_ip, dict(new.env), log)
+            env = {"STACKPORT_OLD_HOST": old_ip}
+            if new.data_export:
+                dump = self._export_data(client, spec.key, old, new.data_export, log)
+                env["STACKPORT_DUMP"] = self._hand_over(temp, new, dump)
+            result = temp.exec_run(list(new.data_restore), environment=env, demux=True)
+            out = b"".join(x or b"" for x in result.output).decode(errors="replace").strip()
+            if result.exit_code != 0:
+                raise BackendError(f"dump and restore failed: {out[-500:]}", permanent=True)
+            if "STACKPORT_DUMP" in env:
+                temp.exec_run(["rm", "-f", env["STACKPORT_DUMP"]])
+            log("dump restored into the new version" + (f": {out.splitlines()[-1][:200]}" if out else ""))
             self._stop_container(temp)
         except BackendError:
             self._cleanup_failed_move(client, temp, volumes)
@@ -641,14 +858,56 @@ class DockerBackend(HostPlacement, Backend):
             raise _wrap(exc, f"migrating {new.name}") from exc
         self._remove_container(temp)
 
+    def _export_data(
+        self, client: docker.DockerClient, key: str, old: ComponentSpec, command: tuple[str, ...], log: Any
+    ) -> bytes:
+        """The export command's standard output, run in the old version's running container."""
+        running = [
+            c
+            for c in self._containers(client, key)
+            if c.labels.get(COMPONENT) == old.name and HELPER not in c.labels and c.status == "running"
+        ]
+        if not running:
+            raise BackendError(f"dump and restore failed: {old.name} is not running", permanent=True)
+        source = min(running, key=lambda c: int(c.labels.get(INDEX, 0)))
+        result = source.exec_run(list(command), demux=True)
+        stdout, stderr = result.output
+        what = f"the export from {old.name} {old.version}"
+        if result.exit_code != 0:
+            detail = (stderr or stdout or b"").decode(errors="replace").strip()
+            raise BackendError(f"{what} failed: {detail[-500:]}", permanent=True)
+        if len(stdout or b"") > EXPORT_LIMIT:
+            raise BackendError(f"{what} is larger than {EXPORT_LIMIT >> 20} MiB", permanent=True)
+        log(f"exported {len(stdout or b'')} bytes from {source.name}")
+        return stdout or b""
+
+    @staticmethod
+    def _hand_over(temp: Any, new: ComponentSpec, dump: bytes) -> str:
+        """Put ``dump`` into the temporary container's first volume (writable even on a
+        read-only root; the volume's own directory mode keeps other users out); its path."""
+        buffer = io.BytesIO()
+        with tarfile.open(fileobj=buffer, mode="w") as tar:
+            info = tarfile.TarInfo(DUMP_FILE)
+            info.size, info.mode, info.mtime = len(dump), 0o644, int(time.time())
+            tar.addfile(info, io.BytesIO(dump))
+        path = new.volumes[0].path
+        if not temp.put_archive(path, buffer.getvalue()):
+            raise BackendError(f"could not hand the export to the new {new.name}", permanent=True)
+        return f"{path.rstrip('/')}/{DUMP_FILE}"
+
     def _cleanup_failed_move(self, client: docker.DockerClient, temp: Any, volumes: list[str]) -> None:
         if temp is not None:
             self._remove_container(temp)
+        sized = []
         for volume in volumes:
             try:
-                client.volumes.get(volume).remove(force=True)
+                found = client.volumes.get(volume)
+                found.remove(force=True)
             except NotFound:
-                pass
+                continue
+            if (found.attrs.get("Labels") or {}).get(SIZE):
+                sized.append(volume)
+        self._release_volumes(client, "", sized)
 
     # --- observe / destroy / logs / samples ----------------------------------------------------
     def _replica(self, spec: StackSpec | None, state: dict[str, Any], host: str, c: Any) -> ReplicaState:
@@ -675,15 +934,18 @@ class DockerBackend(HostPlacement, Backend):
         return Observed([self._replica(spec, state, h, c) for h, c in found if HELPER not in c.labels])
 
     def stacks(self) -> dict[str, list[ReplicaState]]:
+        """One list call per host (the engine's summaries, no inspect per container: the
+        reconciler's pass costs calls per host, not per stack)."""
         result: dict[str, list[ReplicaState]] = {}
         for host in self.hosts:
             try:
-                containers = list_containers(self.client(host.name), all=True, filters={"label": LABEL})
-            except (APIError, DockerException) as exc:
+                summaries = self.client(host.name).api.containers(all=True, filters={"label": LABEL})
+            except (APIError, DockerException, OSError) as exc:
                 raise _wrap(exc, f"listing containers on {host.name}") from exc
-            for c in containers:
-                if HELPER not in c.labels:
-                    result.setdefault(c.labels[LABEL], []).append(self._replica(None, {}, host.name, c))
+            for c in summaries:
+                labels = c.get("Labels") or {}
+                if HELPER not in labels and labels.get(LABEL):
+                    result.setdefault(labels[LABEL], []).append(summary_replica(host.name, c))
         return result
 
     def destroy(self, key: str, state: dict[str, Any]) -> None:
@@ -699,11 +961,15 @@ class DockerBackend(HostPlacement, Backend):
                         n.remove()
                     except NotFound:
                         pass
+                sized = []
                 for v in client.volumes.list(filters={"label": f"{LABEL}={key}"}):
                     try:
                         v.remove(force=True)
                     except NotFound:
                         pass
+                    if (v.attrs.get("Labels") or {}).get(SIZE):
+                        sized.append(v.name)
+                self._release_volumes(client, key, sized)
             except (APIError, DockerException) as exc:
                 raise _wrap(exc, f"destroying {key} on {host.name}") from exc
 
@@ -787,7 +1053,7 @@ class DockerBackend(HostPlacement, Backend):
 
     # --- content -------------------------------------------------------------------------------
     def put_content(
-        self, key: str, state: dict[str, Any], release: str, archive: bytes, image: str | None = None
+        self, key: str, state: dict[str, Any], release: str, archive: BinaryIO, image: str | None = None
     ) -> None:
         """Create (once) the read-only content volume of a release from a tar archive.
 
@@ -800,7 +1066,7 @@ class DockerBackend(HostPlacement, Backend):
             self._put_content(self.client(host.name), key, release, archive, image)
 
     def _put_content(
-        self, client: docker.DockerClient, key: str, release: str, archive: bytes, image: str | None
+        self, client: docker.DockerClient, key: str, release: str, archive: BinaryIO, image: str | None
     ) -> None:
         volume = content_volume(key, release)
         marker = f"{volume}-ok"  # created last: the content volume is complete
@@ -832,6 +1098,7 @@ class DockerBackend(HostPlacement, Backend):
                 labels={HELPER: "content", LABEL: key},
                 user="0",
             )
+            archive.seek(0)  # streamed to the engine, from the start for each host
             if not helper.put_archive("/content", archive):
                 raise BackendError("the engine refused the content archive", permanent=True)
             self._remove_container(helper)
@@ -850,22 +1117,620 @@ class DockerBackend(HostPlacement, Backend):
                 return str(image.tags[0])
         raise BackendError("no image on the host to unpack content with", permanent=False)
 
-
-def describe_host(url: str) -> HostFacts:
-    """The engine's id, kernel, CPUs and memory. ``BackendError`` when it does not answer."""
-    try:
-        client = docker.DockerClient(base_url=url, version="auto", timeout=10)
+    # --- backups (stacks.runtime.backups drives these) -----------------------------------------
+    def dump(
+        self,
+        spec: StackSpec,
+        state: dict[str, Any],
+        component: str,
+        method: str,
+        volume: str = "",
+        log: Any = print,
+    ) -> Iterator[bytes]:
+        """Stream a consistent backup of one component, taken by a helper container of the
+        component's own image on the stack's network while the component keeps running
+        (``BACKUP_METHODS``): a logical dump of a database, Redis's own snapshot, RabbitMQ's
+        definitions (asked of the running broker: its CLI talks to loopback only) or a tar
+        of a file ``volume``. The iterator raises ``BackendError`` at its end when the dump
+        failed, so a consumer that stops there has no half backup."""
+        comp = self._component(spec, component)
+        client = self.client(self.place(spec, state))
+        if method == "rabbitmq":
+            yield self._broker_definitions(client, spec.key, comp)
+            return
+        command, caps, user = self._dump_command(spec, state, comp, method, volume)
+        name = f"sp-{spec.key}-{comp.name}-dump"
+        mounts = {}
+        if method == "files":
+            mounts[self._volume_of(spec, comp, volume)] = {"bind": "/backup", "mode": "ro"}
+        helper = self._backup_helper(
+            client,
+            spec,
+            state,
+            comp,
+            name,
+            command,
+            mounts=mounts,
+            caps=caps,
+            user=user,
+            network=method != "files",
+        )
+        errors = bytearray()
         try:
+            stream = client.api.attach(
+                helper.id, stdout=True, stderr=True, stream=True, logs=False, demux=True
+            )
+            helper.start()
+            size = 0
+            for out, err in stream:
+                if err and len(errors) < 8192:
+                    errors += err
+                if out:
+                    size += len(out)
+                    yield out
+            code = int(helper.wait(timeout=600).get("StatusCode", 1))
+            if code != 0:
+                detail = errors.decode(errors="replace").strip()[-500:]
+                raise BackendError(
+                    f"the backup of {comp.name} failed (exit {code}): {detail}", permanent=False
+                )
+            log(f"{comp.name}: {size} bytes dumped ({method})")
+        except (APIError, DockerException, OSError) as exc:
+            raise _wrap(exc, f"dumping {comp.name}") from exc
+        finally:
+            self._remove_container(helper)
+
+    def restore(
+        self,
+        spec: StackSpec,
+        state: dict[str, Any],
+        component: str,
+        method: str,
+        chunks: Iterable[bytes],
+        token: str,
+        volume: str = "",
+        log: Any = print,
+    ) -> list[str]:
+        """Replace a component's data in place by a backup (``chunks``, as ``dump`` gave
+        them). The backup is loaded into fresh volumes first (a database by a temporary
+        server of the same image, the dump streamed into its own client); a failure there
+        removes them and leaves the running data as it was. Then the component is stopped,
+        its current data copied into *kept* volumes (named by ``token``), the restored data
+        put in its place, and it is started again. Returns the kept volumes (empty when the
+        component had no data yet): ``undo_restore`` puts them back, ``drop_kept`` removes
+        them once the customer keeps the restored data."""
+        comp = self._component(spec, component)
+        if not re.match(r"^[a-z0-9]{1,24}$", token):
+            raise BackendError(f"invalid restore token {token!r}", permanent=True)
+        home = self.place(spec, state)
+        client = self.client(home)
+        if method == "rabbitmq":
+            self._import_definitions(client, spec.key, comp, b"".join(chunks), log)
+            return []
+        volumes = [v for v in comp.volumes if method != "files" or v.name == volume]
+        if not volumes:
+            raise BackendError(f"{comp.name} has no volume {volume or 'to restore'}", permanent=True)
+        live = [self._volume_of(spec, comp, v.name) for v in volumes]
+        scratch = [f"{name}-r{token}" for name in live]
+        kept = [f"{name}-k{token}" for name in live]
+        try:
+            for name in scratch:
+                self._remove_volume(client, name)  # a leftover of an interrupted run
+                client.volumes.create(name, labels={LABEL: spec.key})
+            self._load(client, spec, state, comp, method, volumes, scratch, chunks, log)
+            running = self._running_of(client, spec.key, comp.name) if comp.stateful else []
+            for container in running:
+                log(f"stopping {container.name} to put the restored data in place")
+                self._stop_container(container)
+            had_data = self._swap(client, spec, comp, live, kept, scratch, log)
+            for container in running:
+                container.start()
+            if running:
+                problem = self._wait_healthy(client, spec.key, [c.name for c in running], log)
+                if problem:
+                    raise BackendError(f"{comp.name} did not start on the restored data: {problem}")
+        except (APIError, DockerException, OSError) as exc:
+            raise _wrap(exc, f"restoring {comp.name}") from exc
+        finally:
+            for name in scratch:
+                self._remove_volume(client, name)
+        log(
+            f"{comp.name}: restored"
+            + (f"; the previous data is kept in {', '.join(kept)}" if had_data else "")
+        )
+        return kept if had_data else []
+
+    def undo_restore(
+        self, spec: StackSpec, state: dict[str, Any], component: str, kept: list[str], log: Any = print
+    ) -> None:
+        """Put the data a restore replaced (``kept``, as ``restore`` returned) back in place."""
+        comp = self._component(spec, component)
+        client = self.client(self.place(spec, state))
+        live = [k.rsplit("-k", 1)[0] for k in kept]
+        try:
+            running = self._running_of(client, spec.key, comp.name) if comp.stateful else []
+            for container in running:
+                self._stop_container(container)
+            for source, target in zip(kept, live, strict=True):
+                self._copy_volume(client, spec, comp, source, target, log)
+            for container in running:
+                container.start()
+            if running:
+                self._wait_healthy(client, spec.key, [c.name for c in running], log)
+        except (APIError, DockerException, OSError) as exc:
+            raise _wrap(exc, f"putting back the data of {comp.name}") from exc
+        self.drop_kept(spec.key, state, kept)
+
+    def drop_kept(self, key: str, state: dict[str, Any], kept: list[str]) -> None:
+        """Remove the volumes a restore kept (the customer keeps the restored data)."""
+        client = self.client(self.place_of(state))
+        for name in kept:
+            if not name.startswith(f"sp-{key}-"):
+                raise BackendError(f"{name} is not a volume of {key}", permanent=True)
+            self._remove_volume(client, name)
+
+    def place_of(self, state: dict[str, Any]) -> str:
+        return str(state.get("host") or self.hosts[0].name)
+
+    @staticmethod
+    def _component(spec: StackSpec, name: str) -> ComponentSpec:
+        comp = next((c for c in spec.components if c.name == name), None)
+        if comp is None:
+            raise BackendError(f"the stack has no component {name!r}", permanent=True)
+        return comp
+
+    @staticmethod
+    def _volume_of(spec: StackSpec, comp: ComponentSpec, volume: str) -> str:
+        found = next((v for v in comp.volumes if v.name == volume), None)
+        if found is None:
+            raise BackendError(f"{comp.name} has no volume {volume!r}", permanent=True)
+        return volume_name(spec.key, comp, volume)
+
+    def _running_of(self, client: docker.DockerClient, key: str, component: str) -> list[Any]:
+        return [
+            c
+            for c in self._containers(client, key)
+            if c.labels.get(COMPONENT) == component and HELPER not in c.labels and c.status == "running"
+        ]
+
+    @staticmethod
+    def _remove_volume(client: docker.DockerClient, name: str) -> None:
+        try:
+            client.volumes.get(name).remove(force=True)
+        except NotFound:
+            pass
+
+    def _dump_command(
+        self, spec: StackSpec, state: dict[str, Any], comp: ComponentSpec, method: str, volume: str
+    ) -> tuple[dict[str, Any], list[str], str]:
+        env = dict(comp.env)
+        host = self.slot_address(spec, state, comp, COLORS[0], 0)
+        if method == "postgresql":
+            command = [
+                "pg_dump",
+                "-h",
+                host,
+                "-U",
+                env["STACKPORT_DB_USER"],
+                "-d",
+                env["STACKPORT_DB_NAME"],
+                "-Fc",
+            ]
+            return {"cmd": command, "env": {"PGPASSWORD": env["STACKPORT_DB_PASSWORD"]}}, [], comp.user
+        if method == "mariadb":
+            command = [
+                "mariadb-dump", "-h", host, "-u", env["STACKPORT_DB_USER"], "--single-transaction",
+                "--routines", "--triggers", "--hex-blob", "--no-tablespaces", env["STACKPORT_DB_NAME"],
+            ]  # fmt: skip
+            return {"cmd": command, "env": {"MYSQL_PWD": env["STACKPORT_DB_PASSWORD"]}}, [], comp.user
+        if method == "redis":
+            auth = (
+                {"REDISCLI_AUTH": env["STACKPORT_REDIS_PASSWORD"]}
+                if env.get("STACKPORT_REDIS_PASSWORD")
+                else {}
+            )
+            return {"cmd": ["redis-cli", "-h", host, "--rdb", "-"], "env": auth}, [], comp.user
+        if method == "files":
+            self._volume_of(spec, comp, volume)
+            command = ["tar", "--numeric-owner", "-C", "/backup", "-cf", "-", "."]
+            return {"cmd": command, "env": {}}, ["DAC_READ_SEARCH"], "0"
+        raise BackendError(f"no backup procedure {method!r}", permanent=True)
+
+    def _backup_helper(
+        self,
+        client: docker.DockerClient,
+        spec: StackSpec,
+        state: dict[str, Any],
+        comp: ComponentSpec,
+        name: str,
+        command: dict[str, Any],
+        *,
+        mounts: dict[str, Any],
+        caps: list[str],
+        user: str,
+        network: bool,
+        stdin: bool = False,
+        logs: bool = False,
+    ) -> Any:
+        """A created (not started) helper of the component's image: hardened like a replica
+        (no capabilities but ``caps``, read-only root, limits), no health check, not restarted,
+        on the stack's network only when it must reach the component."""
+        try:
+            self._remove_container(client.containers.get(name))
+        except NotFound:
+            pass
+        self._ensure_image(client, comp.image)
+        options = self.run_options(spec, comp, COLORS[1], 0, name)
+        options.update(
+            labels={LABEL: spec.key, HELPER: "backup", COMPONENT: comp.name},
+            restart_policy={"Name": "no"},
+            volumes=mounts,
+            environment=command["env"],
+            entrypoint=[command["cmd"][0]],
+            command=command["cmd"][1:],
+            user=user,
+            cap_add=caps,
+            extra_hosts={},
+            log_config={"type": "json-file", "config": {"max-size": "1m", "max-file": "1"}}
+            if logs
+            else {"type": "none", "config": {}},
+        )
+        options.pop("healthcheck", None)
+        if not network:
+            options["network_disabled"] = True
+        if stdin:
+            options["stdin_open"] = True
+        created = client.containers.create(comp.image, **options)
+        if network:
+            try:
+                client.api.disconnect_container_from_network(created.id, "bridge")
+            except APIError:
+                pass
+            self._ensure_network(self.place(spec, state), spec, state).connect(created)
+        return created
+
+    def _feed(self, client: docker.DockerClient, helper: Any, chunks: Iterable[bytes], what: str) -> None:
+        """Start ``helper`` with ``chunks`` on its standard input; BackendError unless it exits 0."""
+        sock = client.api.attach_socket(helper.id, params={"stdin": 1, "stream": 1})
+        raw = getattr(sock, "_sock", sock)
+        try:
+            helper.start()
+            for chunk in chunks:
+                raw.sendall(chunk)
+            raw.shutdown(socket.SHUT_WR)
+        except BrokenPipeError:
+            pass  # it exited early: its exit code and log say why
+        finally:
+            sock.close()
+        code = int(helper.wait(timeout=3600).get("StatusCode", 1))
+        if code != 0:
+            tail = helper.logs(tail=12).decode(errors="replace").strip()
+            raise BackendError(f"{what} failed (exit {code}): {tail[-500:]}", permanent=True)
+
+    def _load(
+        self,
+        client: docker.DockerClient,
+        spec: StackSpec,
+        state: dict[str, Any],
+        comp: ComponentSpec,
+        method: str,
+        volumes: list[Any],
+        scratch: list[str],
+        chunks: Iterable[bytes],
+        log: Any,
+    ) -> None:
+        """Fill the ``scratch`` volumes from the backup."""
+        mounts = {name: {"bind": v.path, "mode": "rw"} for name, v in zip(scratch, volumes, strict=True)}
+        env = dict(comp.env)
+        loader = f"sp-{spec.key}-{comp.name}-load"
+        if method in ("postgresql", "mariadb"):
+            temp_name = f"sp-{spec.key}-{comp.name}-restore"
+            try:
+                self._remove_container(client.containers.get(temp_name))
+            except NotFound:
+                pass
+            options = self.run_options(spec, comp, COLORS[1], 0, temp_name)
+            options.update(
+                labels={LABEL: spec.key, HELPER: "restore"}, restart_policy={"Name": "no"}, volumes=mounts
+            )
+            temp = client.containers.create(comp.image, **options)
+            try:
+                try:
+                    client.api.disconnect_container_from_network(temp.id, "bridge")
+                except APIError:
+                    pass
+                address = self.slot_address(spec, state, comp, COLORS[1], 0)
+                self._ensure_network(self.place(spec, state), spec, state).connect(temp, ipv4_address=address)
+                temp.start()
+                problem = self._wait_healthy(client, spec.key, [temp_name], log)
+                if problem:
+                    raise BackendError(f"a fresh {comp.name} did not start: {problem}", permanent=True)
+                if method == "postgresql":
+                    restore_cmd = ["pg_restore", "-h", address, "-U", env["STACKPORT_DB_USER"]]
+                    restore_cmd += ["-d", env["STACKPORT_DB_NAME"], "--no-owner", "--exit-on-error", "-1"]
+                    load: dict[str, Any] = {
+                        "cmd": restore_cmd,
+                        "env": {"PGPASSWORD": env["STACKPORT_DB_PASSWORD"]},
+                    }
+                else:
+                    load = {
+                        "cmd": [
+                            "mariadb",
+                            "-h",
+                            address,
+                            "-u",
+                            env["STACKPORT_DB_USER"],
+                            env["STACKPORT_DB_NAME"],
+                        ],
+                        "env": {"MYSQL_PWD": env["STACKPORT_DB_PASSWORD"]},
+                    }
+                helper = self._backup_helper(
+                    client, spec, state, comp, loader, load, mounts={}, caps=[], user=comp.user,
+                    network=True, stdin=True, logs=True,
+                )  # fmt: skip
+                try:
+                    log(f"loading the backup into a fresh {comp.name}")
+                    self._feed(client, helper, chunks, f"loading the backup of {comp.name}")
+                finally:
+                    self._remove_container(helper)
+                self._stop_container(temp)  # a clean shutdown writes everything out
+            finally:
+                self._remove_container(temp)
+            return
+        if method == "redis":
+            target = volumes[0].path.rstrip("/")
+            script = f'cat > "{target}/dump.rdb" && chown {comp.user}: "{target}/dump.rdb" "{target}"'
+            cmd: dict[str, Any] = {"cmd": ["sh", "-c", script], "env": {}}
+            caps, user = ["CHOWN", "DAC_OVERRIDE", "FOWNER"], "0"
+        elif method == "files":
+            target = volumes[0].path.rstrip("/")
+            cmd = {"cmd": ["tar", "--numeric-owner", "-C", target, "-xpf", "-"], "env": {}}
+            caps, user = ["CHOWN", "DAC_OVERRIDE", "FOWNER", "FSETID"], "0"
+        else:
+            raise BackendError(f"no restore procedure {method!r}", permanent=True)
+        helper = self._backup_helper(
+            client, spec, state, comp, loader, cmd, mounts=mounts, caps=caps, user=user,
+            network=False, stdin=True, logs=True,
+        )  # fmt: skip
+        try:
+            self._feed(client, helper, chunks, f"loading the backup of {comp.name}")
+        finally:
+            self._remove_container(helper)
+        if method == "redis":
+            self._redis_to_aof(client, spec, comp, mounts, log)
+
+    def _redis_to_aof(
+        self,
+        client: docker.DockerClient,
+        spec: StackSpec,
+        comp: ComponentSpec,
+        mounts: dict[str, Any],
+        log: Any,
+    ) -> None:
+        """Redis with its append-only file on starts empty from an RDB alone: a temporary
+        server loads the RDB with the append-only file off, writes the append-only file from
+        it (CONFIG SET appendonly yes rewrites it) and shuts down cleanly."""
+        name = f"sp-{spec.key}-{comp.name}-restore"
+        try:
+            self._remove_container(client.containers.get(name))
+        except NotFound:
+            pass
+        options = self.run_options(spec, comp, COLORS[1], 0, name)
+        options.update(
+            labels={LABEL: spec.key, HELPER: "restore"},
+            restart_policy={"Name": "no"},
+            volumes=mounts,
+            command=["--appendonly", "no"],
+            network_disabled=True,
+            extra_hosts={},
+        )
+        temp = client.containers.create(comp.image, **options)
+        try:
+            temp.start()
+            problem = self._wait_healthy(client, spec.key, [name], log)
+            if problem:
+                raise BackendError(f"{comp.name} did not load the snapshot: {problem}", permanent=True)
+            script = (
+                "redis-cli config set appendonly yes >/dev/null || exit 1; "
+                "for i in $(seq 1 3000); do info=$(redis-cli info persistence); "
+                'case "$info" in *aof_rewrite_in_progress:1*|*aof_rewrite_scheduled:1*) sleep 0.2;; '
+                '*) case "$info" in *aof_last_bgrewrite_status:ok*) exit 0;; *) exit 2;; esac;; '
+                "esac; done; exit 3"
+            )
+            env = dict(comp.env)
+            auth = (
+                {"REDISCLI_AUTH": env["STACKPORT_REDIS_PASSWORD"]}
+                if env.get("STACKPORT_REDIS_PASSWORD")
+                else {}
+            )
+            result = temp.exec_run(["sh", "-c", script], environment=auth)
+            if result.exit_code != 0:
+                detail = (result.output or b"").decode(errors="replace").strip()[-300:]
+                raise BackendError(
+                    f"{comp.name} could not write its append-only file: {detail}", permanent=True
+                )
+            self._stop_container(temp)
+            log(f"{comp.name}: snapshot loaded and written to the append-only file")
+        finally:
+            self._remove_container(temp)
+
+    def _swap(
+        self,
+        client: docker.DockerClient,
+        spec: StackSpec,
+        comp: ComponentSpec,
+        live: list[str],
+        kept: list[str],
+        scratch: list[str],
+        log: Any,
+    ) -> bool:
+        """Copy each live volume into its kept one, then the scratch one into it. If the
+        second copy fails the kept data is put back. True when there was data to keep."""
+        script = (
+            'set -u; if [ -z "$(ls -A /live)" ]; then had=0; else had=1; '
+            "cp -a /live/. /kept/ || exit 10; fi; "
+            "find /live -mindepth 1 -delete && cp -a /scratch/. /live/ && exit $((20 + had)); "
+            "find /live -mindepth 1 -delete; [ $had = 1 ] && cp -a /kept/. /live/; exit 11"
+        )
+        had = False
+        for live_name, kept_name, scratch_name in zip(live, kept, scratch, strict=True):
+            self._ensure_volume(client, spec.key, live_name)
+            self._remove_volume(client, kept_name)
+            client.volumes.create(kept_name, labels={LABEL: spec.key, "org.stackport.kept": live_name})
+            code, out = self._run_copy(
+                client, spec, comp, {live_name: "/live", kept_name: "/kept", scratch_name: "/scratch"}, script
+            )
+            if code not in (20, 21):
+                raise BackendError(
+                    f"putting the restored data of {comp.name} in place failed: {out}", permanent=True
+                )
+            if code == 20:
+                self._remove_volume(client, kept_name)
+            had = had or code == 21
+            log(f"restored data in place in {live_name}")
+        return had
+
+    def _copy_volume(
+        self,
+        client: docker.DockerClient,
+        spec: StackSpec,
+        comp: ComponentSpec,
+        source: str,
+        target: str,
+        log: Any,
+    ) -> None:
+        script = "find /live -mindepth 1 -delete && cp -a /kept/. /live/"
+        code, out = self._run_copy(client, spec, comp, {target: "/live", source: "/kept"}, script)
+        if code != 0:
+            raise BackendError(f"copying {source} into {target} failed: {out}", permanent=True)
+        log(f"put {source} back into {target}")
+
+    def _run_copy(
+        self,
+        client: docker.DockerClient,
+        spec: StackSpec,
+        comp: ComponentSpec,
+        mounts: dict[str, str],
+        script: str,
+    ) -> tuple[int, str]:
+        """Run ``script`` as root (only the file capabilities, no network) in a container of
+        the component's image with ``mounts`` (volume -> path)."""
+        name = f"sp-{spec.key}-{comp.name}-copy"
+        try:
+            self._remove_container(client.containers.get(name))
+        except NotFound:
+            pass
+        self._ensure_image(client, comp.image)
+        helper = client.containers.create(
+            comp.image,
+            entrypoint=["sh", "-c", script],
+            name=name,
+            user="0",
+            labels={LABEL: spec.key, HELPER: "copy"},
+            volumes={v: {"bind": path, "mode": "rw"} for v, path in mounts.items()},
+            cap_drop=["ALL"],
+            cap_add=["CHOWN", "DAC_OVERRIDE", "FOWNER", "FSETID"],
+            security_opt=["no-new-privileges:true"],
+            read_only=True,
+            network_disabled=True,
+            mem_limit="256m",
+            pids_limit=64,
+        )
+        try:
+            helper.start()
+            code = int(helper.wait(timeout=3600).get("StatusCode", 1))
+            out = helper.logs(tail=8).decode(errors="replace").strip()
+        finally:
+            self._remove_container(helper)
+        return code, out[-500:]
+
+    def _broker_definitions(self, client: docker.DockerClient, key: str, comp: ComponentSpec) -> bytes:
+        """RabbitMQ's definitions (users, vhosts, queues, exchanges, bindings, policies) as
+        JSON, exported by the running broker (its CLI reaches the node on loopback only)."""
+        running = self._running_of(client, key, comp.name)
+        if not running:
+            raise BackendError(f"{comp.name} is not running, so its definitions cannot be exported")
+        result = running[0].exec_run(["rabbitmqctl", "-q", "export_definitions", "-"], demux=True)
+        stdout, stderr = result.output
+        if result.exit_code != 0 or not (stdout or b"").strip().startswith(b"{"):
+            detail = (stderr or stdout or b"").decode(errors="replace").strip()[-500:]
+            raise BackendError(f"exporting the definitions of {comp.name} failed: {detail}")
+        return bytes(stdout)
+
+    def _import_definitions(
+        self, client: docker.DockerClient, key: str, comp: ComponentSpec, data: bytes, log: Any
+    ) -> None:
+        """Import definitions into the running broker (added to what it has; messages are
+        not part of a definitions backup)."""
+        try:
+            json.loads(data)
+        except ValueError as exc:
+            raise BackendError("the backup is not a RabbitMQ definitions file", permanent=True) from exc
+        running = self._running_of(client, key, comp.name)
+        if not running:
+            raise BackendError(f"{comp.name} is not running, so definitions cannot be imported")
+        path = comp.volumes[0].path.rstrip("/")
+        buffer = io.BytesIO()
+        with tarfile.open(fileobj=buffer, mode="w") as tar:
+            info = tarfile.TarInfo(".stackport-definitions.json")
+            info.size, info.mode, info.mtime = len(data), 0o600, int(time.time())
+            tar.addfile(info, io.BytesIO(data))
+        if not running[0].put_archive(path, buffer.getvalue()):
+            raise BackendError("could not hand the definitions to the broker", permanent=True)
+        file = f"{path}/.stackport-definitions.json"
+        result = running[0].exec_run(["rabbitmqctl", "-q", "import_definitions", file], demux=True)
+        running[0].exec_run(["rm", "-f", file])
+        if result.exit_code != 0:
+            detail = b"".join(x or b"" for x in result.output).decode(errors="replace").strip()
+            raise BackendError(f"importing the definitions failed: {detail[-500:]}", permanent=True)
+        log(f"{comp.name}: definitions imported")
+
+
+def describe_host(url: str, timeout: float = 10) -> HostFacts:
+    """The engine's id, kernel, CPUs and memory: a ping, then the engine's info, each
+    within ``timeout`` seconds (the host health probe, and registration). ``BackendError``
+    when it does not answer."""
+    if not ENGINE_URL_RE.fullmatch(url):
+        raise BackendError("this is not an engine address Stackport uses", permanent=True)
+    try:
+        client = docker.DockerClient(base_url=url, version="auto", timeout=timeout)
+        try:
+            client.ping()
             info = client.info()
         finally:
             client.close()
     except (DockerException, OSError) as exc:
-        raise _wrap(exc, f"the engine at {url}") from exc
+        raise _wrap(exc, f"the engine at {url} does not answer") from exc
     return HostFacts(
         engine_id=str(info.get("ID", ""))[:100],
         kernel_release=str(info.get("KernelVersion", ""))[:100],
         cpus=int(info.get("NCPU", 0)),
         memory_mb=int(info.get("MemTotal", 0)) // (1024 * 1024),
+    )
+
+
+def summary_replica(host: str, summary: dict[str, Any]) -> ReplicaState:
+    """A replica from the engine's list summary: ``State`` is the container's status,
+    ``Status`` ("Up 5 minutes (healthy)") carries the health check's verdict."""
+    labels = summary.get("Labels") or {}
+    state, text = str(summary.get("State") or ""), str(summary.get("Status") or "")
+    if state == "running":
+        if "(unhealthy)" in text:
+            status = "unhealthy"
+        elif "(health: starting)" in text:
+            status = "starting"
+        else:
+            status = "running"
+    else:
+        status = state or "unknown"
+    return ReplicaState(
+        labels.get(COMPONENT, "?"),
+        int(labels.get(INDEX, 0) or 0),
+        host,
+        status,
+        None,
+        labels.get(VERSION, ""),
+        labels.get(SPEC, ""),
     )
 
 
@@ -907,28 +1772,6 @@ def volume_name(key: str, comp: ComponentSpec, volume: str) -> str:
 
 def content_volume(key: str, release: str) -> str:
     return f"sp-{key}-content-{release}"
-
-
-def _pg_dump_restore(container: Any, old_ip: str, env: dict[str, str], log: Any) -> None:
-    """PostgreSQL: pg_dump of the new major (reads older servers) piped into pg_restore."""
-    user, db, password = env["STACKPORT_DB_USER"], env["STACKPORT_DB_NAME"], env["STACKPORT_DB_PASSWORD"]
-    script = (
-        'set -o pipefail; pg_dump -h "$OLD" -U "$U" -d "$D" -Fc --no-owner '
-        '| pg_restore -h 127.0.0.1 -U "$U" -d "$D" --no-owner --exit-on-error'
-    )
-    result = container.exec_run(
-        ["bash", "-c", script],
-        environment={"OLD": old_ip, "U": user, "D": db, "PGPASSWORD": password},
-        demux=True,
-    )
-    out = b"".join(x or b"" for x in result.output).decode(errors="replace").strip()
-    if result.exit_code != 0:
-        raise BackendError(f"dump and restore failed: {out[-500:]}", permanent=True)
-    log("dump restored into the new version")
-
-
-# Keyed by the component's health command (the catalog's contract names the tools).
-DATA_MOVES: dict[str, Any] = {"pg_isready": _pg_dump_restore}
 
 
 def tar_directory(files: dict[str, bytes]) -> bytes:

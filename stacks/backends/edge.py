@@ -9,8 +9,12 @@ stops, and Caddy retries the requests that hit it on another slot. (Not requests
 body that reach the old slot before the health check sees it gone: Caddy 2.6 cannot retry
 those, see below. A container that fails its health check for a moment before it stops
 gets none of them.) Only domain and path changes write config, and every write reloads
-Caddy's servers, which closes idle client keep-alive connections (a few client errors
-under load), so a write that would change nothing is never sent.
+Caddy's servers: Go's graceful shutdown of the old server closes its idle client
+keep-alive connections, and a request a client sends on one in the same instant fails
+("connection reset", "closed without response": measured ~4 per write with 16 busy
+clients, bench/edge_churn.py). HTTP lets clients resend idempotent requests then; POSTs
+are the part that remains (docs/backends.md). So a write that would change nothing is
+never sent, and ``set_routes`` writes many route changes as one (one reload).
 
 Config is built as Python data and sent as JSON; host names, paths and addresses are
 validated first. Every failure is an ``EdgeError`` whose ``permanent`` flag tells a
@@ -24,13 +28,16 @@ import json
 import random
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Self
 from urllib.parse import urlsplit
 
 import idna  # a dependency of requests
 import requests
+from requests.adapters import HTTPAdapter
+from urllib3.util.retry import Retry  # a dependency of requests
 
 ROUTE_ID_RE = re.compile(r"[a-z0-9-]{1,64}")
 SERVER_NAME_RE = re.compile(r"[a-z0-9_-]{1,64}")
@@ -249,12 +256,48 @@ def ordered_routes(routes: list[Any]) -> list[Any]:
     return sorted(routes, key=key)
 
 
+@dataclass(frozen=True)
+class Route:
+    """One proxy route, as ``EdgeRouter.set_routes`` takes it (the arguments of
+    ``EdgeRouter.set_route``)."""
+
+    route_id: str
+    hosts: Sequence[str]
+    upstreams: Sequence[str]
+    path_prefix: str | None = None
+    health_path: str = "/healthz"
+
+
+def route_config(route: Route, admin_netloc: str | None = None) -> dict[str, Any]:
+    """Caddy's config for ``route``, every argument validated and normalized first.
+
+    Raises a permanent ``EdgeError`` for anything invalid, also for an upstream that is
+    ``admin_netloc`` (proxying to the admin API would hand the router to the internet).
+    """
+    route_id, hosts, upstreams = route.route_id, route.hosts, route.upstreams
+    validate_route_id(route_id)
+    if isinstance(hosts, str) or not hosts:
+        raise EdgeError(f"route {route_id}: at least one host name is needed", permanent=True)
+    ascii_hosts = sorted({normalize_host(host) for host in hosts})
+    if isinstance(upstreams, str) or not upstreams:
+        raise EdgeError(f"route {route_id}: at least one upstream is needed", permanent=True)
+    slots = [normalize_upstream(upstream) for upstream in upstreams]
+    if len(set(slots)) != len(slots):
+        raise EdgeError(f"route {route_id}: an upstream is listed twice", permanent=True)
+    if admin_netloc is not None and admin_netloc in slots:
+        raise EdgeError(f"route {route_id}: an upstream is the admin API", permanent=True)
+    prefix = None if route.path_prefix is None else normalize_path_prefix(route.path_prefix)
+    validate_health_path(route.health_path)
+    return proxy_route(route_id, ascii_hosts, slots, prefix, route.health_path)
+
+
 def _etag(path: str, body: bytes) -> str:
     """Caddy's ETag for the config at ``path`` whose GET answered ``body``.
 
     Caddy 2.6 sends the ETag only as an HTTP trailer, which ``requests`` does not expose;
     it is the FNV-1a (32 bit) hash of the answer (admin.go, ``etagHasher``), so we compute
-    it. Should that ever differ, writes fail with 412 and then a transient ``EdgeError``.
+    it. Current Caddy sends it as a header (another hash), which ``_get`` prefers. Should
+    that ever differ, writes fail with 412 and then a transient ``EdgeError``.
     """
     digest = 0x811C9DC5
     for byte in body:
@@ -293,6 +336,13 @@ class EdgeRouter:
         self.session = requests.Session()
         # The admin API is ours and on loopback: no proxy or .netrc from the environment.
         self.session.trust_env = False
+        # Every config load also replaces Caddy's admin server, whose graceful shutdown
+        # closes our idle pooled connection: a request sent on it in that instant breaks
+        # before any answer. It is sent once more on a new connection. Safe for writes too:
+        # they carry If-Match, so one that did apply is refused (412) and read again.
+        retry = Retry(total=1, connect=0, read=1, status=0, other=0, redirect=0, allowed_methods=None)
+        self.session.mount("http://", HTTPAdapter(max_retries=retry))
+        self.session.mount("https://", HTTPAdapter(max_retries=retry))
 
     def __enter__(self) -> Self:
         return self
@@ -368,17 +418,41 @@ class EdgeRouter:
         route in the right place; True when the config changed (a reload). Creates the
         edge server if it is missing.
         """
-        desired = self._proxy_route(route_id, hosts, upstreams, path_prefix, health_path)
+        return self.set_routes([Route(route_id, hosts, upstreams, path_prefix, health_path)])
+
+    def set_routes(self, routes: Iterable[Route] = (), remove: Iterable[str] = ()) -> bool:
+        """Create or replace every route of ``routes`` and delete the routes whose ids are
+        in ``remove`` (absent ones are fine), all in one config write: one reload however
+        many routes change. Everything is validated before anything is sent.
+
+        Returns False, writing nothing, when Caddy already has exactly these routes (and
+        none of ``remove``); True when the config changed. Creates the edge server if it
+        is missing (only when there is a route to add).
+        """
+        desired = [route_config(route, self.admin_netloc) for route in routes]
+        ids = [route["@id"] for route in desired]
+        if len(set(ids)) != len(ids):
+            raise EdgeError("a route id is given twice", permanent=True)
+        gone = set(remove)
+        for route_id in gone:
+            validate_route_id(route_id)
+        if gone & set(ids):
+            raise EdgeError("a route id is both set and removed", permanent=True)
+        if not desired and not gone:
+            return False
+        replaced = gone | set(ids)
         for _ in range(WRITE_ATTEMPTS):
-            routes, etag = self._get(self._routes_path)
-            if routes is None:
+            current, etag = self._get(self._routes_path)
+            if current is None:
+                if not desired:
+                    return False  # no server: nothing to remove
                 self.ensure_server()
                 continue
-            if not isinstance(routes, list):
+            if not isinstance(current, list):
                 raise EdgeError(f"{self._routes_path} is not a list", permanent=True)
-            others = [route for route in routes if not _has_id(route, route_id)]
-            new_routes = self._with_catch_all([*others, desired])
-            if new_routes == routes:
+            others = [route for route in current if not _has_any_id(route, replaced)]
+            new_routes = self._with_catch_all([*others, *desired])
+            if new_routes == current:
                 return False
             if self._write("PATCH", self._routes_path, new_routes, etag):
                 return True
@@ -408,26 +482,6 @@ class EdgeRouter:
         }
 
     # --- config ------------------------------------------------------------------------------
-    def _proxy_route(
-        self, route_id: str, hosts: list[str], upstreams: list[str], path_prefix: str | None, health_path: str
-    ) -> dict[str, Any]:
-        """Validate every argument, then build the route; nothing has been sent yet."""
-        validate_route_id(route_id)
-        if isinstance(hosts, str) or not hosts:
-            raise EdgeError(f"route {route_id}: at least one host name is needed", permanent=True)
-        ascii_hosts = sorted({normalize_host(host) for host in hosts})
-        if isinstance(upstreams, str) or not upstreams:
-            raise EdgeError(f"route {route_id}: at least one upstream is needed", permanent=True)
-        slots = [normalize_upstream(upstream) for upstream in upstreams]
-        if len(set(slots)) != len(slots):
-            raise EdgeError(f"route {route_id}: an upstream is listed twice", permanent=True)
-        if self.admin_netloc in slots:
-            # Proxying to the admin API would hand the router to the internet.
-            raise EdgeError(f"route {route_id}: an upstream is the admin API", permanent=True)
-        prefix = None if path_prefix is None else normalize_path_prefix(path_prefix)
-        validate_health_path(health_path)
-        return proxy_route(route_id, ascii_hosts, slots, prefix, health_path)
-
     @staticmethod
     def _with_catch_all(routes: Any) -> list[Any]:
         routes = [route for route in routes or [] if not _has_id(route, CATCH_ALL_ID)]
@@ -479,7 +533,8 @@ class EdgeRouter:
             value = json.loads(response.content)
         except ValueError as exc:
             raise EdgeError(f"GET {response.url}: answer is not JSON: {exc}", permanent=False) from exc
-        return value, _etag(path, response.content)
+        # Current Caddy sends the ETag as a header (another hash); 2.6 only as a trailer.
+        return value, response.headers.get("ETag") or _etag(path, response.content)
 
     def _write(self, method: str, path: str, value: Any, etag: str) -> bool:
         """Send ``value`` as JSON if the config is still what we read; False if it is not."""
@@ -517,6 +572,10 @@ class EdgeRouter:
 
 def _has_id(route: Any, route_id: str) -> bool:
     return isinstance(route, dict) and route.get("@id") == route_id
+
+
+def _has_any_id(route: Any, route_ids: set[str]) -> bool:
+    return isinstance(route, dict) and route.get("@id") in route_ids
 
 
 def _error_detail(response: requests.Response) -> str:

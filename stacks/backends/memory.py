@@ -42,23 +42,24 @@ import ipaddress
 import re
 import tarfile
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, replace
-from typing import Any, ClassVar
+from typing import Any, BinaryIO, ClassVar
 
 from stacks.backends.base import (
     Backend,
     BackendError,
     ComponentSpec,
+    HostFacts,
     HostRecord,
     Observed,
     ReplicaState,
     ResourceSample,
     StackSpec,
+    VolumeUsage,
 )
 from stacks.backends.docker import (
     COLORS,
-    DATA_MOVES,
     FIRST_SLOT,
     KEY_RE,
     MAX_REPLICAS,
@@ -72,6 +73,7 @@ from stacks.backends.docker import (
 
 RELEASE_RE = re.compile(r"^[a-z0-9]{1,32}$")
 DEFAULT_HOST = "memory"
+GIB = 1024**3
 # The public methods of the interface: what calls are recorded for and faults injected into.
 METHODS = frozenset(
     {
@@ -85,6 +87,11 @@ METHODS = frozenset(
         "upstreams",
         "stacks",
         "prune_images",
+        "volume_usage",
+        "dump",
+        "restore",
+        "undo_restore",
+        "drop_kept",
     }
 )
 
@@ -119,6 +126,12 @@ class MemoryStack:
     samples: list[ResourceSample] | None = None  # seeded; None: one idle sample per replica
     spec: StackSpec | None = None  # the last spec applied
     state: dict[str, Any] = field(default_factory=dict)  # the last state returned
+    volume_sizes: dict[str, int | None] = field(default_factory=dict)  # volume -> GB it was made with
+    volume_used: dict[str, int] = field(default_factory=dict)  # volume -> bytes (seeded)
+    # Backups: (component, method, volume) -> the bytes ``dump`` streams and ``restore``
+    # replaces (seed them like an engine's data); kept copies of replaced data by volume name.
+    data: dict[tuple[str, str, str], bytes] = field(default_factory=dict)
+    kept: dict[str, bytes] = field(default_factory=dict)
 
     def empty(self) -> bool:
         return not (self.containers or self.networks or any(self.volumes.values()) or self.content)
@@ -129,6 +142,7 @@ IMAGES: dict[str, set[str]] = {}  # host -> image references pulled there
 CALLS: list[tuple[str, tuple[Any, ...]]] = []
 ERRORS: dict[str, BaseException] = {}  # method -> raised by every call until removed
 NEXT: dict[str, list[BaseException]] = {}  # method -> raised once each, in order
+DOWN: set[str] = set()  # hosts that do not answer (``MemoryBackend.take_down``)
 LOCK = threading.RLock()  # live_server tests read from another thread
 
 
@@ -167,6 +181,7 @@ class MemoryBackend(HostPlacement, Backend):
             CALLS.clear()
             ERRORS.clear()
             NEXT.clear()
+            DOWN.clear()
 
     @staticmethod
     def fail_next(method: str, error: BaseException) -> None:
@@ -214,10 +229,61 @@ class MemoryBackend(HostPlacement, Backend):
         with LOCK:
             STACKS.setdefault(key, MemoryStack(key)).samples = [replace(s) for s in samples]
 
+    @staticmethod
+    def take_down(host: str) -> None:
+        """``host`` stops answering (a lost machine): its probe fails, and so does every
+        call of a backend that uses it; what ran there stays, as on a real engine."""
+        with LOCK:
+            DOWN.add(host)
+
+    @staticmethod
+    def bring_up(host: str) -> None:
+        with LOCK:
+            DOWN.discard(host)
+
+    @staticmethod
+    def describe_host(url: str, timeout: float = 10) -> HostFacts:
+        """The host health probe (``stacks.backends.docker.describe_host``'s counterpart):
+        ``memory://<name>`` answers unless it was taken down."""
+        name = url.removeprefix("memory://")
+        with LOCK:
+            CALLS.append(("describe_host", (name,)))
+            if name in DOWN:
+                raise BackendError(f"the engine at {url} does not answer: timed out", permanent=False)
+        return HostFacts(engine_id=f"memory-{name}", kernel_release="", cpus=4, memory_mb=8192)
+
+    @staticmethod
+    def seed_volume_usage(key: str, volume: str, used_bytes: int) -> None:
+        """What ``volume_usage`` reports as used for the named volume (``volume_name``)."""
+        with LOCK:
+            STACKS.setdefault(key, MemoryStack(key)).volume_used[volume] = used_bytes
+
+    def volume_usage(self, spec: StackSpec, state: dict[str, Any]) -> list[VolumeUsage]:
+        """The stack's volumes that exist: seeded bytes used (else 0), and the size each was
+        made with (None: no limit)."""
+        self._enter("volume_usage", spec.key)
+        with LOCK:
+            stack = STACKS.get(spec.key)
+            if stack is None:
+                return []
+            made = stack.volumes.get(self.place(spec, state), set())
+            result = []
+            for comp in spec.components:
+                for v in comp.volumes:
+                    name = volume_name(spec.key, comp, v.name)
+                    if name in made:
+                        size = stack.volume_sizes.get(name)
+                        used = stack.volume_used.get(name, 0)
+                        result.append(VolumeUsage(comp.name, v.name, used, size * GIB if size else None))
+            return result
+
     def _enter(self, method: str, *args: Any) -> None:
         """Record the call, then raise an injected fault if there is one."""
         with LOCK:
             CALLS.append((method, args))
+            lost = sorted(DOWN & set(self.names))
+            if lost and method != "upstreams":
+                raise BackendError(f"Docker host {lost[0]} does not answer", permanent=False)
             queued = NEXT.get(method)
             if queued:
                 raise queued.pop(0)
@@ -323,6 +389,9 @@ class MemoryBackend(HostPlacement, Backend):
             return
         home = self.place(spec, state)
         volumes = tuple(volume_name(spec.key, comp, v.name) for v in comp.volumes)
+        for v, name in zip(comp.volumes, volumes, strict=True):
+            if name not in stack.volumes.get(home, set()):  # made once, with the size it has then
+                stack.volume_sizes[name] = v.size_gb
         stack.volumes.setdefault(home, set()).update(volumes)
         if spec.content_release and comp.content_path:
             volumes += (content_volume(spec.key, spec.content_release),)
@@ -404,6 +473,8 @@ class MemoryBackend(HostPlacement, Backend):
                 stack.networks.pop(host, None)
                 stack.volumes.pop(host, None)
                 stack.content.pop(host, None)
+            stack.data.clear()  # the volumes (and so the data) are gone
+            stack.kept.clear()
             if stack.empty():
                 del STACKS[key]
 
@@ -459,23 +530,104 @@ class MemoryBackend(HostPlacement, Backend):
 
     # --- content and data ----------------------------------------------------------------------
     def put_content(
-        self, key: str, state: dict[str, Any], release: str, archive: bytes, image: str | None = None
+        self, key: str, state: dict[str, Any], release: str, archive: BinaryIO, image: str | None = None
     ) -> None:
         """Keep the archive once per host (a second call for the release changes nothing)."""
         self._enter("put_content", key, release)
         if not RELEASE_RE.match(release):
             raise BackendError(f"invalid release id {release!r}", permanent=True)
+        archive.seek(0)
+        data = archive.read()  # kept whole: this backend is a test double
         try:
-            with tarfile.open(fileobj=io.BytesIO(archive), mode="r:") as tar:
+            with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tar:
                 tar.getmembers()
         except tarfile.TarError as exc:
             raise BackendError("the engine refused the content archive", permanent=True) from exc
         with LOCK:
             stack = STACKS.setdefault(key, MemoryStack(key))
             for host in self.names:
-                stack.content.setdefault(host, {}).setdefault(release, archive)
+                stack.content.setdefault(host, {}).setdefault(release, data)
                 if image:
                     IMAGES.setdefault(host, set()).add(image)
+
+    # --- backups -------------------------------------------------------------------------------
+    @staticmethod
+    def seed_data(key: str, component: str, method: str, data: bytes, volume: str = "") -> None:
+        """What ``dump`` of ``component`` streams (the component's data, as the engine has it)."""
+        with LOCK:
+            STACKS.setdefault(key, MemoryStack(key)).data[(component, method, volume)] = data
+
+    def _data_component(self, spec: StackSpec, state: dict[str, Any], component: str) -> MemoryStack:
+        if not any(c.name == component for c in spec.components):
+            raise BackendError(f"the stack has no component {component!r}", permanent=True)
+        self._require_host(self.place(spec, state))
+        return STACKS.setdefault(spec.key, MemoryStack(spec.key))
+
+    def dump(
+        self,
+        spec: StackSpec,
+        state: dict[str, Any],
+        component: str,
+        method: str,
+        volume: str = "",
+        log: Any = print,
+    ) -> Iterator[bytes]:
+        """The seeded data (``seed_data``; else a line naming it), in 64 KiB chunks."""
+        self._enter("dump", spec.key, component, method, volume)
+        with LOCK:
+            stack = self._data_component(spec, state, component)
+            data = stack.data.get((component, method, volume))
+        if data is None:
+            data = f"memory {method} of {spec.key}/{component}{'/' + volume if volume else ''}\n".encode()
+        for start in range(0, len(data), 65536):
+            yield data[start : start + 65536]
+        log(f"{component}: {len(data)} bytes dumped ({method})")
+
+    def restore(
+        self,
+        spec: StackSpec,
+        state: dict[str, Any],
+        component: str,
+        method: str,
+        chunks: Iterable[bytes],
+        token: str,
+        volume: str = "",
+        log: Any = print,
+    ) -> list[str]:
+        """Replace the component's data by ``chunks``; the old data is kept under a name."""
+        self._enter("restore", spec.key, component, method, token, volume)
+        if not re.match(r"^[a-z0-9]{1,24}$", token):
+            raise BackendError(f"invalid restore token {token!r}", permanent=True)
+        data = b"".join(chunks)  # read first: a failing source changes nothing
+        with LOCK:
+            stack = self._data_component(spec, state, component)
+            old = stack.data.get((component, method, volume))
+            stack.data[(component, method, volume)] = data
+            if old is None or method == "rabbitmq":
+                return []
+            kept = f"sp-{spec.key}-{component}-{volume or 'data'}-k{token}"
+            stack.kept[kept] = old
+            return [kept]
+
+    def undo_restore(
+        self, spec: StackSpec, state: dict[str, Any], component: str, kept: list[str], log: Any = print
+    ) -> None:
+        self._enter("undo_restore", spec.key, component, tuple(kept))
+        with LOCK:
+            stack = self._data_component(spec, state, component)
+            for name in kept:
+                if name in stack.kept:
+                    key = next((k for k in stack.data if k[0] == component), None)
+                    if key is not None:
+                        stack.data[key] = stack.kept.pop(name)
+
+    def drop_kept(self, key: str, state: dict[str, Any], kept: list[str]) -> None:
+        self._enter("drop_kept", key, tuple(kept))
+        with LOCK:
+            stack = STACKS.get(key)
+            for name in kept:
+                if stack is not None:
+                    stack.kept.pop(name, None)
 
     def migrate_data(
         self, spec: StackSpec, state: dict[str, Any], old: ComponentSpec, new: ComponentSpec, log: Any = print
@@ -484,7 +636,7 @@ class MemoryBackend(HostPlacement, Backend):
         self._enter("migrate_data", spec.key, old.name, new.data_generation)
         if old.name != new.name or new.data_generation <= old.data_generation:
             raise BackendError("a data migration needs a new data generation", permanent=True)
-        if (new.health[0] if new.health else "") not in DATA_MOVES:
+        if not new.data_restore or not new.volumes:
             raise BackendError(f"no dump-and-restore procedure for {new.name}", permanent=True)
         with LOCK:
             home = self._require_host(self.place(spec, state))

@@ -331,11 +331,42 @@ def _validate_component(comp: _Map, sizes: dict[str, _Map], images_dir: Path) ->
         for key in ("released", "deprecated", "eol"):
             _date(v, key, f"{code} {version}")
         migration = v.get("migration") or {}
+        if migration:
+            _check_migration(migration, f"{code} {version}")
         for source in migration.get("from", []) if isinstance(migration, dict) else []:
             if str(source) not in {str(x["version"]) for x in versions}:
                 raise CatalogError(
                     f"{_at(v, 'migration')}: {code} {version} migrates from unknown version {source!r}"
                 )
+
+
+MIGRATION_METHODS = ("dump-restore", "in-place")
+
+
+def _check_migration(migration: Any, what: str) -> None:
+    """A version's ``migration``: which versions its data comes from and how. dump-restore
+    names its procedure: ``restore`` (a command run in a temporary container of this version
+    on fresh volumes) and optionally ``export`` (run in the old version's container, its
+    output handed to ``restore``); ``notice`` is what the customer reads before upgrading."""
+    m = _require(migration, ["from", "method"], ["export", "restore", "notice"], "migration", what)
+    if not isinstance(m["from"], list) or not m["from"]:
+        raise CatalogError(f"{_at(m, 'from')}: {what}: migration.from must be a list of versions")
+    if m["method"] not in MIGRATION_METHODS:
+        raise CatalogError(f"{_at(m, 'method')}: {what}: migration.method must be one of {MIGRATION_METHODS}")
+    for key in ("export", "restore"):
+        command = m.get(key)
+        if command is not None and (
+            not isinstance(command, list) or not command or not all(isinstance(x, str) and x for x in command)
+        ):
+            raise CatalogError(
+                f"{_at(m, key)}: {what}: migration.{key} must be a command (a list of strings)"
+            )
+    if m["method"] == "dump-restore" and not m.get("restore"):
+        raise CatalogError(f"{_at(m)}: {what}: a dump-restore migration needs its restore command")
+    if m["method"] != "dump-restore" and (m.get("export") or m.get("restore")):
+        raise CatalogError(f"{_at(m)}: {what}: export and restore belong to a dump-restore migration")
+    if not isinstance(m.get("notice", ""), str):
+        raise CatalogError(f"{_at(m, 'notice')}: {what}: migration.notice must be text")
 
 
 def _check_acyclic(requires: dict[str, list[str]], rules: dict[str, _Map]) -> None:

@@ -14,14 +14,17 @@ from dataclasses import dataclass
 from typing import Any
 
 from django.db.models import QuerySet
+from django.utils import timezone
 
 from stacks.models import (
     OFFERED_STATUSES,
+    RUNNABLE_STATUSES,
     CompatibilityRule,
     Component,
     ComponentVersion,
     Framework,
     StackComponent,
+    VersionStatus,
     placed_hosts,
 )
 
@@ -48,10 +51,21 @@ def new_stack_refusal(cv: ComponentVersion) -> str | None:
     or None when it can. The wizard and ``lifecycle.create_project`` both ask this."""
     if is_offered(cv):
         return None
-    return (
+    message = (
         f"{cv.component.name} {cv.version} is {cv.get_status_display().lower()}: new stacks get "
         f"current versions only. Choose a current version of {cv.component.name}."
     )
+    return message + eol_notice(cv)
+
+
+def eol_notice(cv: ComponentVersion) -> str:
+    """The deadline of a version that is going away, as a sentence (with a leading space),
+    or "" when it has none."""
+    if cv.eol is None:
+        return ""
+    if cv.status == VersionStatus.END_OF_LIFE or cv.eol <= timezone.localdate():
+        return f" Its end of life was {cv.eol:%Y-%m-%d}."
+    return f" Its end of life is {cv.eol:%Y-%m-%d}: stacks on it should upgrade before then."
 
 
 def pickable_versions() -> dict[str, list[ComponentVersion]]:
@@ -110,6 +124,18 @@ def upgrade_refusal(running: ComponentVersion, candidate: ComponentVersion, *, s
     if blocker == NOT_OFFERED:
         return f"{name} {candidate.version} is not offered ({candidate.get_status_display().lower()})."
     return f"There is no tested way to move the data of {name} {running.version} to {candidate.version}."
+
+
+def move_refusal(candidate: ComponentVersion) -> str | None:
+    """Why a stateless component cannot move (up or back) onto ``candidate``: only versions
+    that still run and have an image (verified, current, deprecated); a stack that already
+    runs a version keeps it whatever its status (``spec.validate_component_row``)."""
+    if candidate.status in RUNNABLE_STATUSES and candidate.digest:
+        return None
+    return (
+        f"{candidate.component.name} {candidate.version} is "
+        f"{candidate.get_status_display().lower()}: a stack cannot move onto it." + eol_notice(candidate)
+    )
 
 
 def upgrades_for(components: Iterable[StackComponent]) -> dict[str, list[ComponentVersion]]:

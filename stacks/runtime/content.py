@@ -3,6 +3,10 @@
 The tar holds regular files and folders only, owned by root, normalized modes, a fixed mtime,
 sorted: the same content always hashes the same. It is what ``put_archive`` gets. No database,
 no settings; every refusal is a ``ContentError`` whose message can be shown to the customer.
+
+Nothing is held in memory whole: the upload is spooled to disk, every file's bytes go to one
+temporary file as they are unpacked (counted against the limits as they come), and the tar is
+written to a file of its own while it is hashed (``Content.path``, in ``workdir``).
 """
 
 from __future__ import annotations
@@ -11,12 +15,13 @@ import bz2
 import contextlib
 import gzip
 import hashlib
-import io
 import lzma
 import math
 import os
 import re
+import resource
 import shlex
+import shutil
 import signal
 import stat
 import subprocess
@@ -28,7 +33,8 @@ import zlib
 from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Protocol, cast
+from types import TracebackType
+from typing import IO, BinaryIO, Protocol, cast
 from urllib.parse import urlsplit
 
 from stacks.runtime.addresses import AddressRefused, check_host, resolve_public
@@ -38,6 +44,7 @@ MAX_UNPACKED_BYTES = 512 * 2**20  # sum of file sizes after unpacking
 MAX_FILES = 20_000  # files and folders
 GIT_TIMEOUT = 120.0  # seconds for the whole fetch
 
+_SPOOL_IN_MEMORY = 2**20  # an upload up to this size is not written to disk before unpacking
 _MTIME = 315_532_800  # 1980-01-01, the zip epoch: fixed so equal content hashes equally
 _CHUNK = 64 * 1024
 _FORMATS = "zip, tar, tar.gz, tar.bz2 or tar.xz"
@@ -63,14 +70,30 @@ class ContentError(Exception):
 
 @dataclass(frozen=True)
 class Content:
-    """A normalized, uncompressed tar ready for ``put_archive``, and facts about it."""
+    """A normalized, uncompressed tar ready for ``put_archive`` (the file at ``path``, the
+    caller's: move it away, e.g. into the content store, or ``discard`` it; used as a context
+    manager it is discarded at the end), and facts about it."""
 
-    tar: bytes
+    path: Path
     sha256: str
     files: int  # regular files
     size: int  # bytes of file data
     root_stripped: str | None = None
     commit: str | None = None
+
+    def open(self) -> BinaryIO:
+        return self.path.open("rb")
+
+    def discard(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+    def __enter__(self) -> Content:
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.discard()
 
 
 class Readable(Protocol):
@@ -99,16 +122,42 @@ def _kind(*, link: bool, folder: bool, file: bool) -> str:
     return "link" if link else "dir" if folder else "file" if file else "other"
 
 
-class _Tree:
-    """Collects checked entries of one archive or work tree, then writes the normalized tar."""
+class _Hashing:
+    """A file that hashes what is written to it (and tells how much: tarfile asks)."""
 
-    def __init__(self, source: str, field: str, max_files: int, max_unpacked_bytes: int) -> None:
+    def __init__(self, out: IO[bytes]) -> None:
+        self.out, self.digest, self.count = out, hashlib.sha256(), 0
+
+    def write(self, data: bytes) -> int:
+        self.digest.update(data)
+        self.count += len(data)
+        return self.out.write(data)
+
+    def tell(self) -> int:
+        return self.count
+
+
+class _Tree:
+    """Collects checked entries of one archive or work tree, then writes the normalized tar.
+    File contents go to one temporary file (``spool``), one after the other: never to memory."""
+
+    def __init__(
+        self, source: str, field: str, max_files: int, max_unpacked_bytes: int, workdir: str | None
+    ) -> None:
         self.source, self.field = source, field  # "archive" / "repository"
         self.max_files, self.max_unpacked_bytes = max_files, max_unpacked_bytes
-        self.files: dict[str, tuple[bytes, bool]] = {}
+        self.workdir = workdir
+        self.spool = tempfile.TemporaryFile(dir=workdir)  # closed by __exit__
+        self.files: dict[str, tuple[int, int, bool]] = {}  # path: offset, length, executable
         self.dirs: set[str] = set()
         self.parents: set[str] = set()
         self.size = 0
+
+    def __enter__(self) -> _Tree:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.spool.close()
 
     def refuse(self, what: str) -> ContentError:
         return ContentError(f"The {self.source} {what}", self.field)
@@ -157,13 +206,13 @@ class _Tree:
         if not path or src is None:
             raise self.refuse(f"contains a file without a name: {_show(name)}.")
         self._claim(path, is_dir=False)
-        parts = []
+        start = self.spool.tell()
         for chunk in _chunks(src):  # count what really comes out, never what a header claims
             self.size += len(chunk)
             if self.size > self.max_unpacked_bytes:
                 raise self.refuse(f"is larger than {_human(self.max_unpacked_bytes)} when unpacked.")
-            parts.append(chunk)
-        self.files[path] = (b"".join(parts), bool(mode & 0o111))
+            self.spool.write(chunk)
+        self.files[path] = (start, self.spool.tell() - start, bool(mode & 0o111))
 
     def build(self, *, strip: bool, commit: str | None = None) -> Content:
         if not self.files:
@@ -175,21 +224,27 @@ class _Tree:
             root, cut = top, len(top) + 1
             dirs = {d[cut:] for d in dirs if d != top}
             self.files = {path[cut:]: entry for path, entry in self.files.items()}
-        buffer = io.BytesIO()
-        with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as tar:
-            for path in sorted(dirs | self.files.keys()):
-                info = tarfile.TarInfo(path)
-                info.mtime, info.uid, info.gid, info.uname, info.gname = _MTIME, 0, 0, "", ""
-                if path in dirs:
-                    info.type, info.mode = tarfile.DIRTYPE, 0o755
-                    tar.addfile(info)
-                else:
-                    data, executable = self.files[path]
-                    info.size, info.mode = len(data), 0o755 if executable else 0o644
-                    tar.addfile(info, io.BytesIO(data))
-        data = buffer.getvalue()
-        digest = hashlib.sha256(data).hexdigest()
-        return Content(data, digest, len(self.files), self.size, root, commit)
+        fd, name = tempfile.mkstemp(dir=self.workdir, prefix=".tmp-content-", suffix=".tar")
+        try:
+            with os.fdopen(fd, "wb") as out:
+                sink = _Hashing(out)
+                with tarfile.open(fileobj=cast(IO[bytes], sink), mode="w", format=tarfile.PAX_FORMAT) as tar:
+                    for path in sorted(dirs | self.files.keys()):
+                        info = tarfile.TarInfo(path)
+                        info.mtime, info.uid, info.gid, info.uname, info.gname = _MTIME, 0, 0, "", ""
+                        if path in dirs:
+                            info.type, info.mode = tarfile.DIRTYPE, 0o755
+                            tar.addfile(info)
+                        else:
+                            offset, length, executable = self.files[path]
+                            info.size, info.mode = length, 0o755 if executable else 0o644
+                            self.spool.seek(offset)
+                            tar.addfile(info, self.spool)
+        except BaseException:
+            os.unlink(name)
+            raise
+        digest = sink.digest.hexdigest()
+        return Content(Path(name), digest, len(self.files), self.size, root, commit)
 
 
 # --- uploaded archives -------------------------------------------------------------------------
@@ -218,14 +273,18 @@ def normalize_archive(
     max_bytes: int = MAX_ARCHIVE_BYTES,
     max_files: int = MAX_FILES,
     max_unpacked_bytes: int = MAX_UNPACKED_BYTES,
+    workdir: str | None = None,
 ) -> Content:
-    """Check an uploaded archive (format told by its content) and return it as a normalized tar."""
-    tree = _Tree("archive", "archive", max_files, max_unpacked_bytes)
-    with tempfile.SpooledTemporaryFile(max_size=16 * 2**20) as spool:
+    """Check an uploaded archive (format told by its content) and return it as a normalized tar
+    (a file in ``workdir``, by default the system's temporary folder)."""
+    with (
+        _Tree("archive", "archive", max_files, max_unpacked_bytes, workdir) as tree,
+        tempfile.SpooledTemporaryFile(max_size=_SPOOL_IN_MEMORY, dir=workdir) as spool,
+    ):
         for chunk in _chunks(fileobj):
-            spool.write(chunk)
-            if spool.tell() > max_bytes:
+            if spool.tell() + len(chunk) > max_bytes:  # refused before it is written
                 raise tree.refuse(f"is larger than {_human(max_bytes)}.")
+            spool.write(chunk)
         spool.seek(0)
         head = spool.read(512)
         spool.seek(0)
@@ -244,7 +303,8 @@ def normalize_archive(
             raise tree.refuse("could not be read; it is damaged or not a valid archive.") from exc
         except NotImplementedError as exc:  # zip compression methods zipfile does not know
             raise tree.refuse("uses a compression method that is not supported.") from exc
-    return tree.build(strip=True)
+        spool.close()  # not needed any more: the tree has what it holds
+        return tree.build(strip=True)
 
 
 def _decompressed(head: bytes, raw: IO[bytes]) -> Readable | None:
@@ -312,12 +372,16 @@ def fetch_git(
     max_download_bytes: int = MAX_UNPACKED_BYTES,
     timeout: float = GIT_TIMEOUT,
     trusted_hosts: Collection[str] = (),
+    workdir: str | None = None,
 ) -> Content:
-    """Shallow-clone one branch (or tag) of a repository and return its files as a normalized tar.
+    """Shallow-clone one branch (or tag) of a repository and return its files as a normalized tar
+    (a file in ``workdir``, by default the system's temporary folder).
 
     Only public hosts (or the operator's ``trusted_hosts``, "host" or "host:port"): the host is
     resolved once, checked, and git is pinned to that address; no redirects; the clone is
-    bounded in time and in bytes on disk. Never the worker's own disk, keys or git setup.
+    bounded in time, in bytes on disk (no file git writes may pass ``max_download_bytes``, and
+    the clone's folder is measured while it grows) and in files. Never the worker's own disk,
+    keys or git setup; git runs in processes of its own, so the worker's memory stays small.
     """
     source = _check_url(url, trusted_hosts=trusted_hosts)
     _check_branch(branch)
@@ -325,9 +389,11 @@ def fetch_git(
         address = resolve_public(source.host, source.port, trusted=trusted_hosts)
     except AddressRefused as exc:
         raise ContentError(f"Refused: {exc.message}", "git_url") from None
-    tree = _Tree("repository", "git_url", max_files, max_unpacked_bytes)
     deadline = time.monotonic() + timeout
-    with tempfile.TemporaryDirectory(prefix="stackport-git-") as home:
+    with (
+        _Tree("repository", "git_url", max_files, max_unpacked_bytes, workdir) as tree,
+        tempfile.TemporaryDirectory(prefix=".tmp-git-", dir=workdir) as home,
+    ):
         # A clean environment: nothing from the worker's own git setup, only PATH and proxies.
         env = {name: os.environ[name] for name in ("PATH", *_PROXY_VARS) if name in os.environ}
         env.update(_GIT_ENV, HOME=home, GIT_SSH_COMMAND=_ssh_command(source, address, home))
@@ -335,7 +401,9 @@ def fetch_git(
         work = Path(home, "work")
         clone = ["clone", "--depth", "1", "--single-branch", "--no-tags", "--branch", branch, "--template="]
         args = [a for c in (*_GIT_CONFIG, *pin) for a in ("-c", c)] + clone + ["--", url, str(work)]
-        code, _, err = _git(args, env, deadline, watch=(work, max_download_bytes))
+        # git's own files (refs, index, packs) come on top of the work tree's.
+        watch = _Watch(work, max_download_bytes, max_files + _GIT_OWN_FILES)
+        code, _, err = _git(args, env, deadline, watch=watch)
         if code != 0:
             raise _git_error(err, url, branch)
         commit = _git(["rev-parse", "HEAD"], env, deadline, cwd=work)[1].strip() or None
@@ -344,7 +412,8 @@ def fetch_git(
                 path = entry.partition("\t")[2]
                 raise tree.refuse(f"uses a submodule ({_show(path)}). Submodules are not supported.")
         _read_worktree(work, tree)
-    return tree.build(strip=False, commit=commit)
+        shutil.rmtree(work)  # the clone's disk is given back before the tar takes its own
+        return tree.build(strip=False, commit=commit)
 
 
 @dataclass(frozen=True)
@@ -449,14 +518,34 @@ def _git_error(stderr: str, url: str, branch: str) -> ContentError:
     return ContentError(f"The repository {shown} could not be fetched. Check the address.", "git_url")
 
 
+_GIT_OWN_FILES = 1000
+_FILE_TOO_LARGE = re.compile(r"File too large|File size limit exceeded")
+
+
+@dataclass(frozen=True)
+class _Watch:
+    """A clone's folder and how far it may grow: bytes on disk, and files and folders."""
+
+    folder: Path
+    max_bytes: int
+    max_entries: int
+
+    def limit_files(self) -> None:
+        """In git's process, before it starts: no file it writes may pass ``max_bytes`` (the
+        kernel stops it there, so a fast download cannot run far past the limit between two
+        looks at the folder). Its write fails ("File too large") rather than killing git."""
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # ignored stays ignored in git's helpers
+        resource.setrlimit(resource.RLIMIT_FSIZE, (self.max_bytes, self.max_bytes))
+
+
 def _git(
     args: list[str],
     env: dict[str, str],
     deadline: float,
     cwd: Path | None = None,
-    watch: tuple[Path, int] | None = None,
+    watch: _Watch | None = None,
 ) -> tuple[int, str, str]:
-    """Run git; ``watch`` = (folder, bytes): stop it once the folder grows past that size."""
+    """Run git; ``watch``: stop it once its folder grows past the limits."""
     # Its own session: on timeout we kill git with its helpers (ssh, git-remote-https) at once.
     proc = subprocess.Popen(  # noqa: S603 - an argument list, no shell; url and branch checked above
         ["git", *args],  # noqa: S607 - the server's git, found on its PATH
@@ -466,6 +555,7 @@ def _git(
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         start_new_session=True,
+        preexec_fn=watch.limit_files if watch else None,  # resource limits only
     )
     while True:
         out: bytes | None
@@ -475,6 +565,9 @@ def _git(
         except subprocess.TimeoutExpired:
             out = err = None
         refusal = _over_limits(deadline if out is None else math.inf, watch)
+        if out is not None and err is not None and proc.returncode != 0 and watch and not refusal:
+            if _FILE_TOO_LARGE.search(err.decode("utf-8", "replace")):  # stopped at the file limit
+                refusal = _too_large(watch)
         if refusal and out is None:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
@@ -485,21 +578,35 @@ def _git(
             return proc.returncode, out.decode("utf-8", "replace"), err.decode("utf-8", "replace")
 
 
-def _over_limits(deadline: float, watch: tuple[Path, int] | None) -> ContentError | None:
-    if watch and _folder_bytes(watch[0]) > watch[1]:
-        return ContentError(f"The repository is larger than {watch[1] // 2**20} MB to download.", "git_url")
+def _too_large(watch: _Watch) -> ContentError:
+    return ContentError(f"The repository is larger than {_human(watch.max_bytes)} to download.", "git_url")
+
+
+def _over_limits(deadline: float, watch: _Watch | None) -> ContentError | None:
+    """Why git must stop now, if it must."""
+    if watch:
+        size, entries = _folder_usage(watch.folder)
+        if size > watch.max_bytes:
+            return _too_large(watch)
+        if entries > watch.max_entries:
+            return ContentError(
+                f"The repository contains more than {watch.max_entries - _GIT_OWN_FILES} files and folders.",
+                "git_url",
+            )
     if time.monotonic() >= deadline:
         return ContentError("Fetching the repository took too long.", "git_url")
     return None
 
 
-def _folder_bytes(root: Path) -> int:
-    total = 0
-    for dirpath, _, filenames in os.walk(root):
+def _folder_usage(root: Path) -> tuple[int, int]:
+    """Bytes of the files under ``root``, and how many files and folders there are."""
+    total = entries = 0
+    for dirpath, dirnames, filenames in os.walk(root):
+        entries += len(dirnames) + len(filenames)
         for name in filenames:
             with contextlib.suppress(OSError):
                 total += os.lstat(os.path.join(dirpath, name)).st_size
-    return total
+    return total, entries
 
 
 def _read_worktree(root: Path, tree: _Tree) -> None:

@@ -5,16 +5,23 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
+import structlog
+from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
+from django.utils.module_loading import import_string
 
 from projects.services import ServiceError
-from stacks.backends.base import BackendError
-from stacks.backends.docker import describe_host
+from stacks.backends.base import BackendError, HostFacts
+from stacks.backends.docker import ENGINE_URL_RE, describe_host
 from stacks.models import DockerHost, KernelVersion, Region
 
-URL_RE = re.compile(r"(unix:///[\w./-]+|tcp://[\w.-]+:\d{1,5}|ssh://[\w.-]+@[\w.-]+(:\d{1,5})?)")
+log = structlog.get_logger(__name__)
+
+URL_RE = ENGINE_URL_RE  # the backend refuses any other address too
 NAME_RE = re.compile(r"[a-z][a-z0-9-]{0,39}")
 ROUTED_SUPERNET = ipaddress.IPv4Network("10.224.0.0/11")  # scripts/docker-hosts.sh
 
@@ -93,3 +100,95 @@ def ensure_local_hosts(url: str) -> list[DockerHost]:
             name = f"local-{region.code}-{kernel.line.replace('.', '-')}"
             hosts.append(register_host(name=name, url=url, region=region.code, kernel_line=kernel.line))
     return hosts
+
+
+# --- host health ---------------------------------------------------------------------------------
+def prober(host: DockerHost) -> Callable[..., HostFacts]:
+    """How the host's backend kind describes an engine: the backend class's own
+    ``describe_host`` (the in-memory backend has one), else the Docker engine's."""
+    path = settings.STACKPORT_BACKENDS.get(host.region.backend, "")
+    describe = getattr(import_string(path), "describe_host", None) if path else None
+    return describe or describe_host
+
+
+def probe_engine(host: DockerHost) -> HostFacts | BackendError:
+    """One probe: the engine's ping and info, within STACKPORT_HOST_PROBE_TIMEOUT each."""
+    try:
+        return prober(host)(host.url, timeout=settings.STACKPORT_HOST_PROBE_TIMEOUT)
+    except BackendError as exc:
+        return exc
+
+
+def probe_hosts() -> dict[str, str]:
+    """Probe every host that is not draining (one probe per engine, all at once) and move
+    each through its states; returns each host's state afterwards."""
+    hosts = list(DockerHost.objects.exclude(state=DockerHost.State.DRAINING).select_related("region"))
+    by_url = {h.url: h for h in hosts}
+    with ThreadPoolExecutor(max_workers=max(1, min(16, len(by_url)))) as pool:
+        outcomes = dict(zip(by_url, pool.map(probe_engine, by_url.values()), strict=True))
+    return {h.name: record_probe(h, outcomes[h.url]) for h in sorted(hosts, key=lambda h: h.name)}
+
+
+def record_probe(host: DockerHost, outcome: HostFacts | BackendError) -> str:
+    """The state machine. A miss: active -> suspect, then down after
+    STACKPORT_HOST_DOWN_AFTER_MISSES misses in a row (its stacks are moved or marked
+    waiting at once). An answer: suspect -> active; a host that was down becomes active
+    only once the stale copies on it are removed (stacks moved away while it was down),
+    so nothing is served twice. Every answer refreshes CPUs and memory (placement reads
+    them). Returns the new state."""
+    from stacks.runtime.reconcile import evacuate_host, remove_stale_copies
+
+    now = timezone.now()
+    with transaction.atomic():
+        host = DockerHost.objects.select_for_update().select_related("region").get(pk=host.pk)
+        before = host.state
+        host.probed_at = now
+        if isinstance(outcome, BackendError):
+            host.missed_probes = min(host.missed_probes + 1, 1000)
+            host.last_error = outcome.message[:300]
+            if host.state == DockerHost.State.ACTIVE:
+                host.state = DockerHost.State.SUSPECT
+            if (
+                host.state == DockerHost.State.SUSPECT
+                and host.missed_probes >= settings.STACKPORT_HOST_DOWN_AFTER_MISSES
+            ):
+                host.state, host.down_since = DockerHost.State.DOWN, now
+        else:
+            host.engine_id, host.kernel_release = (
+                outcome.engine_id or host.engine_id,
+                (outcome.kernel_release or host.kernel_release),
+            )
+            host.cpus, host.memory_mb = outcome.cpus, outcome.memory_mb
+            host.last_seen_at, host.missed_probes, host.last_error = now, 0, ""
+            if host.state == DockerHost.State.SUSPECT:
+                host.state = DockerHost.State.ACTIVE
+            elif host.state == DockerHost.State.DOWN:
+                try:
+                    problems = remove_stale_copies(host)
+                except BackendError as exc:
+                    problems = [exc.message]
+                if problems:
+                    host.last_error = ("Answers again; stale copies not removed yet: " + "; ".join(problems))[
+                        :300
+                    ]
+                else:
+                    host.state, host.down_since = DockerHost.State.ACTIVE, None
+        host.save(
+            update_fields=[
+                "state",
+                "probed_at",
+                "missed_probes",
+                "down_since",
+                "last_error",
+                "last_seen_at",
+                "engine_id",
+                "kernel_release",
+                "cpus",
+                "memory_mb",
+            ]
+        )
+    if host.state != before:
+        log.warning("host_state", host=host.name, was=before, now=host.state, error=host.last_error)
+    if host.state == DockerHost.State.DOWN and before != DockerHost.State.DOWN:
+        evacuate_host(host)
+    return str(host.state)

@@ -21,6 +21,7 @@ from projects.models import Environment, EnvironmentStatus, Organization, Projec
 from projects.services import Origin, ServiceError, record_audit_event, require_role
 from stacks.catalog import offers
 from stacks.models import (
+    ACTIVE_OPERATION_STATUSES,
     ComponentVersion,
     KernelVersion,
     Operation,
@@ -28,12 +29,16 @@ from stacks.models import (
     OperationStatus,
     Region,
     Release,
-    StackComponent,
     StackTemplate,
 )
 from stacks.runtime import content_store
 from stacks.runtime.policy import stack_policy
-from stacks.runtime.spec import SpecError, ensure_generated_credentials, validate_component_row
+from stacks.runtime.spec import (
+    SpecError,
+    ensure_generated_credentials,
+    set_component_rows,
+    validate_component_row,
+)
 
 if TYPE_CHECKING:
     from projects.models import User
@@ -166,7 +171,7 @@ def create_project(
         template=template_obj,
         framework=template_obj.framework if template_obj else None,
     )
-    _set_components(environment_obj, rows)
+    set_component_rows(environment_obj, rows)
     ensure_generated_credentials(environment_obj, rows)
     source, detail = Release.Source.NONE, ""
     if template_obj and template_obj.sample_app:
@@ -214,30 +219,6 @@ def _check_new_stack(rows: list[dict[str, Any]], *, assembled: bool) -> None:
         problems = offers.compatibility_problems(rows)
         if problems:
             raise ServiceError(problems[0].message, field=problems[0].field)
-
-
-def _set_components(environment: Environment, rows: list[dict[str, Any]]) -> None:
-    """Make the StackComponent rows match ``rows`` (the desired state for the UI)."""
-    from stacks.models import Component, Size
-
-    keep = []
-    for row in rows:
-        component = Component.objects.get(code=row["component"])
-        StackComponent.objects.update_or_create(
-            environment=environment,
-            name=row["name"],
-            defaults={
-                "component": component,
-                "version": ComponentVersion.objects.get(component=component, version=row["version"]),
-                "size": Size.objects.get(code=row["size"]),
-                "replicas": row["replicas"],
-                "public": bool(row.get("public")),
-                "env": row.get("env") or {},
-                "position": row.get("position", 0),
-            },
-        )
-        keep.append(row["name"])
-    StackComponent.objects.filter(environment=environment).exclude(name__in=keep).delete()
 
 
 def _new_release(
@@ -292,6 +273,18 @@ def queue_operation(
     """Create the operation (one active per environment) and run it after commit."""
     from stacks.tasks import run_operation_task
 
+    organization = environment.project.organization
+    if actor is not None:  # the hoster's own repairs, clean-ups and support actions are not limited
+        limit = settings.STACKPORT_ORG_MAX_ACTIVE_OPERATIONS
+        active = Operation.objects.filter(
+            environment__project__organization=organization, status__in=ACTIVE_OPERATION_STATUSES
+        ).count()
+        if active >= limit:
+            raise ServiceError(
+                f"Your organization already has {active} operations queued or running (at most {limit} "
+                "at a time); try again when some have finished.",
+                status=429,
+            )
     try:
         with transaction.atomic():
             operation = Operation.objects.create(
@@ -372,6 +365,12 @@ def scale(
     rows = _current_rows(environment)
     row = _row(rows, component)
     if replicas is not None:
+        if replicas == 0 and row.get("public"):
+            raise ServiceError(
+                f"{component} serves the site, so it keeps at least one replica. To take the site "
+                "offline, stop the environment instead.",
+                field="replicas",
+            )
         row["replicas"] = replicas
     if size is not None:
         row["size"] = size
@@ -379,7 +378,7 @@ def scale(
     stack_policy().check_stack(
         organization=environment.project.organization, rows=rows, environment=environment
     )
-    _set_components(environment, rows)
+    set_component_rows(environment, rows)
     release = _new_release(environment, rows, actor, note=f"scale {component}")
     return queue_operation(
         environment,
@@ -427,12 +426,16 @@ def upgrade(
         if (target.migration or {}).get("method") == "dump-restore":
             row["data_generation"] = int(row.get("data_generation", 0)) + 1
             params["migrate"] = "dump-restore"
+    else:
+        refusal = offers.move_refusal(target)
+        if refusal:
+            raise ServiceError(refusal, field="version")
     row["version"] = target.version
     _check_rows(rows)
     stack_policy().check_stack(
         organization=environment.project.organization, rows=rows, environment=environment
     )
-    _set_components(environment, rows)
+    set_component_rows(environment, rows)
     release = _new_release(environment, rows, actor, note=f"upgrade {component} to {target.version}")
     return queue_operation(
         environment, OperationKind.UPGRADE, actor, release=release, params=params, origin=origin
@@ -449,6 +452,19 @@ def rollback(
         raise ServiceError("There is no such release.", field="release", status=404)
     if environment.current_release_id == target.pk:
         raise ServiceError("This release is the one running.", field="release")
+    if target.ran_at is None:
+        raise ServiceError(
+            f"Release {target.number} never ran (its operation failed), so there is nothing to go "
+            "back to. Choose a release that ran.",
+            field="release",
+        )
+    if target.content_sha256 and not content_store.exists(target.content_sha256):
+        raise ServiceError(
+            f"The content of release {target.number} was removed to save space (only the last "
+            f"{settings.STACKPORT_CONTENT_KEEP_RELEASES} releases keep theirs), so it cannot be rolled "
+            "back to. Choose a newer release.",
+            field="release",
+        )
     rows = copy.deepcopy(target.spec.get("components", []))
     try:
         _check_rows(rows)
@@ -457,7 +473,7 @@ def rollback(
     stack_policy().check_stack(
         organization=environment.project.organization, rows=rows, environment=environment
     )
-    _set_components(environment, rows)
+    set_component_rows(environment, rows)
     return queue_operation(
         environment,
         OperationKind.ROLLBACK,
@@ -493,10 +509,11 @@ def deploy_content(
                 max_bytes=settings.STACKPORT_UPLOAD_MAX_BYTES,
                 max_files=settings.STACKPORT_CONTENT_MAX_FILES,
                 max_unpacked_bytes=settings.STACKPORT_CONTENT_MAX_BYTES,
+                workdir=content_store.workdir(),
             )
         except ContentError as exc:
             raise ServiceError(exc.message, field="archive") from exc
-        stored = content_store.save(content.tar)
+        stored = content_store.save(content.path)
         release = _new_release(
             environment, rows, actor, source=Release.Source.UPLOAD, detail=filename, content=stored
         )
@@ -550,6 +567,47 @@ def set_running(
     environment.desired_running = running
     kind = OperationKind.START if running else OperationKind.STOP
     return queue_operation(environment, kind, actor, release=environment.current_release, origin=origin)
+
+
+@transaction.atomic
+def redeploy(*, environment: Environment, actor: User | None, origin: Origin | None = None) -> Operation:
+    """Apply the running release again: changed variables reach the containers. Stateless
+    components are replaced blue/green (the site keeps answering); a stateful component
+    whose settings changed restarts in place."""
+    _editable(environment, actor)
+    release = environment.current_release
+    if release is None:
+        raise ServiceError("This environment has nothing deployed yet.", status=409)
+    if not environment.desired_running:
+        raise ServiceError("This environment is stopped; start it to apply the changes.", status=409)
+    return queue_operation(
+        environment,
+        OperationKind.DEPLOY,
+        actor,
+        release=release,
+        params={"reason": "redeploy"},
+        origin=origin,
+    )
+
+
+def pending_variables(environment: Environment) -> bool:
+    """Have the variables changed since what runs was applied? (They reach the containers
+    with the next deploy; the page offers a redeploy.)"""
+    from stacks.runtime.spec import variables_fingerprint
+
+    if environment.current_release_id is None:
+        return False
+    applied = (
+        Operation.objects.filter(
+            environment=environment, status=OperationStatus.SUCCEEDED, params__has_key="variables"
+        )
+        .order_by("-finished_at", "-id")
+        .values_list("params", flat=True)
+        .first()
+    )
+    if applied is None:
+        return False
+    return bool(applied["variables"] != variables_fingerprint(environment))
 
 
 @transaction.atomic
@@ -692,12 +750,15 @@ def add_domain(
     path_prefix: str = "",
     origin: Origin | None = None,
 ) -> Any:
-    """A customer domain (and optional path prefix) for the environment, unique across all
-    customers; the edge gets it right after commit."""
+    """A customer domain (and optional path prefix) for the environment. The host name belongs
+    to one organization, which proves control (``stacks.runtime.domains``): until then the
+    domain is pending; once verified, the edge gets it right after commit."""
     from stacks.backends.edge import EdgeError, normalize_host, normalize_path_prefix
     from stacks.models import Domain
+    from stacks.runtime import domains
 
     _editable(environment, actor)
+    domains.refuse_unclaimable(hostname)
     # Our own words, never the library's message with the value echoed back.
     try:
         host = normalize_host(hostname)
@@ -714,22 +775,23 @@ def add_domain(
             "A path prefix starts with / and holds letters, digits, -, _, . and / only (for example /shop).",
             field="path_prefix",
         ) from exc
-    if host.endswith("." + settings.STACKPORT_APPS_DOMAIN) or host == settings.STACKPORT_APPS_DOMAIN:
-        raise ServiceError("Names under the apps domain are given by Stackport.", field="hostname")
-    if Domain.objects.filter(hostname=host, path_prefix=prefix).exists():
-        raise ServiceError("This domain is already in use.", field="hostname", status=409)
+    domains.refuse_unclaimable(hostname, host)
     organization = environment.project.organization
+    claim = domains.claim_for(organization=organization, hostname=host)
+    if Domain.objects.filter(claim=claim, path_prefix=prefix).exists():
+        raise ServiceError("This domain is already in use.", field="hostname", status=409)
     stack_policy().check_stack(organization=organization, rows=None, environment=environment, extra_domains=1)
-    domain = Domain.objects.create(environment=environment, hostname=host, path_prefix=prefix)
+    domain = Domain.objects.create(environment=environment, claim=claim, hostname=host, path_prefix=prefix)
     record_audit_event(
         action="domain.add",
         actor=actor,
         organization=environment.project.organization,
         target=f"environment {environment.pk}",
-        data={"hostname": host, "path_prefix": prefix},
+        data={"hostname": host, "path_prefix": prefix, "verified": claim.verified_at is not None},
         origin=origin,
     )
-    transaction.on_commit(lambda: _routes_later(environment.pk))
+    if claim.verified_at is not None:
+        transaction.on_commit(lambda: _routes_later(environment.pk))
     return domain
 
 
@@ -737,8 +799,11 @@ def add_domain(
 def remove_domain(*, domain: Any, actor: User | None, origin: Origin | None = None) -> None:
     environment = domain.environment
     _editable(environment, actor)
+    from stacks.runtime import domains
+
     data = {"hostname": domain.hostname, "path_prefix": domain.path_prefix}
     domain.delete()
+    domains.release_if_unused(domain.claim_id)
     record_audit_event(
         action="domain.remove",
         actor=actor,

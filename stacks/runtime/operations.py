@@ -10,20 +10,22 @@ stopped serving; anything replaced in place is rolled back automatically.
 
 from __future__ import annotations
 
+import copy
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from datetime import timedelta
 from typing import Any
 
 import structlog
 from django.conf import settings
 from django.db import close_old_connections, connection, transaction
+from django.db.models import QuerySet
 from django.utils import timezone
 
 from projects.crypto import decrypt
 from projects.models import Environment, EnvironmentStatus
 from stacks.backends.base import Backend, BackendError, HostRecord, StackSpec, get_backend
-from stacks.backends.edge import NOT_FOUND_BODY, EdgeError, EdgeRouter
+from stacks.backends.edge import NOT_FOUND_BODY, EdgeError, EdgeRouter, Route
 from stacks.models import (
     DockerHost,
     Domain,
@@ -36,12 +38,13 @@ from stacks.models import (
     home_host,
 )
 from stacks.runtime import content_store
-from stacks.runtime.spec import SpecError, build_spec
+from stacks.runtime.spec import SpecError, build_spec, set_component_rows, variables_fingerprint
 
 log = structlog.get_logger(__name__)
 HEARTBEAT_SECONDS = 5
 CHECK_SITE_SECONDS = 30  # the public page must answer through the edge within this
 LOG_MAX_CHARS = 200_000
+RESUME_ALLOWANCE = 3  # claims beyond the retry cap (killed workers) before an operation gives up
 
 
 class OperationFailed(Exception):
@@ -121,38 +124,53 @@ def edge() -> EdgeRouter:
     return EdgeRouter(settings.STACKPORT_EDGE_ADMIN_URL, listen=[settings.STACKPORT_EDGE_LISTEN])
 
 
+def routed_domains(environment: Environment) -> QuerySet[Domain]:
+    """The environment's domains that the edge serves: those whose claim is verified
+    (docs/domains.md); pending ones are not routed."""
+    return environment.domains.filter(claim__verified_at__isnull=False)
+
+
 def route_ids(environment: Environment) -> list[str]:
     ids = [environment.key]
     ids += [
         f"{environment.key}-d{pk}"
-        for pk in environment.domains.exclude(path_prefix="").values_list("pk", flat=True)
+        for pk in routed_domains(environment).exclude(path_prefix="").values_list("pk", flat=True)
     ]
     return ids
 
 
+def route_changes(
+    environment: Environment, upstreams: list[str], present: Iterable[str]
+) -> tuple[list[Route], list[str]]:
+    """The environment's routes (its default host name and plain domains in one route, each
+    path-prefix domain in its own; none without upstreams) and, of the route ids
+    ``present`` on the edge, those of the environment to remove."""
+    on_edge = set(present)
+    if not upstreams:
+        return [], [r for r in route_ids(environment) if r in on_edge]
+    plain = [d.hostname for d in routed_domains(environment).filter(path_prefix="")]
+    routes = [Route(environment.key, [environment.hostname, *plain], upstreams)]
+    for domain in routed_domains(environment).exclude(path_prefix=""):
+        routes.append(
+            Route(f"{environment.key}-d{domain.pk}", [domain.hostname], upstreams, domain.path_prefix)
+        )
+    wanted = {route.route_id for route in routes}
+    stray = [r for r in on_edge if r.startswith(f"{environment.key}-d") and r not in wanted]
+    return routes, sorted(stray)
+
+
 def sync_routes(environment: Environment, backend: Backend, spec: StackSpec) -> bool:
-    """The environment's routes on the edge: its default host name and plain domains in one
-    route, each path-prefix domain in its own. Writes only what changed."""
+    """The environment's routes on the edge (``route_changes``). Writes only what changed
+    (a route at a time: one domain change is one route; the reconciler writes in bulk)."""
     upstreams = backend.upstreams(spec, environment.backend_state)
     changed = False
     with edge() as router:
-        if not upstreams:
-            for route_id in route_ids(environment):
-                changed |= router.remove_route(route_id)
-            return changed
-        plain = [d.hostname for d in environment.domains.filter(path_prefix="")]
-        changed |= router.set_route(environment.key, [environment.hostname, *plain], upstreams)
-        for domain in environment.domains.exclude(path_prefix=""):
-            changed |= router.set_route(
-                f"{environment.key}-d{domain.pk}",
-                [domain.hostname],
-                upstreams,
-                path_prefix=domain.path_prefix,
-            )
-        wanted = set(route_ids(environment))
-        for route_id in router.routes():
-            if route_id.startswith(f"{environment.key}-d") and route_id not in wanted:
-                changed |= router.remove_route(route_id)
+        routes, remove = route_changes(environment, upstreams, router.routes())
+        for route in routes:
+            prefix = {} if route.path_prefix is None else {"path_prefix": route.path_prefix}
+            changed |= router.set_route(route.route_id, list(route.hosts), list(route.upstreams), **prefix)
+        for route_id in remove:
+            changed |= router.remove_route(route_id)
     return changed
 
 
@@ -233,6 +251,10 @@ def run_operation(operation_id: int) -> str | None:
         recorder.line(f"resuming (attempt {op.attempts})")
     environment = Environment.objects.select_related("project__region", "kernel").get(pk=op.environment_id)
     try:
+        if op.attempts > settings.STACKPORT_OPERATION_MAX_ATTEMPTS + RESUME_ALLOWANCE:
+            # Claimed again and again without ever finishing (a worker killed every time):
+            # stop here rather than loop.
+            raise OperationFailed(f"interrupted {op.attempts - 1} times without finishing")
         if op.kind == OperationKind.DESTROY:
             _destroy(op, environment, recorder)
         else:
@@ -248,9 +270,10 @@ def run_operation(operation_id: int) -> str | None:
         else:
             if is_transient(exc):
                 message = f"{message}\nGave up after {op.attempts} attempts."
-            recorder.line(f"failed: {message}")
-            log.warning("operation_failed", operation=op.pk, kind=op.kind, error=message)
-            _finish(op, OperationStatus.FAILED, message)
+            _give_up(op, environment, recorder, message)
+    except Exception as exc:  # a bug: never an operation that loops or an environment left deploying
+        log.exception("operation_crashed", operation=op.pk, kind=op.kind)
+        _give_up(op, environment, recorder, f"internal error ({type(exc).__name__}); support has been told")
     finally:
         stop.set()
         beat.join(timeout=HEARTBEAT_SECONDS + 1)
@@ -281,6 +304,106 @@ def _retry_later(op: Operation, delay: int) -> None:
         status=OperationStatus.QUEUED, heartbeat_at=timezone.now() + timedelta(seconds=delay)
     )
     run_operation_task.apply_async((op.pk,), countdown=delay)
+
+
+def _give_up(op: Operation, environment: Environment, rec: Recorder, message: str) -> None:
+    rec.line(f"failed: {message}")
+    log.warning("operation_failed", operation=op.pk, kind=op.kind, error=message)
+    try:
+        message = settle_after_failure(op, environment, rec, message)
+    except Exception:  # settling must not keep the operation from finishing
+        log.exception("operation_settle_failed", operation=op.pk)
+        _set_env(environment, status=EnvironmentStatus.FAILED, status_detail=_first_line(message)[:300])
+    _finish(op, OperationStatus.FAILED, message)
+
+
+def _first_line(message: str) -> str:
+    return message.strip().splitlines()[0] if message.strip() else "unknown error"
+
+
+def settle_after_failure(op: Operation, environment: Environment, rec: Recorder, message: str) -> str:
+    """Leave the environment in a defined state after ``op`` gave up, whatever step failed,
+    and return the operation's final message.
+
+    The desired rows go back to the applied release (pages, quotas and metering show what
+    runs, not a target that never ran). When the operation was moving to another release,
+    the applied one is put back (blue/green components never stopped; anything replaced in
+    place is applied again) and keeps serving: ``running``. Otherwise what runs is observed:
+    ``degraded`` while some of it serves, ``failed`` (with the action that fixes it) when
+    nothing does. Never ``deploying`` without an operation in flight."""
+    environment.refresh_from_db()
+    kind = op.get_kind_display()
+    short = _first_line(message)[:200]
+    if op.kind == OperationKind.DESTROY:
+        _set_env(
+            environment,
+            status=EnvironmentStatus.FAILED,
+            status_detail=f"Removing it failed: {short}. Destroy it again to retry.",
+        )
+        return message
+    applied = environment.current_release
+    if applied is not None:
+        set_component_rows(environment, copy.deepcopy(applied.spec.get("components", [])))
+    touched = environment.status == EnvironmentStatus.DEPLOYING or op.kind == OperationKind.STOP
+    if not touched:  # failed before anything changed (a fetch, a sample): as it was
+        if applied is None:
+            _set_env(
+                environment,
+                status=EnvironmentStatus.FAILED,
+                status_detail=f"{kind} failed: {short}. Fix the cause and deploy again.",
+            )
+        return message
+    if applied is not None and op.release_id not in (None, applied.pk):
+        rec.line(f"putting release {applied.number} back")
+        try:
+            spec = build_spec(environment, applied)
+            backend = backend_for(environment)
+            save_state(environment, backend, backend.apply(spec, environment.backend_state, rec.line))
+            sync_routes(environment, backend, spec)
+        except (BackendError, EdgeError, SpecError, OSError) as again:
+            rec.line(f"putting it back failed too: {getattr(again, 'message', again)}")
+        else:
+            _set_env(
+                environment,
+                status=EnvironmentStatus.RUNNING if spec.running else EnvironmentStatus.STOPPED,
+                status_detail=f"{kind} failed: {short}. Release {applied.number} is serving again.",
+            )
+            return f"{message}\nRelease {applied.number} is serving again."
+    status, detail = _observed_status(environment, applied or op.release, op, short)
+    _set_env(environment, status=status, status_detail=detail[:300])
+    return message
+
+
+def _observed_status(
+    environment: Environment, release: Release | None, op: Operation, short: str
+) -> tuple[str, str]:
+    """What runs after a failed operation that had nothing to go back to."""
+    kind = op.get_kind_display()
+    retry = "Press Start to try again." if op.kind == OperationKind.START else "Deploy again to retry."
+    if op.kind == OperationKind.STOP:
+        retry = "Press Stop to try again."
+    if release is None:
+        return EnvironmentStatus.FAILED, f"{kind} failed: {short}. {retry}"
+    try:
+        spec = build_spec(environment, release)
+        observed = backend_for(environment).observe(spec, environment.backend_state)
+    except (BackendError, SpecError, OperationFailed, OSError) as exc:
+        detail = getattr(exc, "message", str(exc))[:100]
+        return EnvironmentStatus.FAILED, f"{kind} failed: {short}. Its host cannot be reached ({detail})."
+    running = [r for r in observed.replicas if r.status == "running"]
+    if op.kind == OperationKind.STOP:
+        if not running:
+            return EnvironmentStatus.STOPPED, ""
+        return EnvironmentStatus.DEGRADED, f"{kind} failed: {short}. Some replicas still run. {retry}"
+    wanted = sum(c.replicas for c in spec.components) if spec.running else 0
+    if wanted and len(running) >= wanted:
+        return EnvironmentStatus.DEGRADED, f"The containers run but the site does not answer: {short}."
+    if running:
+        return (
+            EnvironmentStatus.DEGRADED,
+            f"{kind} failed: {short}. {len(running)} of {wanted} replicas run. {retry}",
+        )
+    return EnvironmentStatus.FAILED, f"{kind} failed: {short}. Nothing runs. {retry}"
 
 
 def _finish(op: Operation, status: str, error: str = "") -> None:
@@ -342,13 +465,7 @@ def _converge(op: Operation, environment: Environment, rec: Recorder) -> None:
         image = next((c.image for c in spec.components if c.content_path), None)
         rec.step(
             "Prepare the content",
-            lambda: backend.put_content(
-                environment.key,
-                environment.backend_state,
-                release.content_id,
-                content_store.read(release.content_sha256),
-                image,
-            ),
+            lambda: _put_content(backend, environment, release, image),
         )
     if "Copy the data to the new version" in steps:
         rec.step("Copy the data to the new version", lambda: _migrate(op, environment, backend, spec, rec))
@@ -356,14 +473,14 @@ def _converge(op: Operation, environment: Environment, rec: Recorder) -> None:
     def apply() -> None:
         save_state(environment, backend, backend.apply(spec, environment.backend_state, rec.line))
 
-    try:
-        rec.step("Start the containers" if running else "Stop the containers", apply)
-    except BackendError as exc:
-        _recover(op, environment, backend, rec, exc)
-        raise
+    rec.step("Start the containers" if running else "Stop the containers", apply)
     rec.step("Route traffic", lambda: sync_routes(environment, backend, spec))
     if running:
         rec.step("Check the site", lambda: _check_site(environment, backend, spec, rec))
+        _mark_ran(release, spec)
+    # The variables the containers now have (the page says when they changed since).
+    op.params = {**op.params, "variables": variables_fingerprint(environment)}
+    Operation.objects.filter(pk=op.pk).update(params=op.params)
     _set_env(
         environment,
         current_release=release,
@@ -372,30 +489,15 @@ def _converge(op: Operation, environment: Environment, rec: Recorder) -> None:
     )
 
 
-def _recover(
-    op: Operation, environment: Environment, backend: Backend, rec: Recorder, exc: BackendError
-) -> None:
-    """After a failed apply: blue/green components still run the previous release; put
-    back whatever was replaced in place by applying the previous release again."""
-    previous = op.previous_release
-    if previous is None or previous.pk == (op.release_id or 0):
-        _set_env(environment, status=EnvironmentStatus.FAILED, status_detail=exc.message[:300])
-        return
-    rec.line(f"rolling back to release {previous.number}")
-    try:
-        spec = build_spec(environment, previous)
-        save_state(environment, backend, backend.apply(spec, environment.backend_state, rec.line))
-        sync_routes(environment, backend, spec)
-    except (BackendError, EdgeError, SpecError) as again:
-        rec.line(f"rollback failed too: {getattr(again, 'message', again)}")
-        _set_env(environment, status=EnvironmentStatus.FAILED, status_detail=exc.message[:300])
-        return
-    _set_env(
-        environment,
-        status=EnvironmentStatus.RUNNING,
-        status_detail=f"{op.get_kind_display()} failed; release {previous.number} is serving.",
-    )
-    exc.message = f"{exc.message}\nRelease {previous.number} is serving again."
+def _mark_ran(release: Release, spec: StackSpec) -> None:
+    """The release ran to the end: a rollback target from now on, with the images it ran."""
+    fields: dict[str, Any] = {}
+    if release.ran_at is None:
+        fields["ran_at"] = release.ran_at = timezone.now()
+    if not release.images:
+        fields["images"] = release.images = {c.name: c.image for c in spec.components}
+    if fields:
+        Release.objects.filter(pk=release.pk).update(**fields)
 
 
 def _fetch_git(op: Operation, release: Release) -> None:
@@ -407,13 +509,14 @@ def _fetch_git(op: Operation, release: Release) -> None:
             op.params["branch"],
             max_unpacked_bytes=settings.STACKPORT_CONTENT_MAX_BYTES,
             max_files=settings.STACKPORT_CONTENT_MAX_FILES,
-            timeout=300,
-            max_download_bytes=settings.STACKPORT_CONTENT_MAX_BYTES,
+            timeout=settings.STACKPORT_GIT_TIMEOUT_SECONDS,
+            max_download_bytes=settings.STACKPORT_GIT_MAX_DOWNLOAD_BYTES,
             trusted_hosts=settings.STACKPORT_GIT_TRUSTED_HOSTS,
+            workdir=content_store.workdir(),
         )
     except ContentError as exc:
         raise OperationFailed(exc.message) from exc
-    stored = content_store.save(content.tar)
+    stored = content_store.save(content.path)
     release.content_sha256, release.content_files, release.content_bytes = (
         stored.sha256,
         stored.files,
@@ -421,6 +524,19 @@ def _fetch_git(op: Operation, release: Release) -> None:
     )
     release.commit = content.commit or ""
     release.save(update_fields=["content_sha256", "content_files", "content_bytes", "commit"])
+
+
+def _put_content(backend: Backend, environment: Environment, release: Release, image: str | None) -> None:
+    """The release's stored content onto the hosts, streamed from the store's file."""
+    try:
+        archive = content_store.open_archive(release.content_sha256)
+    except FileNotFoundError:
+        raise OperationFailed(
+            f"The content of release {release.number} is no longer stored (the content of old "
+            "releases is removed to save space). Deploy the content again."
+        ) from None
+    with archive:
+        backend.put_content(environment.key, environment.backend_state, release.content_id, archive, image)
 
 
 def _make_sample(release: Release) -> None:

@@ -8,6 +8,7 @@ shows no price, for a portal without billing.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from functools import cache
 from typing import Any
 
@@ -15,6 +16,16 @@ from django.conf import settings
 from django.utils.module_loading import import_string
 
 from projects.models import Environment, Organization
+
+
+@dataclass(frozen=True)
+class BackupPolicy:
+    """How an organization's environments are backed up: ``schedule`` (off, hourly, daily,
+    weekly) and how many daily and weekly backups are kept per component."""
+
+    schedule: str = "daily"
+    keep_daily: int = 7
+    keep_weekly: int = 4
 
 
 class StackPolicy:
@@ -44,6 +55,19 @@ class StackPolicy:
 
     def estimate_monthly(self, *, organization: Organization, region: Any, rows: list[dict[str, Any]]) -> Any:
         """A month of running ``rows`` in ``region`` at list prices (shown in the wizard), or None."""
+        return None
+
+    def backup_policy(self, *, organization: Organization) -> BackupPolicy:
+        """The organization's backup schedule and retention."""
+        return BackupPolicy()
+
+    def check_backup(self, *, organization: Organization, stored_bytes: int) -> None:
+        """Raise ``ServiceError`` (402) when the organization may not store another backup
+        (``stored_bytes``: what its backups hold now)."""
+
+    def volume_size_gb(self, *, organization: Organization, volume: dict[str, Any]) -> int | None:
+        """The size a new volume of the organization's stack is made with and held to (the
+        catalog's volume entry ``volume``), in GB; None: no limit (the default)."""
         return None
 
 

@@ -1,26 +1,45 @@
 """Converge what runs to what was asked for, periodically (Celery beat) and on demand.
 
-One pass: operations whose worker died are run again; every Docker host is listed once
-(one call per host, not per container); containers of stacks that should not exist are
-removed; a running environment that misses a replica (a container died or was removed)
-gets its current release applied again; its edge routes are put back if the edge lost
-them (Caddy's config is not persisted).
+Level-triggered: one pass compares, per environment, what should run (its current
+release, running or stopped) with what the engines hold, and queues at most one repair
+operation for it; repairs run like any operation (``run_operation_task``: attempts cap,
+backoff), never inside the pass, and the database's one-active-operation-per-environment
+constraint is the lock. One pass:
+
+- operations whose worker died are run again;
+- every host is listed on its own (one list call per engine, not per container): a host
+  that does not answer fails only the environments that live on it, for this pass;
+- containers of stacks that should not exist (orphans) and copies of a stack on a host
+  it no longer lives on (stale copies) are removed, by the backend of that host;
+- an environment living on a host that is down (``stacks.runtime.hosts``) is moved off it
+  when it is stateless (``support.evacuate_environment``), or marked degraded "waiting for
+  host" when its data is there (``restore_from_backup`` is the hook for backups);
+- a running environment that misses a replica gets its current release applied again by a
+  queued repair; one whose automatic repair failed is marked ``degraded`` (with why) and
+  tried again after ``STACKPORT_RECONCILE_RETRY_SECONDS``, doubling; a ``failed`` one is
+  tried on that slower schedule too; a stopped one that still runs containers is stopped;
+- routes the edge lost or that differ are put back: the edge's routes are read once per
+  pass, and the routes of every environment whose routes differ are written together at
+  the end of the pass, in one config write (one reload of the router).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from datetime import timedelta
+from typing import Any
 
 import structlog
 from django.conf import settings
 from django.core.cache import cache
-from django.db import IntegrityError, transaction
+from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
 
 from projects.models import Environment, EnvironmentStatus
-from stacks.backends.base import Backend, BackendError, HostRecord, ReplicaState, get_backend
-from stacks.backends.edge import EdgeError
+from projects.services import ServiceError
+from stacks.backends.base import Backend, BackendError, HostRecord, ReplicaState, StackSpec, get_backend
+from stacks.backends.edge import EdgeError, Route, normalize_host, normalize_upstream, route_config
 from stacks.models import (
     ACTIVE_OPERATION_STATUSES,
     DockerHost,
@@ -28,12 +47,52 @@ from stacks.models import (
     OperationKind,
     OperationStatus,
     ResourceSampleRow,
+    home_host,
+    placed_hosts,
 )
 from stacks.runtime import lifecycle
-from stacks.runtime.operations import OperationFailed, backend_for, sync_routes
+from stacks.runtime.operations import (
+    OperationFailed,
+    backend_for,
+    edge,
+    route_changes,
+    route_ids,
+    routed_domains,
+)
 from stacks.runtime.spec import SpecError, build_spec
 
 log = structlog.get_logger(__name__)
+
+# Operations the system queues by itself (their ``params["reason"]``): their failures back off.
+AUTOMATIC_REASONS = ("reconcile", "host.down")
+ALIVE = ("running", "starting")
+WAITING_PREFIX = "Waiting for host"
+MISSING_PREFIX = "Replicas missing"
+HOST_DOWN_PREFIX = "Host down"
+# Details the reconciler writes: it clears them itself once the stack runs as it should.
+OWN_DETAILS = (WAITING_PREFIX, MISSING_PREFIX, HOST_DOWN_PREFIX)
+MAX_BACKOFF_DOUBLINGS = 4  # the slowest retry: 16 x STACKPORT_RECONCILE_RETRY_SECONDS
+SETTLED = (
+    EnvironmentStatus.RUNNING,
+    EnvironmentStatus.DEGRADED,
+    EnvironmentStatus.FAILED,
+    EnvironmentStatus.STOPPED,
+)
+
+
+def waiting_detail(host: str) -> str:
+    """What the customer and support read on a stateful stack whose host is down."""
+    return (
+        f"{WAITING_PREFIX} {host} to come back: it does not answer, and this stack's data is "
+        "on it. Nothing is lost; it runs again as soon as the host is back."
+    )
+
+
+def restore_from_backup(environment: Environment, lost_host: str) -> Operation | None:
+    """Hook: restore a stateful environment whose host is down from its latest backup onto
+    another host, returning the queued operation. There are no backups yet, so it restores
+    nothing (None) and the environment waits for its host."""
+    return None
 
 
 def inventory_backends(exclude_url: str = "") -> list[Backend]:
@@ -53,6 +112,60 @@ def inventory_backends(exclude_url: str = "") -> list[Backend]:
     ]
 
 
+@dataclass
+class Listing:
+    """What the engines hold, host by host. Host names are canonical: an engine listed under
+    several inventory names (one URL) counts once, under the first of its names."""
+
+    replicas: dict[str, list[ReplicaState]] = field(default_factory=dict)  # stack key -> replicas
+    backends: dict[str, Backend] = field(default_factory=dict)  # canonical name -> its own backend
+    unreachable: dict[str, str] = field(default_factory=dict)  # canonical name -> error
+    down: set[str] = field(default_factory=set)  # inventory names of hosts that are down
+    canonical: dict[str, str] = field(default_factory=dict)  # inventory name -> canonical name
+
+    def name(self, host: str) -> str:
+        return self.canonical.get(host, host)
+
+
+def host_backend(host: DockerHost) -> Backend:
+    """A backend that sees ``host`` alone (its region's kind)."""
+    return get_backend(
+        settings.STACKPORT_BACKENDS[host.region.backend],
+        hosts=[HostRecord(host.name, host.url, host.address_pool)],
+    )
+
+
+def list_hosts() -> Listing:
+    """Every engine listed once, on its own: one that does not answer is noted, not fatal."""
+    listing = Listing()
+    first_by_url: dict[str, DockerHost] = {}
+    for host in DockerHost.objects.select_related("region").order_by("name"):
+        first = first_by_url.setdefault(host.url, host)
+        listing.canonical[host.name] = first.name
+        if host.state == DockerHost.State.DOWN:
+            listing.down.add(host.name)
+    listed = set()
+    for host in (
+        DockerHost.objects.exclude(state=DockerHost.State.DOWN).select_related("region").order_by("name")
+    ):
+        name = listing.name(host.name)
+        if name in listed:
+            continue
+        listed.add(name)
+        first = first_by_url[host.url]
+        try:
+            backend = host_backend(first)
+            found = backend.stacks()
+        except BackendError as exc:
+            log.warning("reconcile_list_failed", host=name, error=exc.message)
+            listing.unreachable[name] = exc.message
+            continue
+        listing.backends[name] = backend
+        for key, replicas in found.items():
+            listing.replicas.setdefault(key, []).extend(replicas)
+    return listing
+
+
 RECONCILE_LOCK = "stackport:reconcile-lock"
 RECONCILE_LOCK_SECONDS = 600  # a pass that died holding the lock frees it after this
 
@@ -69,55 +182,395 @@ def reconcile() -> dict[str, int]:
         cache.delete(RECONCILE_LOCK)
 
 
-def _reconcile() -> dict[str, int]:
-    report = {"resumed": 0, "orphans_removed": 0, "repaired": 0, "routes_fixed": 0}
-    report["resumed"] = resume_lost_operations()
-    running: dict[str, list[ReplicaState]] = {}
-    for backend in inventory_backends():
-        try:
-            running.update(backend.stacks())
-        except BackendError as exc:
-            log.warning("reconcile_list_failed", error=exc.message)
-            return report
-    if not running and not DockerHost.objects.exclude(state=DockerHost.State.DOWN).exists():
-        return report
-    prefix = f"{settings.STACKPORT_STACK_PREFIX}-"
-    running = {k: v for k, v in running.items() if k.startswith(prefix)}  # other installations' are not ours
-    environments = {
-        env.key: env
-        for env in Environment.objects.select_related("project__region", "kernel", "current_release").filter(
-            pk__in=[int(k[len(prefix) :]) for k in running if k[len(prefix) :].isdigit()]
-        )
-    }
-    busy = set(
+def _busy() -> set[int]:
+    return set(
         Operation.objects.filter(status__in=ACTIVE_OPERATION_STATUSES).values_list(
             "environment_id", flat=True
         )
     )
-    for key in running:
-        env = environments.get(key)
-        if env is not None and env.status != EnvironmentStatus.DESTROYED:
-            continue
-        if env is not None and env.pk in busy:
-            continue
-        log.info("reconcile_orphan", key=key)
+
+
+def _is_busy(environment_id: int) -> bool:
+    return Operation.objects.filter(
+        environment_id=environment_id, status__in=ACTIVE_OPERATION_STATUSES
+    ).exists()
+
+
+@dataclass
+class Pass:
+    """One pass's shared reads: the listing, busy environments, the edge's routes (lazily)."""
+
+    listing: Listing
+    busy: set[int]
+    report: dict[str, int]
+    _routes: dict[str, dict[str, Any]] | None = None
+    _routes_read: bool = False
+    # Routes that differ from the edge's, of every environment, written at the end of the
+    # pass in one config write (one reload, not one per environment).
+    route_writes: list[Route] = field(default_factory=list)
+    route_removals: list[str] = field(default_factory=list)
+    routes_differ: int = 0
+
+    def routes(self) -> dict[str, dict[str, Any]] | None:
+        """The edge's routes, read once per pass; None when the edge does not answer."""
+        if not self._routes_read:
+            self._routes_read = True
+            self._routes = edge_routes()
+        return self._routes
+
+
+def edge_routes() -> dict[str, dict[str, Any]] | None:
+    try:
+        with edge() as router:
+            return router.routes()
+    except (EdgeError, OSError) as exc:
+        log.warning("reconcile_edge_unreadable", error=getattr(exc, "message", str(exc)))
+        return None
+
+
+def _reconcile() -> dict[str, int]:
+    report = dict.fromkeys(
+        (
+            "resumed",
+            "orphans_removed",
+            "stale_removed",
+            "repaired",
+            "routes_fixed",
+            "moved",
+            "waiting",
+            "degraded",
+            "recovered",
+            "unknown",
+            "stopped",
+        ),
+        0,
+    )
+    report["resumed"] = resume_lost_operations()
+    if not DockerHost.objects.exists():
+        return report
+    busy = _busy()  # read before the engines: an operation started since is caught by the lock
+    listing = list_hosts()
+    run = Pass(listing, busy, report)
+    prefix = f"{settings.STACKPORT_STACK_PREFIX}-"
+    ours = {
+        k: v for k, v in listing.replicas.items() if k.startswith(prefix)
+    }  # other installations' are not ours
+    ids = [int(k[len(prefix) :]) for k in ours if k[len(prefix) :].isdigit()]
+    known = {
+        env.key: env
+        for env in Environment.objects.select_related("placement").filter(pk__in=ids)
+        if env.status != EnvironmentStatus.DESTROYED
+    }
+    for key, replicas in ours.items():
+        env = known.get(key)
+        if env is None:
+            _remove_copies(run, key, {r.host for r in replicas}, "reconcile_orphan", "orphans_removed")
+        elif env.status in SETTLED and env.pk not in busy:
+            placed = {listing.name(h) for h in _placed_on(env)}
+            stale = {r.host for r in replicas} - placed
+            if placed and stale and not _is_busy(env.pk):
+                _remove_copies(run, key, stale, "reconcile_stale_copy", "stale_removed")
+    environments = (
+        Environment.objects.select_related("project__region", "kernel", "current_release", "placement")
+        .filter(status__in=[*SETTLED, EnvironmentStatus.DEPLOYING], current_release__isnull=False)
+        .exclude(pk__in=busy)
+        .order_by("pk")
+    )
+    for env in environments:
         try:
-            state = {"host": running[key][0].host}
-            backend.destroy(key, state)
-            report["orphans_removed"] += 1
-        except BackendError as exc:
-            log.warning("reconcile_orphan_failed", key=key, error=exc.message)
-    for env in Environment.objects.select_related("project__region", "kernel", "current_release").filter(
-        status__in=[EnvironmentStatus.RUNNING, EnvironmentStatus.DEGRADED], current_release__isnull=False
-    ):
-        if env.pk in busy:
-            continue
-        repaired, routed = _repair(env, running.get(env.key, []))
-        report["repaired"] += repaired
-        report["routes_fixed"] += routed
+            _converge_environment(env, run)
+        except (BackendError, EdgeError, SpecError, OperationFailed, ServiceError) as exc:
+            # One environment's trouble: the others are still looked at.
+            log.warning(
+                "reconcile_environment_failed", environment=env.pk, error=getattr(exc, "message", str(exc))
+            )
+    _write_routes(run)
     return report
 
 
+def _placed_on(env: Environment) -> list[str]:
+    """The hosts the environment's stack lives on, by its placement; [] when none was
+    recorded (then nothing of it counts as stale: where it lives is not known here)."""
+    return placed_hosts(env)
+
+
+def _remove_copies(run: Pass, key: str, hosts: set[str], event: str, counter: str) -> None:
+    """Remove the stack ``key`` from ``hosts`` (canonical names), each by its own backend."""
+    for host in sorted(hosts):
+        backend = run.listing.backends.get(host)
+        if backend is None:
+            continue
+        log.info(event, key=key, host=host)
+        try:
+            backend.destroy(key, {"host": host})
+            run.report[counter] += 1
+        except BackendError as exc:
+            log.warning(f"{event}_failed", key=key, host=host, error=exc.message)
+
+
+def _converge_environment(env: Environment, run: Pass) -> None:
+    listing = run.listing
+    placed = _placed_on(env)
+    lost = [h for h in placed if h in listing.down]
+    if lost:
+        home = home_host(env) or placed[0]
+        on_lost_host(env, home if home in lost else lost[0], run.report)
+        return
+    if any(listing.name(h) in listing.unreachable for h in placed):
+        run.report["unknown"] += 1  # its host did not answer this pass: nothing is known of it
+        return
+    replicas = listing.replicas.get(env.key, [])
+    if env.status == EnvironmentStatus.STOPPED or not env.desired_running or env.project.suspended_at:
+        if env.status == EnvironmentStatus.STOPPED and any(r.status in ALIVE for r in replicas):
+            if _due(env, failed_status=False)[0] and _queue(env, OperationKind.STOP):
+                run.report["stopped"] += 1
+        return
+    assert env.current_release is not None
+    spec = build_spec(env, env.current_release)
+    wanted = sum(c.replicas for c in spec.components) if spec.running else 0
+    alive = [r for r in replicas if r.status in ALIVE]
+    healthy = len(alive) == wanted and len(replicas) == wanted
+    if not healthy or env.status in (EnvironmentStatus.FAILED, EnvironmentStatus.DEPLOYING):
+        _repair(env, run, healthy, len(alive), wanted)
+        return
+    if env.status == EnvironmentStatus.DEGRADED and env.status_detail.startswith(OWN_DETAILS):
+        _set_status(env, EnvironmentStatus.RUNNING, "")
+        run.report["recovered"] += 1
+    _sync_route(env, spec, run)
+
+
+def _repair(env: Environment, run: Pass, healthy: bool, alive: int, wanted: int) -> None:
+    """Queue the repair when it is due; after a failed automatic repair, say so (degraded)."""
+    due, failures, last = _due(env, failed_status=env.status == EnvironmentStatus.FAILED)
+    if due:
+        if _queue(env, OperationKind.DEPLOY):
+            log.info("reconcile_repair", environment=env.pk, wanted=wanted, found=alive, status=env.status)
+            run.report["repaired"] += 1
+        return
+    if failures and not healthy and (env.status != EnvironmentStatus.DEGRADED or not env.status_detail):
+        error = (last.error.splitlines() or [""])[0][:120] if last else ""
+        retry_at = _retry_at(failures, last)
+        detail = (
+            f"{MISSING_PREFIX}: {alive} of {wanted} run; the automatic repair failed"
+            + (f" ({error})" if error else "")
+            + (f"; next try at {retry_at:%H:%M} UTC." if retry_at else ".")
+        )
+        _set_status(env, EnvironmentStatus.DEGRADED, detail[:300])
+        run.report["degraded"] += 1
+
+
+def _automatic_failures(env: Environment) -> tuple[int, Operation | None]:
+    """Failed automatic operations in a row, newest first, and the newest operation."""
+    recent = list(Operation.objects.filter(environment=env).order_by("-created_at", "-id")[:20])
+    count = 0
+    for op in recent:
+        if op.status != OperationStatus.FAILED or op.params.get("reason") not in AUTOMATIC_REASONS:
+            break
+        count += 1
+    return count, (recent[0] if recent else None)
+
+
+def _retry_at(failures: int, last: Operation | None) -> Any:
+    if last is None or last.finished_at is None:
+        return None
+    doublings = min(max(failures - 1, 0), MAX_BACKOFF_DOUBLINGS)
+    return last.finished_at + timedelta(seconds=settings.STACKPORT_RECONCILE_RETRY_SECONDS * 2**doublings)
+
+
+def _due(env: Environment, *, failed_status: bool) -> tuple[bool, int, Operation | None]:
+    """May an automatic operation be queued now? At once the first time; after a failed
+    automatic one (or on a ``failed`` environment) after STACKPORT_RECONCILE_RETRY_SECONDS,
+    doubling with each failure in a row."""
+    failures, last = _automatic_failures(env)
+    if not failures and not failed_status:
+        return True, 0, last
+    retry_at = _retry_at(failures, last)
+    return (retry_at is None or retry_at <= timezone.now()), failures, last
+
+
+def _queue(env: Environment, kind: str, reason: str = "reconcile", **params: Any) -> bool:
+    """The normal operation queue (``run_operation_task`` after commit); False when an
+    operation of the environment is active (the constraint: the customer's converges)."""
+    try:
+        with transaction.atomic():
+            lifecycle.queue_operation(
+                env, kind, None, release=env.current_release, params={"reason": reason, **params}
+            )
+    except ServiceError:
+        return False
+    return True
+
+
+def _set_status(env: Environment, status: str, detail: str) -> None:
+    env.status, env.status_detail = status, detail
+    Environment.objects.filter(pk=env.pk).update(status=status, status_detail=detail)
+
+
+def _sync_route(env: Environment, spec: StackSpec, run: Pass) -> None:
+    """Queue the environment's routes for the pass's one write when the edge's differ
+    (read once per pass)."""
+    routes = run.routes()
+    if routes is None:
+        return
+    backend = backend_for(env)
+    upstreams = backend.upstreams(spec, env.backend_state)
+    if _routes_match(env, upstreams, routes):
+        return
+    writes, removals = route_changes(env, upstreams, routes)
+    for route in writes:
+        route_config(route)  # an invalid route fails this environment, not the whole write
+    run.route_writes += writes
+    run.route_removals += removals
+    run.routes_differ += 1
+
+
+def _write_routes(run: Pass) -> None:
+    """All routes of the pass that differ from the edge's, in one config write."""
+    if not run.route_writes and not run.route_removals:
+        return
+    try:
+        changed = write_routes(run.route_writes, run.route_removals)
+    except (EdgeError, OSError) as exc:
+        log.warning("reconcile_routes_failed", error=getattr(exc, "message", str(exc)))
+        return
+    if changed:
+        run.report["routes_fixed"] += run.routes_differ
+
+
+def write_routes(routes: list[Route], remove: list[str]) -> bool:
+    """Set ``routes`` and remove the route ids ``remove`` on the edge: one config write."""
+    with edge() as router:
+        return router.set_routes(routes, remove=remove)
+
+
+def _routes_match(env: Environment, upstreams: list[str], routes: dict[str, dict[str, Any]]) -> bool:
+    ids = route_ids(env)
+    if not upstreams:
+        return not any(i in routes for i in ids)
+    stray = [r for r in routes if r.startswith(f"{env.key}-d") and r not in ids]
+    if stray:
+        return False
+    want = {normalize_upstream(u) for u in upstreams}
+    hosts = sorted(
+        {
+            normalize_host(h)
+            for h in [
+                env.hostname,
+                *routed_domains(env).filter(path_prefix="").values_list("hostname", flat=True),
+            ]
+        }
+    )
+    for route_id in ids:
+        route = routes.get(route_id)
+        if route is None:
+            return False
+        dials = {
+            u.get("dial")
+            for handler in route.get("handle") or []
+            for u in handler.get("upstreams") or []
+            if isinstance(u, dict)
+        }
+        if dials != want:
+            return False
+        if route_id == env.key and ((route.get("match") or [{}])[0].get("host") or []) != hosts:
+            return False
+    return True
+
+
+# --- a host that is down ---------------------------------------------------------------------------
+def on_lost_host(env: Environment, lost: str, report: dict[str, int]) -> None:
+    """``env`` lives (at least partly) on ``lost``, which is down. Stateless: moved off it
+    (a new home and a deploy there, or a redeploy where its home is). Its data is there:
+    restored from a backup (the hook), else marked degraded, waiting for the host."""
+    from stacks.runtime.support import evacuate_environment, stateful_components
+
+    runs = env.desired_running and env.project.suspended_at is None
+    if home_host(env) == lost and stateful_components(env):
+        if restore_from_backup(env, lost) is not None:
+            report["moved"] += 1
+            return
+        if runs and env.status != EnvironmentStatus.STOPPED:
+            detail = waiting_detail(lost)
+            if env.status != EnvironmentStatus.DEGRADED or env.status_detail != detail:
+                log.info("reconcile_waiting_for_host", environment=env.pk, host=lost)
+                _set_status(env, EnvironmentStatus.DEGRADED, detail)
+        report["waiting"] += 1
+        return
+    if not _due(env, failed_status=False)[0]:
+        return
+    try:
+        with transaction.atomic():
+            operation = evacuate_environment(environment=env, lost_host=lost)
+    except ServiceError as exc:
+        if exc.status == 409 and "operation" in exc.message.lower():
+            return  # busy: the next pass
+        log.warning("reconcile_move_failed", environment=env.pk, host=lost, error=exc.message)
+        if runs:
+            _set_status(env, EnvironmentStatus.DEGRADED, f"{HOST_DOWN_PREFIX}: {lost}. {exc.message}"[:300])
+            report["degraded"] += 1
+        return
+    log.info(
+        "reconcile_moved_off_lost_host",
+        environment=env.pk,
+        host=lost,
+        operation=getattr(operation, "pk", None),
+    )
+    report["moved"] += 1
+
+
+def evacuate_host(host: DockerHost) -> dict[str, int]:
+    """Right when ``host`` is found down: every environment living on it is moved or marked
+    waiting (the reconciler's passes do the same for any it could not do now)."""
+    report = {"moved": 0, "waiting": 0, "degraded": 0}
+    busy = _busy()
+    environments = (
+        Environment.objects.select_related("project__region", "kernel", "current_release", "placement")
+        .filter(Q(placement__hosts__contains=[host.name]) | Q(placement__host=host))
+        .exclude(
+            status__in=[EnvironmentStatus.DESTROYED, EnvironmentStatus.DESTROYING, EnvironmentStatus.NEW]
+        )
+        .exclude(pk__in=busy)
+        .distinct()
+        .order_by("pk")
+    )
+    for env in environments:
+        try:
+            on_lost_host(env, host.name, report)
+        except (BackendError, EdgeError, SpecError, OperationFailed) as exc:
+            log.warning("evacuate_failed", environment=env.pk, error=getattr(exc, "message", str(exc)))
+    return report
+
+
+def remove_stale_copies(host: DockerHost) -> list[str]:
+    """A host that answers again after being down: remove every stack copy on it that does
+    not live there any more (moved while it was down) or should not exist; keep those whose
+    placement still names it (stateful stacks waiting for it). What could not be removed."""
+    backend = host_backend(host)
+    found = backend.stacks()  # BackendError: it does not answer after all
+    prefix = f"{settings.STACKPORT_STACK_PREFIX}-"
+    keys = [k for k in found if k.startswith(prefix)]
+    ids = [int(k[len(prefix) :]) for k in keys if k[len(prefix) :].isdigit()]
+    environments = {
+        env.key: env
+        for env in Environment.objects.select_related("placement").filter(pk__in=ids)
+        if env.status != EnvironmentStatus.DESTROYED
+    }
+    same_engine = set(DockerHost.objects.filter(url=host.url).values_list("name", flat=True))
+    problems = []
+    for key in keys:
+        env = environments.get(key)
+        placed = set(_placed_on(env)) if env is not None else set()
+        if env is not None and (not placed or same_engine & placed):
+            continue
+        log.info("host_return_stale_copy", key=key, host=host.name)
+        try:
+            backend.destroy(key, {"host": host.name})
+        except BackendError as exc:
+            problems.append(f"{key}: {exc.message}")
+    return problems
+
+
+# --- operations and samples --------------------------------------------------------------------------
 def resume_lost_operations() -> int:
     stale = timezone.now() - timedelta(seconds=settings.STACKPORT_OPERATION_STALE_SECONDS)
     # A queued operation is lost once it waited too long: since it was made, or since its
@@ -137,40 +590,14 @@ def resume_lost_operations() -> int:
     return count
 
 
-def _repair(env: Environment, replicas: list[ReplicaState]) -> tuple[int, int]:
-    assert env.current_release is not None
-    try:
-        spec = build_spec(env, env.current_release)
-    except SpecError as exc:
-        log.warning("reconcile_spec_invalid", environment=env.pk, error=exc.message)
-        return 0, 0
-    wanted = sum(c.replicas for c in spec.components) if spec.running else 0
-    alive = [r for r in replicas if r.status in ("running", "starting")]
-    repaired = 0
-    try:
-        backend = backend_for(env)
-        if len(alive) != wanted or len(replicas) != wanted:
-            log.info("reconcile_repair", environment=env.pk, wanted=wanted, found=len(alive))
-            with transaction.atomic():
-                # An operation row makes the repair visible and serialises it with the customer's.
-                op = Operation.objects.create(
-                    environment=env,
-                    kind=OperationKind.DEPLOY,
-                    release=env.current_release,
-                    previous_release=env.current_release,
-                    params={"reason": "reconcile"},
-                )
-            from stacks.runtime.operations import run_operation
-
-            run_operation(op.pk)
-            repaired = 1
-        routed = int(sync_routes(env, backend, spec))
-    except (BackendError, EdgeError) as exc:
-        log.warning("reconcile_repair_failed", environment=env.pk, error=getattr(exc, "message", str(exc)))
-        return repaired, 0
-    except IntegrityError:  # the customer started an operation meanwhile: it converges
-        return 0, 0
-    return repaired, routed
+def needs_support() -> Any:
+    """Environments support should look at: failed, or degraded (waiting for a host, a
+    repair that failed), newest change first."""
+    return (
+        Environment.objects.filter(status__in=[EnvironmentStatus.FAILED, EnvironmentStatus.DEGRADED])
+        .select_related("project__organization")
+        .order_by("-pk")
+    )
 
 
 def record_samples() -> int:
@@ -207,10 +634,11 @@ def prune_images() -> list[str]:
 
     keep = set()
     pairs = set()
-    for spec in Release.objects.exclude(environment__status=EnvironmentStatus.DESTROYED).values_list(
-        "spec", flat=True
+    for spec, images in Release.objects.exclude(environment__status=EnvironmentStatus.DESTROYED).values_list(
+        "spec", "images"
     ):
         pairs |= {(row.get("component"), row.get("version")) for row in spec.get("components", [])}
+        keep |= set((images or {}).values())  # the exact bytes a release ran (rollback is byte-exact)
     for cv in ComponentVersion.objects.select_related("component"):
         if (cv.component.code, cv.version) in pairs:
             keep.add(cv.pinned_reference)

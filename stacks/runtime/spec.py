@@ -13,8 +13,10 @@ service name as host. Customer variables come last, byte-for-byte.
 
 from __future__ import annotations
 
+import hashlib
 import re
 import secrets
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from django.conf import settings
@@ -22,11 +24,11 @@ from django.conf import settings
 from projects.crypto import decrypt, encrypt
 from stacks.backends.base import ComponentSpec, StackSpec, VolumeSpec
 from stacks.models import (
-    RUNNABLE_STATUSES,
     Component,
     ComponentKind,
     ComponentVersion,
     Size,
+    StackComponent,
     Variable,
 )
 
@@ -70,9 +72,84 @@ def validate_env_value(value: str) -> None:
         raise SpecError("Values are limited to 32 KiB.", "value")
 
 
-def validate_component_row(row: dict[str, Any]) -> tuple[Component, ComponentVersion, Size]:
+# --- what a catalog entry may ask of the engine -----------------------------------------------
+# Fixed here, whatever the catalog rows in the database say (staff edit those in admin): a
+# capability, user, volume or tmpfs path outside these lists never reaches a container.
+ALLOWED_CAPABILITIES = frozenset(
+    {"CHOWN", "DAC_OVERRIDE", "FOWNER", "FSETID", "KILL", "SETGID", "SETUID", "NET_BIND_SERVICE"}
+)
+ALLOWED_USERS = frozenset({"www-data", "mysql", "memcache", "postgres", "rabbitmq", "redis", "nobody", "app"})
+MOUNT_PATH_RE = re.compile(r"(/[A-Za-z0-9_][A-Za-z0-9._-]{0,63}){1,8}")
+VOLUME_NAME_RE = re.compile(r"[a-z][a-z0-9_-]{0,39}")
+FORBIDDEN_MOUNTS = (
+    "/proc",
+    "/sys",
+    "/dev",
+    "/etc",
+    "/boot",
+    "/root",
+    "/usr",
+    "/bin",
+    "/sbin",
+    "/lib",
+    "/lib32",
+    "/lib64",
+    "/libx32",
+    "/run/docker.sock",
+    "/var/run/docker.sock",
+    "/var/lib/docker",
+)
+
+
+def _allowed_user_part(part: str) -> bool:
+    if part.isdigit():
+        return int(part) > 0
+    return part in ALLOWED_USERS
+
+
+def check_component_allowlist(component: Component) -> None:
+    """Refuse a component whose capabilities, user, volumes or tmpfs paths leave the fixed
+    allowlist above (a hostile or mistaken admin edit): the operation fails with this message."""
+
+    def refuse(what: str) -> SpecError:
+        return SpecError(
+            f"The catalog entry of {component.name} asks for {what}, which Stackport never "
+            "gives a container; the hoster has to correct the catalog.",
+            "component",
+        )
+
+    capabilities = component.capabilities
+    if not isinstance(capabilities, list):
+        raise refuse("malformed capabilities")
+    for cap in capabilities:
+        name = cap.upper().removeprefix("CAP_") if isinstance(cap, str) else ""
+        if name not in ALLOWED_CAPABILITIES:
+            raise refuse(f"the capability {str(cap)[:40]!r}")
+    user = str(component.user or "")
+    if not user or not all(_allowed_user_part(part) for part in user.split(":", 1)):
+        raise refuse(f"the user {user[:40]!r}" if user else "no user (the image's default, maybe root)")
+    tmpfs = component.tmpfs
+    if not isinstance(tmpfs, list):
+        raise refuse("malformed tmpfs mounts")
+    paths = [str(p) if isinstance(p, str) else "" for p in tmpfs]
+    volumes = component.volumes
+    if not isinstance(volumes, list):
+        raise refuse("malformed volumes")
+    for volume in volumes:
+        if not isinstance(volume, dict) or not VOLUME_NAME_RE.fullmatch(str(volume.get("name", ""))):
+            raise refuse(f"the volume {str(volume)[:60]!r}")
+        paths.append(str(volume.get("path", "")) if isinstance(volume.get("path"), str) else "")
+    for path in paths:
+        forbidden = any(path == p or path.startswith(p + "/") for p in FORBIDDEN_MOUNTS)
+        if not MOUNT_PATH_RE.fullmatch(path) or forbidden or ".." in path.split("/"):
+            raise refuse(f"a mount at {path[:60]!r}" if path else "a mount without a path")
+
+
+def validate_component_row(
+    row: dict[str, Any], *, pinned: str = ""
+) -> tuple[Component, ComponentVersion, Size]:
     """Check one component entry of a release spec against the catalog; the single gate for
-    images, sizes and replica counts."""
+    images, sizes and replica counts. ``pinned``: the image a release already ran it with."""
     name = str(row.get("name", ""))
     if not SERVICE_NAME_RE.fullmatch(name):
         raise SpecError(f"Invalid component name {name[:40]!r}.", "name")
@@ -82,11 +159,11 @@ def validate_component_row(row: dict[str, Any]) -> tuple[Component, ComponentVer
     version = ComponentVersion.objects.filter(component=component, version=row.get("version")).first()
     if version is None:
         raise SpecError(f"{component.name} has no version {str(row.get('version'))[:20]!r}.", "version")
-    if version.status not in RUNNABLE_STATUSES or not version.digest:
-        raise SpecError(
-            f"{component.name} {version.version} is not available ({version.get_status_display().lower()}).",
-            "version",
-        )
+    # Whatever the catalog says of the version today (candidate after a rebuild, deprecated,
+    # end of life), a stack that runs it keeps running it: new stacks and upgrades are refused
+    # elsewhere (``offers``). Only a version that never had an image cannot run.
+    if not version.digest and not pinned:
+        raise SpecError(f"{component.name} {version.version} has no published image.", "version")
     size = component.sizes.filter(code=row.get("size")).first()
     if size is None:
         raise SpecError(f"{component.name} cannot run at size {str(row.get('size'))[:20]!r}.", "size")
@@ -101,6 +178,30 @@ def validate_component_row(row: dict[str, Any]) -> tuple[Component, ComponentVer
             raise SpecError(f"Invalid setting {str(key)[:40]!r} for {name}.", "env")
         validate_env_value(value)
     return component, version, size
+
+
+def set_component_rows(environment: Environment, rows: list[dict[str, Any]]) -> None:
+    """Make the StackComponent rows (the desired state the customer edits and sees) match
+    ``rows``: a request's target, or the applied release's rows again after a change failed."""
+
+    keep = []
+    for row in rows:
+        component = Component.objects.get(code=row["component"])
+        StackComponent.objects.update_or_create(
+            environment=environment,
+            name=row["name"],
+            defaults={
+                "component": component,
+                "version": ComponentVersion.objects.get(component=component, version=row["version"]),
+                "size": Size.objects.get(code=row["size"]),
+                "replicas": row["replicas"],
+                "public": bool(row.get("public")),
+                "env": row.get("env") or {},
+                "position": row.get("position", 0),
+            },
+        )
+        keep.append(row["name"])
+    StackComponent.objects.filter(environment=environment).exclude(name__in=keep).delete()
 
 
 # --- credentials ---------------------------------------------------------------------------------
@@ -124,6 +225,21 @@ def ensure_generated_credentials(environment: Environment, rows: list[dict[str, 
                     is_secret=True,
                     generated=True,
                 )
+
+
+def variables_fingerprint(environment: Environment) -> str:
+    """Names what the customer's variables are now (not their values: a hash), to tell
+    whether what runs was deployed with them."""
+    digest = hashlib.sha256()
+    for row in (
+        Variable.objects.filter(environment=environment, generated=False)
+        .order_by("component", "name")
+        .values_list("component", "name", "value", "encrypted_value")
+    ):
+        for part in row:
+            digest.update(bytes(part) if isinstance(part, (bytes, memoryview)) else str(part).encode())
+            digest.update(b"\0")
+    return digest.hexdigest()[:32]
 
 
 def _variables(environment: Environment) -> tuple[dict[str, dict[str, str]], dict[str, dict[str, str]]]:
@@ -157,7 +273,8 @@ def build_spec(environment: Environment, release: Release, *, running: bool | No
     names = [r.get("name") for r in rows]
     if len(set(names)) != len(names):
         raise SpecError("Component names must be unique.", "name")
-    checked = [(row, *validate_component_row(row)) for row in rows]
+    images = release.images or {}
+    checked = [(row, *validate_component_row(row, pinned=images.get(row["name"], ""))) for row in rows]
     if sum(1 for row, *_ in checked if row.get("public")) > 1:
         raise SpecError("Only one component can receive the public route.", "public")
     generated, customer = _variables(environment)
@@ -182,7 +299,11 @@ def build_spec(environment: Environment, release: Release, *, running: bool | No
         if component.kind in APP_KINDS:
             env.update(customer.get("", {}))
         env.update(customer.get(row["name"], {}))
-        specs.append(_component_spec(row, component, version, size, env))
+        spec = _component_spec(row, component, version, size, env)
+        # A release that ran keeps the bytes it ran (rollback and repair are byte-exact).
+        if images.get(row["name"]):
+            spec = replace(spec, image=images[row["name"]])
+        specs.append(_with_volume_sizes(spec, component, environment))
     return StackSpec(
         key=environment.key,
         number=environment.pk,
@@ -194,9 +315,25 @@ def build_spec(environment: Environment, release: Release, *, running: bool | No
     )
 
 
+def _with_volume_sizes(spec: ComponentSpec, component: Component, environment: Environment) -> ComponentSpec:
+    """Each volume gets the size the policy (the plan) gives it; None: no limit."""
+    if not spec.volumes:
+        return spec
+    from stacks.runtime.policy import stack_policy
+
+    policy, organization = stack_policy(), environment.project.organization
+    entries = {str(v.get("name")): v for v in component.volumes if isinstance(v, dict)}
+    sized = tuple(
+        replace(v, size_gb=policy.volume_size_gb(organization=organization, volume=entries.get(v.name, {})))
+        for v in spec.volumes
+    )
+    return replace(spec, volumes=sized)
+
+
 def _component_spec(
     row: dict[str, Any], component: Component, version: ComponentVersion, size: Size, env: dict[str, str]
 ) -> ComponentSpec:
+    check_component_allowlist(component)
     content_path = None
     volumes = []
     for volume in component.volumes:
@@ -205,6 +342,7 @@ def _component_spec(
         else:
             volumes.append(VolumeSpec(volume["name"], volume["path"]))
     ports = tuple(int(p["port"]) for p in component.ports)
+    move = version.migration if (version.migration or {}).get("method") == "dump-restore" else {}
     return ComponentSpec(
         name=row["name"],
         image=version.pinned_reference,
@@ -225,4 +363,6 @@ def _component_spec(
         stateful=component.stateful,
         data_generation=int(row.get("data_generation", 0)),
         version=version.version,
+        data_export=tuple(str(x) for x in move.get("export") or ()),
+        data_restore=tuple(str(x) for x in move.get("restore") or ()),
     )

@@ -248,7 +248,7 @@ def _target_host(environment: Environment, exclude: str) -> DockerHost | None:
 
 
 def _move(
-    environment: Environment, host: DockerHost, actor: User, origin: Origin | None, reason: str
+    environment: Environment, host: DockerHost, actor: User | None, origin: Origin | None, reason: str
 ) -> Operation:
     """Point the environment's placement at ``host`` and converge there with a normal
     deploy: the backend starts the new replicas on it, then retires those elsewhere."""
@@ -408,6 +408,61 @@ def finish_host_drain(*, host_id: int) -> bool:
     labels = {k: v for k, v in host.labels.items() if k != "drain_operations"}
     DockerHost.objects.filter(pk=host.pk).update(labels=labels)
     return True
+
+
+def evacuate_environment(*, environment: Environment, lost_host: str) -> Operation | None:
+    """The system's own move (no staff actor: the host health probe found ``lost_host``
+    down): a stateless environment living on it gets a new home on the active host of its
+    region and kernel line with the most free memory (enough for the stack), and a normal
+    deploy there; one whose home is elsewhere is redeployed where it is, which takes its
+    replicas off the lost host. A stopped one is only re-homed (it starts there). Returns
+    the queued operation (None when nothing needs to run). ``ServiceError``: it keeps data
+    on the lost host (409), no host has room (409), or an operation runs (409)."""
+    from stacks.runtime.operations import free_memory_mb
+
+    environment = (
+        Environment.objects.select_for_update(of=("self",))
+        .select_related("project__organization", "project__region", "kernel", "current_release")
+        .get(pk=environment.pk)
+    )
+    if environment.status in GONE:
+        raise ServiceError("This environment has been destroyed.", status=409)
+    release = environment.current_release
+    home = home_host(environment)
+    if home != lost_host:
+        if release is None or environment.project.suspended_at is not None or not environment.desired_running:
+            return None  # nothing of it runs: it converges off the host when started again
+        return lifecycle.queue_operation(
+            environment,
+            OperationKind.DEPLOY,
+            None,
+            release=release,
+            params={"reason": "host.down", "from_host": lost_host},
+        )
+    data = stateful_components(environment)
+    if data:
+        raise ServiceError(
+            f"{environment} keeps data in volumes on {lost_host} ({', '.join(data)}).", status=409
+        )
+    hosts = list(
+        DockerHost.objects.filter(
+            region=environment.project.region, kernel=environment.kernel, state=DockerHost.State.ACTIVE
+        ).exclude(name=lost_host)
+    )
+    needed = sum(c.size.memory_mb * c.replicas for c in environment.components.select_related("size"))
+    free = free_memory_mb(hosts)
+    roomy = [h for h in hosts if free[h.name] >= needed]
+    if not roomy:
+        raise ServiceError(
+            f"No other active host of {environment.project.region.name} has {needed} MB free "
+            f"for {environment}.",
+            status=409,
+        )
+    target = max(roomy, key=lambda h: (free[h.name], h.name))
+    if release is None or environment.project.suspended_at is not None or not environment.desired_running:
+        _rehome(environment, target)
+        return None
+    return _move(environment, target, None, None, "host.down")
 
 
 def _rehome(environment: Environment, host: DockerHost) -> None:

@@ -6,11 +6,12 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
+from django.utils import timezone
 
 from billing.models import Plan, Price, PriceList, Resource
 from billing.services import load_plans
 from projects.models import Environment, EnvironmentStatus, Organization
-from stacks.models import Operation, OperationStatus, Region
+from stacks.models import Operation, OperationStatus, Region, Release
 from stacks.runtime import lifecycle
 
 
@@ -40,6 +41,8 @@ def settle(environment: Environment, *, status: str = EnvironmentStatus.RUNNING)
     release = environment.releases.order_by("-number").first()
     Operation.objects.filter(environment=environment).update(status=OperationStatus.SUCCEEDED)
     Environment.objects.filter(pk=environment.pk).update(current_release=release, status=status)
+    if release is not None:
+        Release.objects.filter(pk=release.pk).update(ran_at=timezone.now())
     environment.refresh_from_db()
     return environment
 

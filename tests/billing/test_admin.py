@@ -14,6 +14,7 @@ from billing import invoices, services
 from billing.models import Adjustment, Invoice, InvoiceStatus, Subscription
 from projects.models import AuditEvent
 from tests.billing.conftest import make_plan
+from tests.conftest import client_for
 from tests.factories import UserFactory
 
 pytestmark = pytest.mark.django_db
@@ -26,9 +27,7 @@ def staff() -> Any:
 
 @pytest.fixture
 def staff_client(staff: Any) -> Client:
-    client = Client()
-    client.force_login(staff, backend="django.contrib.auth.backends.ModelBackend")
-    return client
+    return client_for(staff)  # with a second factor
 
 
 @pytest.fixture

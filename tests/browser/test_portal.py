@@ -117,6 +117,18 @@ def settle(page: Any, environment: Environment, worker: Worker) -> Operation:
     return op
 
 
+@pytest.fixture
+def dns_server(tmp_path: Any, settings: Any) -> Iterator[Any]:
+    from tests.stacks.test_domains import DnsServer
+
+    server = DnsServer(tmp_path)
+    settings.STACKPORT_DNS_RESOLVERS = [f"127.0.0.1:{server.port}"]
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
 def test_a_wordpress_project_from_sign_up_to_destroy(
     page: Any,
     site: str,
@@ -125,6 +137,7 @@ def test_a_wordpress_project_from_sign_up_to_destroy(
     cleanup: list[Environment],
     mailoutbox: list[Any],
     console_errors: list[str],
+    dns_server: Any,
 ) -> None:
     from stacks.catalog.samples import sample_archive
 
@@ -175,11 +188,19 @@ def test_a_wordpress_project_from_sign_up_to_destroy(
     assert "WordPress" in browsed.content()
     browsed.close()
 
-    # 4. A domain of their own.
+    # 4. A domain of their own: pending with the TXT record to create until the DNS server
+    # (dnsmasq on loopback) serves it, then verified and routed.
     domain = f"blog-{run}.example.test"
     page.fill("#id_hostname", domain)
     page.click("#domain-form button[type=submit]")
     page.wait_for_selector(f"text=Added {domain}")
+    record = page.locator(".domain-record")
+    expect(record).to_contain_text(f"_stackport-challenge.{domain}")
+    token = record.locator("code").nth(2).inner_text()
+    assert through_edge(caddy, domain, "/wp-admin/install.php").status_code == 404  # pending: not routed
+    dns_server.start({f"_stackport-challenge.{domain}": token})
+    page.click(f"button[aria-label='Check {domain} now']")
+    page.wait_for_selector(f"text={domain} is verified")
     wait_until(
         lambda: through_edge(caddy, domain, "/wp-admin/install.php").status_code == 200,
         60,

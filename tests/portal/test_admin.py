@@ -7,6 +7,7 @@ from django.contrib import admin
 from django.test import Client
 from django.urls import reverse
 
+from tests.conftest import client_for
 from tests.factories import UserFactory
 
 pytestmark = pytest.mark.django_db
@@ -16,11 +17,7 @@ MODELS = [(m._meta.app_label, m._meta.model_name) for m in admin.site._registry]
 
 @pytest.fixture
 def staff_client() -> Client:
-    client = Client()
-    client.force_login(
-        UserFactory(is_staff=True, is_superuser=True), backend="django.contrib.auth.backends.ModelBackend"
-    )
-    return client
+    return client_for(UserFactory(is_staff=True, is_superuser=True))  # with a second factor
 
 
 @pytest.mark.parametrize(("app", "model"), MODELS, ids=[f"{a}.{m}" for a, m in MODELS])

@@ -18,7 +18,7 @@ from projects.models import ApiToken, AuditEvent, Environment, Organization, Pro
 from stacks.backends.memory import MemoryBackend
 from stacks.models import Domain, Operation, Release, ResourceSampleRow, StackComponent, Variable
 from stacks.runtime import lifecycle
-from tests.conftest import Team, add_memory_host, client_for
+from tests.conftest import Team, add_memory_host, client_for, verified
 
 pytestmark = pytest.mark.django_db
 SCRIPT = '<script>alert("x")</script>'
@@ -60,6 +60,7 @@ def env(team: Team, offered_catalog: None) -> Environment:
     Environment.objects.filter(pk=environment.pk).update(
         status="running", current_release=environment.releases.get()
     )
+    environment.releases.update(ran_at=timezone.now())
     environment.refresh_from_db()
     return environment
 
@@ -75,12 +76,18 @@ def theirs(team: Team, offered_catalog: None) -> Environment:
     )
     Operation.objects.filter(environment=environment).update(status="succeeded")
     Environment.objects.filter(pk=environment.pk).update(current_release=environment.releases.get())
-    lifecycle.add_domain(environment=environment, actor=team.outsider, hostname="theirs.example.test")
+    verified(
+        lifecycle.add_domain(environment=environment, actor=team.outsider, hostname="theirs.example.test")
+    )
     return environment
 
 
 def finish(env: Environment) -> None:
-    Operation.objects.filter(environment=env, status__in=["queued", "running"]).update(status="succeeded")
+    """As if the active operation had run to the end (its release ran; the test's
+    environment keeps release 1 current)."""
+    active = Operation.objects.filter(environment=env, status__in=["queued", "running"])
+    Release.objects.filter(pk__in=active.values("release")).update(ran_at=timezone.now())
+    active.update(status="succeeded")
 
 
 def snapshot() -> tuple[Any, ...]:
@@ -305,7 +312,8 @@ def test_create_refuses_what_the_wizard_refuses(team: Team, offered_catalog: Non
         (
             [{**web, "version": "1.22"}],
             "nginx 1.22 is deprecated: new stacks get current versions only. "
-            "Choose a current version of nginx.",
+            "Choose a current version of nginx. Its end of life is 2028-06-30: stacks on it should "
+            "upgrade before then.",
             "version",
         ),
         (

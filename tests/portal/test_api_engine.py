@@ -14,7 +14,7 @@ from django.test import Client
 from projects import services
 from projects.models import Environment
 from stacks.runtime.operations import run_operation, sync_routes_for
-from tests.conftest import Team
+from tests.conftest import Team, verified
 from tests.stacks import conftest as stacks_fixtures
 from tests.stacks import test_lifecycle as lifecycle_fixtures
 from tests.stacks.conftest import Caddy
@@ -89,7 +89,11 @@ def test_wordpress_through_the_api_from_create_to_destroy(
     assert page.status_code == 200 and "WordPress" in page.text, page.text[:300]
 
     # A domain of the customer's own: routed by the edge (the task does this after commit).
-    api.post(f"/environments/{env.pk}/domains", {"hostname": "blog.example.test"}, status=201)
+    added = api.post(f"/environments/{env.pk}/domains", {"hostname": "blog.example.test"}, status=201)
+    assert (
+        added["status"] == "pending" and added["record"]["name"] == "_stackport-challenge.blog.example.test"
+    )
+    verified(env.domains.get())  # as if its TXT record had been seen (tests/stacks/test_domains.py)
     sync_routes_for(env.pk)
     page = fetch(stackport, "blog.example.test", "/wp-admin/install.php")
     assert page.status_code == 200 and "WordPress" in page.text

@@ -10,6 +10,7 @@ from allauth.account.models import EmailAddress
 from django.test import Client
 
 from projects.models import AuditEvent, Membership, Role, User
+from tests.conftest import totp_code
 from tests.factories import PASSWORD, UserFactory
 
 pytestmark = pytest.mark.django_db
@@ -145,8 +146,10 @@ def test_admin_refuses_non_staff_and_admits_staff() -> None:
     client.post("/accounts/login/", {"login": customer.email, "password": PASSWORD})
     assert client.get("/admin/login/").status_code == 403
     staff = UserFactory(is_staff=True, is_superuser=True)
+    code = totp_code(staff)  # staff need a second factor (tests/portal/test_staff_security.py)
     client = _client()
     client.post("/accounts/login/", {"login": staff.email, "password": PASSWORD})
+    assert client.post("/accounts/2fa/authenticate/", {"code": code}).status_code == 302
     assert client.get("/admin/").status_code == 200
     assert client.get("/admin/projects/auditevent/?q=login").status_code == 200
 

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
+import pickle
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -97,7 +100,23 @@ def published_catalog(
     engine: None, django_db_setup: Any, django_db_blocker: Any
 ) -> dict[tuple[str, str], dict[str, Any]]:
     """Run build -> verify -> publish over the whole shipped catalog once per session (each
-    step cached by recipe hash); keep plain results, roll the rows back."""
+    step cached by recipe hash); keep plain results, roll the rows back. Under pytest-xdist
+    the first worker that needs it does it and the others of the same run read its results
+    (a file lock, keyed by the run's id): the catalog is verified once per run."""
+    run_id = os.environ.get("PYTEST_XDIST_TESTRUNUID")
+    if not run_id:
+        return _publish_catalog(django_db_blocker)
+    shared = Path(tempfile.gettempdir()) / f"stackport-catalog-{run_id}.pickle"
+    with open(shared.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if shared.exists():
+            return pickle.loads(shared.read_bytes())  # type: ignore[no-any-return]
+        results = _publish_catalog(django_db_blocker)
+        shared.write_bytes(pickle.dumps(results))
+        return results
+
+
+def _publish_catalog(django_db_blocker: Any) -> dict[tuple[str, str], dict[str, Any]]:
     from stacks.catalog import pipeline
     from stacks.catalog.loader import load_catalog
     from stacks.models import ComponentVersion

@@ -8,6 +8,7 @@ refused). ``redirects`` maps a path prefix to an address the server answers 302 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import threading
@@ -15,6 +16,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import IO
 from urllib.parse import urlsplit
 
 
@@ -75,22 +77,40 @@ def _handler(server: GitServer) -> type[BaseHTTPRequestHandler]:
                 "GIT_PROTOCOL": self.headers.get("Git-Protocol", ""),
                 "REMOTE_ADDR": self.client_address[0],
             }
-            done = subprocess.run(
+            # Streamed: a large pack reaches the client as git makes it, never whole in memory.
+            proc = subprocess.Popen(
                 ["git", "http-backend"],
-                input=body,
                 env=env,
-                capture_output=True,
-                check=False,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.DEVNULL,
             )
-            head, _, payload = done.stdout.partition(b"\r\n\r\n")
-            headers = [line.split(":", 1) for line in head.decode("latin-1").split("\r\n") if ":" in line]
-            status = next((int(v.split()[0]) for k, v in headers if k.lower() == "status"), 200)
-            self.send_response(status)
-            for key, value in headers:
-                if key.lower() != "status":
-                    self.send_header(key, value.strip())
-            self.send_header("Content-Length", str(len(payload)))
-            self.end_headers()
-            self.wfile.write(payload)
+            assert proc.stdin is not None and proc.stdout is not None
+            feeder = threading.Thread(target=_feed, args=(proc.stdin, body), daemon=True)
+            feeder.start()
+            try:
+                headers = []
+                while (line := proc.stdout.readline().decode("latin-1").rstrip("\r\n")) != "":
+                    headers.append(line.split(":", 1))
+                status = next((int(v.split()[0]) for k, v in headers if k.lower() == "status"), 200)
+                self.send_response(status)
+                for key, value in headers:
+                    if key.lower() != "status":
+                        self.send_header(key, value.strip())
+                self.send_header("Connection", "close")  # the body ends when the connection does
+                self.end_headers()
+                while chunk := proc.stdout.read(65536):
+                    self.wfile.write(chunk)
+            except OSError:
+                pass  # the client went away (e.g. refused the download at its limit)
+            finally:
+                proc.kill()
+                proc.wait()
+                feeder.join()
 
     return Handler
+
+
+def _feed(stdin: IO[bytes], body: bytes) -> None:
+    with contextlib.suppress(OSError), stdin:
+        stdin.write(body)

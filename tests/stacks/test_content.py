@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import socket
 import subprocess
 import tarfile
+import tempfile
 import time
 import zipfile
 from collections.abc import Callable, Iterator
@@ -30,6 +32,16 @@ from tests.stacks.gitserver import GitServer
 
 MTIME = 315_532_800
 MB = 2**20
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _temporary_files(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """The tars these tests make (and everything git and the spools write) in a folder of the
+    module's own, not the system's temporary folder."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(tempfile, "tempdir", str(tmp_path_factory.mktemp("content")))
+        yield
+
 
 # --- helpers -------------------------------------------------------------------------------------
 
@@ -70,7 +82,7 @@ def normalize(data: bytes, filename: str = "upload", **limits: int) -> Content:
 def listing(content: Content) -> list[tuple[str, str, int, bytes | None]]:
     """(name, "dir"/"file", mode, data) per output member, checking the invariant fields."""
     result = []
-    with tarfile.open(fileobj=io.BytesIO(content.tar), mode="r:") as archive:
+    with tarfile.open(content.path, mode="r:") as archive:
         for info in archive:
             assert (info.uid, info.gid, info.uname, info.gname, info.mtime) == (0, 0, "", "", MTIME)
             assert info.isdir() or info.isreg()
@@ -112,6 +124,30 @@ def test_output_is_sorted_root_owned_with_normalized_modes_and_fixed_mtime():
     assert len(content.sha256) == 64
     with pytest.raises(FrozenInstanceError):
         content.files = 4  # type: ignore[misc]
+
+
+def test_the_tar_is_a_file_in_the_workdir_hashed_as_written(tmp_path):
+    with normalize_archive(io.BytesIO(files_as_tar("gz")), "app.tar.gz", workdir=str(tmp_path)) as content:
+        assert content.path.parent == tmp_path and content.path.name.endswith(".tar")
+        with content.open() as tar:
+            assert hashlib.sha256(tar.read()).hexdigest() == content.sha256
+        assert [p.name for p in tmp_path.iterdir()] == [content.path.name]  # no spool left
+    assert not list(tmp_path.iterdir())  # discarded at the end of the block
+
+
+@pytest.mark.parametrize(
+    ("data", "limits"),
+    [
+        (make_tar([member("a", b"x" * 3000), member("b", b"y" * 3000)], "gz"), {"max_unpacked_bytes": 5000}),
+        (make_tar([member("a", b"x"), member("link", type=tarfile.SYMTYPE, linkname="/etc")]), {}),
+        (b"PK\x03\x04 not really a zip" * 100, {}),
+        (b"x" * 3000, {"max_bytes": 2000}),
+    ],
+)
+def test_a_refused_archive_leaves_no_file_behind(tmp_path, data, limits):
+    with pytest.raises(ContentError):
+        normalize_archive(io.BytesIO(data), "a", workdir=str(tmp_path), **limits)
+    assert not list(tmp_path.iterdir())
 
 
 @pytest.mark.parametrize("compression", ["", "gz", "bz2", "xz", "zip"])
@@ -160,7 +196,7 @@ def test_same_files_give_same_sha256_whatever_order_owner_and_time(tree, data):
     shuffled = make_tar([member(n, tree[n], mtime=t, uid=t % 5000) for n, t in zip(order, times)], "gz")
     as_zip = make_zip([(name, tree[name], 0o100640) for name in sorted(tree)])
     first, second = normalize(shuffled), normalize(as_zip)
-    assert first.sha256 == second.sha256 and first.tar == second.tar
+    assert first.sha256 == second.sha256 and first.path.read_bytes() == second.path.read_bytes()
     prefix = f"{first.root_stripped}/" if first.root_stripped else ""
     unpacked = {prefix + name: body for name, kind, _, body in listing(first) if kind == "file"}
     assert unpacked == tree
@@ -731,6 +767,16 @@ def test_redirects_are_not_followed(repo, git_server, listener):
         f"The repository {git_server.url('moved/repo')} redirects elsewhere; give its final address."
     )
     assert not accepted
+
+
+def test_a_fetch_leaves_only_its_tar_in_the_workdir(repo, git_server, tmp_path):
+    work = tmp_path / "work"
+    work.mkdir()
+    content = fetch_git(git_server.url("repo"), "main", trusted_hosts=[git_server.host], workdir=str(work))
+    assert [p.name for p in work.iterdir()] == [content.path.name]
+    with pytest.raises(ContentError):
+        fetch_git(git_server.url("repo"), "nope", trusted_hosts=[git_server.host], workdir=str(work))
+    assert [p.name for p in work.iterdir()] == [content.path.name]
 
 
 def test_a_large_download_is_stopped_at_its_limit(repo, git_server):

@@ -2,7 +2,9 @@
 real upstreams: small HTTP servers in subprocesses on loopback that answer their own name.
 
 The key property: a blue/green switch between upstream slots drops no request, because
-it never changes Caddy's config. A config change (a reload) is measured for comparison.
+it never changes Caddy's config. A config change (a reload) closes idle keep-alive
+connections: measured, and GETs resent as HTTP allows. A router restart is not an outage:
+Caddy comes back from its saved config (scripts/caddy.sh) with every route.
 """
 
 from __future__ import annotations
@@ -23,8 +25,10 @@ from typing import Any
 
 import pytest
 import requests
+from requests.adapters import HTTPAdapter
+from urllib3.util.retry import Retry
 
-from stacks.backends.edge import NOT_FOUND_BODY, EdgeError, EdgeRouter
+from stacks.backends.edge import NOT_FOUND_BODY, RETRY_METHODS, EdgeError, EdgeRouter, Route
 from tests.stacks.conftest import Caddy, fetch, unused_loopback_port, wait_until
 
 pytestmark = [pytest.mark.slow]
@@ -294,6 +298,48 @@ def test_routes_lists_only_route_ids(
     router.remove_route("t-listed")
 
 
+def test_set_routes_writes_many_changes_in_one_write(
+    caddy: Caddy, router: EdgeRouter, upstream: Callable[..., Upstream], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What the reconciler does after the router lost its routes: one write, one reload."""
+    web = upstream("bulk")
+    router.set_route("t-bulk-old", ["old.bulk.example"], [web.addr])
+    routes = [
+        Route("t-bulk-a", ["a.bulk.example"], [web.addr]),
+        Route("t-bulk-b", ["b.bulk.example"], [web.addr]),
+        Route("t-bulk-api", ["a.bulk.example"], [web.addr], path_prefix="/api"),
+    ]
+    methods: list[str] = []
+    send = router.session.request
+
+    def recording_send(method: str, url: str, **kwargs: Any) -> Any:
+        methods.append(method)
+        return send(method, url, **kwargs)
+
+    monkeypatch.setattr(router.session, "request", recording_send)
+
+    assert router.set_routes(routes, remove=["t-bulk-old", "t-bulk-never"]) is True
+    assert methods == ["GET", "PATCH"]
+    assert {"t-bulk-a", "t-bulk-b", "t-bulk-api"} <= set(router.routes())
+    assert "t-bulk-old" not in router.routes()
+    assert get(caddy, "b.bulk.example", "/x").text == "bulk /x\n"
+    assert get(caddy, "old.bulk.example").status_code == 404
+    ids = [route.get("@id") for route in admin_config(caddy)["apps"]["http"]["servers"]["edge"]["routes"]]
+    assert ids.index("t-bulk-api") < ids.index("t-bulk-a") and ids[-1] == "stackport_catch_all"
+
+    methods.clear()
+    assert router.set_routes(routes, remove=["t-bulk-old"]) is False  # nothing to change
+    assert methods == ["GET"]
+    methods.clear()
+    with pytest.raises(EdgeError) as raised:  # one bad route: nothing is sent
+        router.set_routes(
+            [Route("t-bulk-c", ["c.bulk.example"], [web.addr]), Route("t-bulk-d", ["*.x"], [web.addr])]
+        )
+    assert raised.value.permanent is True and methods == []
+    assert router.set_routes([], remove=[route.route_id for route in routes]) is True
+    assert not {"t-bulk-a", "t-bulk-b", "t-bulk-api"} & set(router.routes())
+
+
 def test_concurrent_writers_lose_no_route(caddy: Caddy, router: EdgeRouter) -> None:
     """Each write is a read-modify-write of the route list, guarded by Caddy's ETag."""
     route_ids = [f"t-concurrent-{n}" for n in range(8)]
@@ -467,6 +513,12 @@ class Load:
     served: dict[str, list[float]] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
     stopping: threading.Event = field(default_factory=threading.Event)
+    # After a connection error a client waits this long before its next request (a router
+    # that is down refuses at once: no busy loop of refusals).
+    error_pause: float = 0.0
+    # Retry a GET once whose keep-alive connection the edge closed before answering (see
+    # keep_alive_session).
+    retry_idempotent: bool = False
     pool: ThreadPoolExecutor = field(default_factory=lambda: ThreadPoolExecutor(max_workers=8))
 
     def record(self, name: str | None, error: str | None) -> None:
@@ -496,9 +548,25 @@ class Load:
         self.pool.shutdown(wait=True)
 
 
-def drive_load(caddy: Caddy, host: str, names: set[str], method: str, load: Load) -> None:
+def keep_alive_session(retry_idempotent: bool = False) -> requests.Session:
+    """A client session (keep-alive, no proxies).
+
+    With ``retry_idempotent``, a GET, HEAD or OPTIONS is sent once more on a new connection
+    when its connection broke before any answer came: what HTTP allows for idempotent
+    requests (RFC 9110 9.2.2) and browsers do. Needed because every config write of the
+    edge closes its idle keep-alive connections (Go's graceful shutdown of the old
+    server), and a request sent in the same instant meets the close.
+    """
     session = requests.Session()
     session.trust_env = False
+    if retry_idempotent:
+        retry = Retry(total=2, connect=0, read=2, status=0, other=0, allowed_methods=RETRY_METHODS)
+        session.mount("http://", HTTPAdapter(max_retries=retry))
+    return session
+
+
+def drive_load(caddy: Caddy, host: str, names: set[str], method: str, load: Load) -> None:
+    session = keep_alive_session(load.retry_idempotent)
     body = b"form=data" if method == "POST" else None
     while not load.stopping.is_set():
         try:
@@ -507,6 +575,7 @@ def drive_load(caddy: Caddy, host: str, names: set[str], method: str, load: Load
             )
         except requests.RequestException as exc:
             load.record(None, f"{type(exc).__name__}: {exc}")
+            time.sleep(load.error_pause)
             continue
         name, _, path = response.text.partition(" ")
         if response.status_code != 200:
@@ -527,11 +596,18 @@ def under_load(caddy: Caddy) -> Iterator[StartLoad]:
     ends them, at the latest at the end of the test)."""
     loads: list[Load] = []
 
-    def start(host: str, names: set[str], method: str = "GET") -> Load:
-        load = Load()
+    def start(
+        host: str,
+        names: set[str],
+        method: str = "GET",
+        edge: Caddy | None = None,
+        error_pause: float = 0.0,
+        retry_idempotent: bool = False,
+    ) -> Load:
+        load = Load(error_pause=error_pause, retry_idempotent=retry_idempotent)
         loads.append(load)
         for _ in range(8):
-            load.pool.submit(drive_load, caddy, host, names, method, load)
+            load.pool.submit(drive_load, edge or caddy, host, names, method, load)
         return load
 
     yield start
@@ -627,15 +703,20 @@ def test_a_hard_slot_switch_under_post_load_fails_only_until_the_health_check(
 def test_a_config_change_under_load(
     caddy: Caddy, router: EdgeRouter, upstream: Callable[..., Upstream], under_load: StartLoad
 ) -> None:
-    """Not asserted to be zero: every config change reloads Caddy's servers, which closes
-    idle client keep-alive connections. This is the number the slot design avoids. The
-    route is in its usual state: one slot live, one empty."""
+    """Every config change reloads Caddy's servers, which closes their idle client
+    keep-alive connections (what the slot design avoids for upgrades). A client that
+    resends an idempotent request whose connection closed before any answer, as HTTP
+    allows, sees no failure. POSTs are not resent: the ones that met a closing connection
+    are counted, not asserted to be zero (docs/backends.md, "The edge router"); they are
+    always broken connections, never an answer without the route. The route is in its
+    usual state: one slot live, one empty."""
     blue, green = upstream("blue"), upstream("green", start=False)
     hosts = ["reload.example"]
     router.set_route("t-reload", hosts, [blue.addr, green.addr])
     wait_until(lambda: get(caddy, "reload.example").status_code == 200, 5, "the route")
     started = time.monotonic()
-    load = under_load("reload.example", {"blue"})
+    gets = under_load("reload.example", {"blue"}, retry_idempotent=True)
+    posts = under_load("reload.example", {"blue"}, "POST")
     time.sleep(1)
 
     changes = 5
@@ -643,14 +724,133 @@ def test_a_config_change_under_load(
         hosts = [*hosts, f"extra-{n}.reload.example"]
         assert router.set_route("t-reload", hosts, [blue.addr, green.addr]) is True
         time.sleep(1)
-    load.stop()
+    gets.stop()
+    posts.stop()
     ended = time.monotonic()
 
-    assert get(caddy, f"extra-{changes - 1}.reload.example").status_code == 200
+    with keep_alive_session(retry_idempotent=True) as session:
+        last = session.get(
+            caddy.edge_url, headers={"Host": f"extra-{changes - 1}.reload.example"}, timeout=10
+        )
+    assert last.status_code == 200
     router.remove_route("t-reload")
     print(
-        f"\nconfig changes: {changes} host changes under load, {load.ok + len(load.errors)} requests "
-        f"in {ended - started:.1f} s, {len(load.errors)} failed "
-        f"({len(load.errors) / changes:.1f} per change){load.error_summary()}"
+        f"\nconfig changes: {changes} host changes under load in {ended - started:.1f} s: "
+        f"{gets.ok + len(gets.errors)} GETs (resent when the edge closed their connection), "
+        f"{len(gets.errors)} failed; {posts.ok + len(posts.errors)} POSTs, {len(posts.errors)} failed "
+        f"({len(posts.errors) / changes:.1f} per change){gets.error_summary()}{posts.error_summary()}"
     )
-    assert load.ok > 1000
+    assert gets.errors == []
+    assert [error for _, error in posts.errors if not error.startswith("ConnectionError")] == []
+    assert gets.ok > 500 and posts.ok > 500
+
+
+# --- a router restart -------------------------------------------------------------------------
+@dataclass
+class OwnCaddy:
+    caddy: Caddy
+    env: dict[str, str]
+    state: Path
+
+    def pid(self) -> int:
+        (pidfile,) = self.state.glob("caddy-*.pid")
+        return int(pidfile.read_text())
+
+    def admin_answers(self) -> bool:
+        try:
+            fetch("GET", f"{self.caddy.admin_url}/config/admin", timeout=2)
+        except requests.ConnectionError:
+            return False
+        return True
+
+    def start(self) -> None:
+        """scripts/caddy.sh, as an operator or a process supervisor runs it."""
+        result = subprocess.run(
+            [str(REPO_ROOT / "scripts" / "caddy.sh")],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert result.returncode == 0, f"scripts/caddy.sh failed:\n{result.stdout}\n{result.stderr}"
+
+
+@pytest.fixture
+def own_caddy(tmp_path: Path) -> Iterator[OwnCaddy]:
+    """A Caddy of this test alone (it gets killed), started by scripts/caddy.sh like the
+    ``caddy`` fixture's; stopped by its pid at the end."""
+    admin = f"127.0.0.1:{unused_loopback_port()}"
+    edge = f"127.0.0.1:{unused_loopback_port()}"
+    env = {
+        **os.environ,
+        "STACKPORT_CADDY_ADMIN": admin,
+        "STACKPORT_EDGE_LISTEN": edge,
+        "STACKPORT_CADDY_DIR": str(tmp_path),
+        "STACKPORT_CADDY_LOG": str(tmp_path / "caddy.log"),
+    }
+    own = OwnCaddy(Caddy(f"http://{admin}", f"http://{edge}", edge), env, tmp_path)
+    own.start()
+    yield own
+    try:
+        pid = own.pid()
+        os.kill(pid, signal.SIGTERM)
+        wait_until(lambda: not Path(f"/proc/{pid}").exists(), 10, "caddy to exit")
+    except (ProcessLookupError, ValueError):
+        pass
+
+
+RESTART_CLIENTS = 16  # two loads of 8 keep-alive clients
+RESTART_ERROR_PAUSE = 0.05  # seconds a client waits after a connection error
+# "Every route answers again within 2 s": a client that meets the dead router fails at most
+# once per RESTART_ERROR_PAUSE, so 2 s of outage are at most this many failed requests.
+RESTART_MAX_FAILED = int(RESTART_CLIENTS * 2.0 / RESTART_ERROR_PAUSE)
+
+
+@pytest.mark.engine
+def test_a_router_restart_under_load_serves_every_route_again(
+    own_caddy: OwnCaddy, upstream: Callable[..., Upstream], under_load: StartLoad
+) -> None:
+    """Caddy killed under load and started again by scripts/caddy.sh: it comes back from
+    its saved config with every route, so requests fail only while no process listens
+    (refused, never a 404 of an empty router), and few of them."""
+    caddy = own_caddy.caddy
+    site, api = upstream("site"), upstream("api")
+    empty_slot = f"127.0.0.1:{unused_loopback_port()}"
+    with EdgeRouter(caddy.admin_url, listen=[caddy.edge_addr]) as router:
+        router.set_routes(
+            [
+                Route("t-restart", ["restart.example", "www.restart.example"], [site.addr, empty_slot]),
+                Route("t-restart-api", ["restart.example"], [api.addr], path_prefix="/api"),
+            ]
+        )
+        routes = router.routes()
+    wait_until(lambda: get(caddy, "restart.example").text.startswith("site "), 5, "the route")
+    gets = under_load("restart.example", {"site"}, edge=caddy, error_pause=RESTART_ERROR_PAUSE)
+    posts = under_load("www.restart.example", {"site"}, "POST", edge=caddy, error_pause=RESTART_ERROR_PAUSE)
+    time.sleep(1)
+
+    pid = own_caddy.pid()
+    os.kill(pid, signal.SIGKILL)  # a crash; its sockets close with it (it may stay a zombie)
+    wait_until(lambda: not own_caddy.admin_answers(), 10, "caddy to die")
+    own_caddy.start()
+    restarted = time.monotonic()
+    time.sleep(2)
+    gets.stop()
+    posts.stop()
+
+    assert own_caddy.pid() != pid
+    with EdgeRouter(caddy.admin_url) as router:
+        assert router.routes() == routes
+    assert get(caddy, "restart.example", "/api/x").text == "api /api/x\n"
+    assert get(caddy, "www.restart.example", "/x").text == "site /x\n"
+    errors = [error for _, error in gets.errors + posts.errors]
+    print(
+        f"\nrouter restart: {gets.ok + posts.ok + len(errors)} requests, {len(errors)} failed "
+        f"(bound {RESTART_MAX_FAILED}){gets.error_summary()}{posts.error_summary()}"
+    )
+    # Never an answer without the routes (the 404 of a router that forgot them), only
+    # connections refused or broken while no Caddy ran.
+    assert [error for error in errors if not error.startswith("ConnectionError")] == []
+    assert len(errors) <= RESTART_MAX_FAILED
+    assert gets.count_since("site", restarted) > 100
+    assert posts.count_since("site", restarted) > 100

@@ -257,7 +257,7 @@ def test_routed_hosts_spread_the_public_component_and_keep_data_at_home() -> Non
 def test_destroy_removes_everything_and_a_missing_stack_is_success() -> None:
     backend = MemoryBackend(hosts=ONE_HOST)
     state = backend.apply(spec(), {}, print)
-    backend.put_content("env-7", state, "r1", tar({"index.html": b"hi"}))
+    backend.put_content("env-7", state, "r1", io.BytesIO(tar({"index.html": b"hi"})))
 
     backend.destroy("env-7", state)
 
@@ -345,22 +345,22 @@ def test_content_is_kept_once_per_release_and_a_non_tar_is_refused() -> None:
     backend = MemoryBackend(hosts=ONE_HOST)
     first, second = tar({"index.html": b"one"}), tar({"index.html": b"two"})
 
-    backend.put_content("env-7", {}, "r1", first, IMAGE.format("nginx"))
-    backend.put_content("env-7", {}, "r1", second)  # already there: nothing changes
+    backend.put_content("env-7", {}, "r1", io.BytesIO(first), IMAGE.format("nginx"))
+    backend.put_content("env-7", {}, "r1", io.BytesIO(second))  # already there: nothing changes
 
     assert MemoryBackend.stack("env-7").content == {"h1": {"r1": first}}
     with pytest.raises(BackendError) as refused:
-        backend.put_content("env-7", {}, "r2", b"not a tar archive at all" * 30)
+        backend.put_content("env-7", {}, "r2", io.BytesIO(b"not a tar archive at all" * 30))
     assert refused.value.permanent
     with pytest.raises(BackendError) as invalid:
-        backend.put_content("env-7", {}, "../r3", first)
+        backend.put_content("env-7", {}, "../r3", io.BytesIO(first))
     assert invalid.value.permanent
 
 
 def test_migrate_data_makes_new_volumes_and_keeps_the_old() -> None:
     backend = MemoryBackend(hosts=ONE_HOST)
     state = backend.apply(spec(), {}, print)
-    old, new = db(), db(version="17", data_generation=1)
+    old, new = db(), db(version="17", data_generation=1, data_restore=("restore",))
 
     backend.migrate_data(spec(), state, old, new, print)
 
@@ -373,7 +373,7 @@ def test_migrate_data_makes_new_volumes_and_keeps_the_old() -> None:
         backend.migrate_data(spec(), state, old, old, print)
     assert same.value.permanent
     with pytest.raises(BackendError, match="no dump-and-restore") as unknown:
-        backend.migrate_data(spec(), state, old, dataclasses.replace(new, health=("redis-cli",)), print)
+        backend.migrate_data(spec(), state, old, dataclasses.replace(new, data_restore=()), print)
     assert unknown.value.permanent
 
 

@@ -16,7 +16,7 @@ from projects import services
 from projects.models import Environment, EnvironmentStatus, Project, User
 from projects.services import ServiceError
 from stacks.catalog import offers
-from stacks.models import ComponentVersion, Operation, OperationStatus, VersionStatus
+from stacks.models import ComponentVersion, Operation, OperationStatus, Release, VersionStatus
 from stacks.runtime import lifecycle
 from tests.conftest import Team, client_for
 
@@ -92,6 +92,7 @@ def finish(environment: Environment) -> None:
     """What a worker leaves after the environment's queued operation succeeded."""
     op = environment.operations.get(status=OperationStatus.QUEUED)
     Operation.objects.filter(pk=op.pk).update(status=OperationStatus.SUCCEEDED, finished_at=timezone.now())
+    Release.objects.filter(pk=op.release_id).update(ran_at=timezone.now())
     Environment.objects.filter(pk=environment.pk).update(
         status=EnvironmentStatus.RUNNING, current_release=op.release, backend_state={"host": "local-1"}
     )
@@ -219,7 +220,8 @@ def test_the_service_moves_data_only_to_an_upgrade_target(team: Team, mixed: Env
         status=VersionStatus.CURRENT
     )
     op = lifecycle.upgrade(environment=mixed, actor=team.developer, component="kv", version="11.8")
-    assert op.params == {"component": "kv", "from": "10.11", "to": "11.8"}  # in place: no copy
+    # Dump and restore into new volumes (the 10.11 ones are kept).
+    assert op.params == {"component": "kv", "from": "10.11", "to": "11.8", "migrate": "dump-restore"}
     finish(mixed)
     with pytest.raises(ServiceError, match="cannot be moved to an older version"):
         lifecycle.upgrade(environment=mixed, actor=team.developer, component="kv", version="10.11")
@@ -230,7 +232,8 @@ def test_a_deprecated_version_is_refused_alike_by_the_service_the_api_and_the_wi
     team: Team, offered_catalog: None
 ) -> None:
     message = (
-        "nginx 1.22 is deprecated: new stacks get current versions only. Choose a current version of nginx."
+        "nginx 1.22 is deprecated: new stacks get current versions only. Choose a current version of nginx. "
+        "Its end of life is 2028-06-30: stacks on it should upgrade before then."
     )
     old = {**NGINX, "version": "1.22"}
     with pytest.raises(ServiceError) as err:

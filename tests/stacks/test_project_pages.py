@@ -25,7 +25,7 @@ from stacks.models import (
     VersionStatus,
 )
 from stacks.runtime import lifecycle
-from tests.conftest import Team, client_for, place
+from tests.conftest import Team, client_for, place, verified
 
 pytestmark = pytest.mark.django_db
 PAYLOAD = "<script>alert(\"x\")</script> & 'q'"
@@ -57,6 +57,8 @@ def finish(environment: Environment, status: str = OperationStatus.SUCCEEDED) ->
     place(environment, "local")
     if op.release_id:
         fields["current_release_id"] = op.release_id
+        if status == OperationStatus.SUCCEEDED:
+            Release.objects.filter(pk=op.release_id).update(ran_at=timezone.now())
     if op.kind == "destroy":
         fields = {"status": EnvironmentStatus.DESTROYED}
     Environment.objects.filter(pk=environment.pk).update(**fields)
@@ -87,7 +89,9 @@ def theirs(team: Team, offered_catalog: None) -> Environment:
         organization=team.outsider_org, actor=team.outsider, name="Theirs", region="eu-central"
     )
     finish(environment)
-    lifecycle.add_domain(environment=environment, actor=team.outsider, hostname="theirs.example.test")
+    verified(
+        lifecycle.add_domain(environment=environment, actor=team.outsider, hostname="theirs.example.test")
+    )
     return environment
 
 
@@ -153,8 +157,11 @@ def test_stateful_component_offers_only_upgrades_its_data_can_take(team: Team, o
     )
     finish(environment)
     client = client_for(team.developer)
-    # MariaDB 10.11 -> 11.8 has a tested in-place migration.
-    assert "upgrade available: 11.8" in page(client.get(f"/environments/{environment.pk}/"))
+    # MariaDB 10.11 -> 11.8 has a tested migration (dump and restore), and says what it does
+    # before the customer upgrades.
+    html = page(client.get(f"/environments/{environment.pk}/"))
+    assert "upgrade available: 11.8" in html
+    assert "writes made during the copy are not carried over" in html
     ComponentVersion.objects.filter(component__code="mariadb", version="11.8").update(migration={})
     assert "upgrade available" not in page(client.get(f"/environments/{environment.pk}/"))
 
@@ -645,21 +652,26 @@ def test_environment_and_project_pages_make_a_fixed_number_of_queries(
         client.get(f"/projects/{env.project_id}/")
 
 
-def test_scaling_the_public_component_to_zero_asks_first(team: Team, static_env: Environment) -> None:
+def test_the_public_component_is_never_scaled_to_zero(team: Team, static_env: Environment) -> None:
+    """Scaling the only public replica to 0 left the site down and the environment deploying;
+    now it is refused with the reason and the way to take a site offline (stop)."""
     client = client_for(team.developer)
     before = state()
-    asked = client.post(f"/environments/{static_env.pk}/scale/", {"component": "web", "replicas": "0"})
-    assert asked.status_code == 200 and "Scale web to zero replicas? The site stops answering" in page(asked)
+    html = page(client.get(f"/environments/{static_env.pk}/"))
+    assert 'aria-label="One replica fewer of web" disabled' in html
+    for data in (
+        {"component": "web", "replicas": "0"},
+        {"component": "web", "replicas": "0", "confirmed": "yes"},
+    ):
+        refused = client.post(f"/environments/{static_env.pk}/scale/", data)
+        assert refused.status_code == 400
+        assert "web serves the site, so it keeps at least one replica" in page(refused)
+        assert "stop the environment instead" in page(refused)
     assert state() == before
-    done = client.post(
-        f"/environments/{static_env.pk}/scale/", {"component": "web", "replicas": "0", "confirmed": "yes"}
-    )
-    assert done.status_code == 302 and static_env.components.get(name="web").replicas == 0
-    # Scaling up again needs no confirmation.
-    finish(static_env)
+    # Scaling up needs no confirmation.
     assert (
         client.post(
-            f"/environments/{static_env.pk}/scale/", {"component": "web", "replicas": "1"}
+            f"/environments/{static_env.pk}/scale/", {"component": "web", "replicas": "2"}
         ).status_code
         == 302
     )

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 from django.contrib.auth.models import Group
+from django.utils import timezone
 
 from projects.models import AuditEvent, Environment, EnvironmentStatus, User
 from projects.services import ServiceError
@@ -19,6 +20,7 @@ from stacks.models import (
     OperationKind,
     OperationStatus,
     Region,
+    Release,
     placed_hosts,
 )
 from stacks.runtime import lifecycle, support
@@ -45,6 +47,7 @@ def running(env: Environment, host: str = "") -> Environment:
     """As if the queued deploy had run: its release current, the stack running on ``host``."""
     op = env.operations.get(status=OperationStatus.QUEUED)
     Operation.objects.filter(pk=op.pk).update(status=OperationStatus.SUCCEEDED)
+    Release.objects.filter(pk=op.release_id).update(ran_at=timezone.now())
     Environment.objects.filter(pk=env.pk).update(
         current_release=op.release,
         status=EnvironmentStatus.RUNNING,

@@ -320,7 +320,13 @@ def test_an_end_of_life_version_is_refused(client: Client) -> None:
         status=VersionStatus.END_OF_LIFE
     )
     page = html(client.post(URL, assembled([{**NGINX, "version": "1.22"}]), headers=HTMX))
-    assert near(page, 'for="id_c-0-version"', "nginx 1.22 is not available (end of life).")
+    # The deadline is in the message (a stack that runs it keeps running it).
+    assert near(
+        page,
+        'for="id_c-0-version"',
+        "nginx 1.22 is end of life: new stacks get current versions only. Choose a current version of "
+        "nginx. Its end of life was 2028-06-30.",
+    )
 
 
 def test_new_stacks_are_offered_current_versions_only(client: Client) -> None:
@@ -444,7 +450,7 @@ def test_a_wordpress_stack_is_created_without_docker_and_its_operation_makes_the
     assert names[:2] == ["Make the sample application", "Prepare the content"]
     assert all(s["status"] == "done" for s in op.steps)
     assert release.content_sha256 == hashlib.sha256(tree).hexdigest() and release.content_files == 2
-    assert content_store.read(release.content_sha256) == tree
+    assert content_store.path(release.content_sha256).read_bytes() == tree
     assert memory_backend.calls("put_content") == [(environment.key, release.content_id)] and made == [
         "wordpress"
     ]
@@ -477,4 +483,8 @@ def test_a_sample_that_cannot_be_made_fails_the_operation_with_the_reason(
         "The sample application could not be made: building the WordPress tree failed: no network"
     )
     environment.refresh_from_db()
-    assert environment.status == "new" and not environment.releases.get().content_sha256
+    # A defined end: failed, with why and what to do; the release never ran.
+    assert environment.status == "failed" and not environment.releases.get().content_sha256
+    assert environment.status_detail.startswith("Deploy failed: The sample application could not be made")
+    assert environment.status_detail.endswith("Fix the cause and deploy again.")
+    assert environment.releases.get().ran_at is None

@@ -1,0 +1,255 @@
+"""Backups with the in-memory backend and a real restic repository on local disk (fast):
+the services, the pages and the API; roles, other organizations' ids, faults. The real
+engine's part (dumps, restores, byte for byte) is in test_backups.py."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from django.db import transaction
+from django.utils import timezone
+
+from projects.models import AuditEvent, Environment, EnvironmentStatus
+from stacks.backends.base import BackendError
+from stacks.backends.memory import MemoryBackend
+from stacks.models import Backup, BackupKey, Operation, OperationKind, OperationStatus
+from stacks.runtime import backups, lifecycle
+from tests.conftest import Team, add_memory_host, client_for, place
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def queued(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, Any]]:
+    from stacks import tasks
+
+    sent: list[tuple[str, Any]] = []
+    # Tests run inside a transaction that never commits: queue at once.
+    monkeypatch.setattr(transaction, "on_commit", lambda func, using=None, robust=False: func())
+    for name in ("run_backup_task", "restore_task", "run_operation_task"):
+        task = getattr(tasks, name)
+        monkeypatch.setattr(task, "delay", lambda *args, name=name: sent.append((name, args)))
+        monkeypatch.setattr(
+            task, "apply_async", lambda args, countdown=0, name=name: sent.append((name, args))
+        )
+    return sent
+
+
+@pytest.fixture
+def env(
+    team: Team,
+    offered_catalog: None,
+    memory_backend: type[MemoryBackend],
+    queued: Any,
+    settings: Any,
+    tmp_path: Any,
+) -> Environment:
+    settings.VAR_DIR = tmp_path
+    settings.STACKPORT_BACKUP_REPOSITORY = ""
+    environment = lifecycle.create_project(
+        organization=team.org, actor=team.developer, name="Shop", region="eu-central", template="python-web"
+    )
+    add_memory_host(environment)
+    op = environment.operations.get()
+    Operation.objects.filter(pk=op.pk).update(status=OperationStatus.SUCCEEDED, finished_at=timezone.now())
+    Environment.objects.filter(pk=environment.pk).update(
+        status=EnvironmentStatus.RUNNING, current_release_id=op.release_id
+    )
+    place(environment, "h1")
+    environment.refresh_from_db()
+    memory_backend.seed_data(environment.key, "db", "postgresql", b"PGDMP rows " * 5000)
+    memory_backend.seed_data(environment.key, "cache", "redis", b"REDIS0011 keys")
+    return environment
+
+
+def run_queued(queued: list[tuple[str, Any]]) -> None:
+    while queued:
+        name, args = queued.pop(0)
+        if name == "run_backup_task":
+            backups.run_backup(*args)
+        elif name == "restore_task":
+            backups.run_restore(*args)
+
+
+def test_back_up_now_stores_each_component_encrypted_with_the_organizations_key(
+    env: Environment, team: Team, queued: list[tuple[str, Any]], tmp_path: Any
+) -> None:
+    rows = backups.request_backup(environment=env, actor=team.developer)
+    assert {(r.component, r.kind) for r in rows} == {("db", "postgresql"), ("cache", "redis")}
+    assert AuditEvent.objects.filter(action="environment.backup").exists()
+    run_queued(queued)
+    for row in Backup.objects.filter(environment=env):
+        assert row.status == Backup.Status.SUCCEEDED, row.error
+        assert row.snapshot_id and row.duration_seconds > 0
+    db = Backup.objects.get(environment=env, component="db")
+    assert db.size_bytes == len(b"PGDMP rows " * 5000)
+    # The repository is encrypted: the dump's bytes are nowhere in it.
+    repository = tmp_path / "backups" / f"org-{team.org.pk}"
+    assert repository.is_dir()
+    assert not any(b"PGDMP rows" in p.read_bytes() for p in repository.rglob("*") if p.is_file())
+    assert BackupKey.objects.filter(organization=team.org).count() == 1
+    # Unchanged data: the second backup stores (almost) nothing new.
+    backups.request_backup(environment=env, actor=team.developer)
+    run_queued(queued)
+    second = Backup.objects.filter(environment=env, component="db").order_by("-id").first()
+    assert second is not None and second.status == Backup.Status.SUCCEEDED
+    assert second.added_bytes < db.added_bytes / 2
+    # And it reads back byte for byte.
+    name, stream = backups.download(backup=second, actor=team.admin)
+    assert name.endswith("db.dump") and b"".join(stream) == b"PGDMP rows " * 5000
+
+
+def test_roles_and_other_organizations(env: Environment, team: Team, queued: list[tuple[str, Any]]) -> None:
+    viewer = client_for(team.viewer)
+    assert viewer.post(f"/environments/{env.pk}/backup/").status_code == 403
+    developer = client_for(team.developer)
+    assert developer.post(f"/environments/{env.pk}/backup/").status_code == 302
+    run_queued(queued)
+    backup = Backup.objects.filter(environment=env, component="db").get()
+    page = developer.get(f"/environments/{env.pk}/backups/")
+    assert page.status_code == 200 and b"succeeded" in page.content
+    # Restore and download are for admins; another organization gets 404 for the id.
+    assert developer.get(f"/backups/{backup.pk}/restore/").status_code == 403
+    assert developer.get(f"/backups/{backup.pk}/download/").status_code == 403
+    outsider = client_for(team.outsider)
+    assert outsider.get(f"/backups/{backup.pk}/restore/").status_code == 404
+    assert outsider.get(f"/backups/{backup.pk}/download/").status_code == 404
+    assert outsider.post(f"/backups/{backup.pk}/restore/", {"confirmation": "db"}).status_code == 404
+    assert outsider.get(f"/environments/{env.pk}/backups/").status_code == 404
+    admin = client_for(team.admin)
+    response = admin.get(f"/backups/{backup.pk}/download/")
+    assert response.status_code == 200
+    assert b"".join(response.streaming_content) == b"PGDMP rows " * 5000  # type: ignore[attr-defined]
+    assert AuditEvent.objects.filter(action="backup.download").exists()
+
+
+def test_restore_in_place_keeps_the_replaced_data_until_the_customer_decides(
+    env: Environment, team: Team, queued: list[tuple[str, Any]], memory_backend: type[MemoryBackend]
+) -> None:
+    backups.request_backup(environment=env, actor=team.developer)
+    run_queued(queued)
+    backup = Backup.objects.get(environment=env, component="db")
+    memory_backend.seed_data(env.key, "db", "postgresql", b"changed since")
+    admin = client_for(team.admin)
+    page = admin.get(f"/backups/{backup.pk}/restore/")
+    assert page.status_code == 200 and b"Type" in page.content
+    wrong = admin.post(f"/backups/{backup.pk}/restore/", {"confirmation": "nope"})
+    assert wrong.status_code == 400 and not Operation.objects.filter(kind=OperationKind.RESTORE).exists()
+    assert admin.post(f"/backups/{backup.pk}/restore/", {"confirmation": "db"}).status_code == 302
+    run_queued(queued)
+    op = Operation.objects.get(kind=OperationKind.RESTORE)
+    assert op.status == OperationStatus.SUCCEEDED, op.error
+    assert memory_backend.stack(env.key).data[("db", "postgresql", "")] == b"PGDMP rows " * 5000
+    assert AuditEvent.objects.filter(action="environment.restore").exists()
+    assert backups.pending_restore(env) == op
+    assert admin.post(f"/operations/{op.pk}/restore/", {"action": "undo"}).status_code == 302
+    assert memory_backend.stack(env.key).data[("db", "postgresql", "")] == b"changed since"
+    assert backups.pending_restore(env) is None
+
+
+def test_a_failed_restore_leaves_the_previous_data(
+    env: Environment, team: Team, queued: list[tuple[str, Any]], memory_backend: type[MemoryBackend]
+) -> None:
+    backups.request_backup(environment=env, actor=team.developer)
+    run_queued(queued)
+    backup = Backup.objects.get(environment=env, component="db")
+    memory_backend.seed_data(env.key, "db", "postgresql", b"current")
+    memory_backend.fail_next("restore", BackendError("loading the backup of db failed", permanent=True))
+    backups.request_restore(backup=backup, actor=team.admin, confirmation="db")
+    run_queued(queued)
+    op = Operation.objects.get(kind=OperationKind.RESTORE)
+    assert op.status == OperationStatus.FAILED and "loading the backup of db failed" in op.error
+    assert "keeps its previous data" in op.log
+    assert memory_backend.stack(env.key).data[("db", "postgresql", "")] == b"current"
+
+
+def test_restore_into_a_new_environment_then_deploys_it(
+    env: Environment, team: Team, queued: list[tuple[str, Any]], memory_backend: type[MemoryBackend]
+) -> None:
+    backups.request_backup(environment=env, actor=team.developer)
+    run_queued(queued)
+    backup = Backup.objects.get(environment=env, component="db")
+    op = backups.request_restore(backup=backup, actor=team.admin, new_environment="staging")
+    staging = op.environment
+    assert staging.name == "staging" and staging.project_id == env.project_id
+    run_queued(queued)
+    op.refresh_from_db()
+    assert op.status == OperationStatus.SUCCEEDED, op.error
+    data = memory_backend.stack(staging.key).data
+    assert data[("db", "postgresql", "")] == b"PGDMP rows " * 5000
+    assert data[("cache", "redis", "")] == b"REDIS0011 keys"
+    assert staging.operations.filter(kind=OperationKind.DEPLOY).exists()
+
+
+def test_store_down_fails_the_backup_visibly_after_retries(
+    env: Environment, team: Team, queued: list[tuple[str, Any]], settings: Any
+) -> None:
+    from tests.stacks.conftest import unused_loopback_port
+
+    settings.STACKPORT_BACKUP_REPOSITORY = f"s3:http://127.0.0.1:{unused_loopback_port()}/backups"
+    backups.request_backup(environment=env, actor=team.developer)
+    run_queued(queued)
+    for row in Backup.objects.filter(environment=env):
+        assert row.status == Backup.Status.FAILED
+        assert "does not answer" in row.error and row.attempts == settings.STACKPORT_BACKUP_MAX_ATTEMPTS
+    env.refresh_from_db()
+    assert env.status == EnvironmentStatus.RUNNING  # the stack is not touched
+    page = client_for(team.developer).get(f"/environments/{env.pk}/backups/?summary=1")
+    assert b"does not answer" in page.content
+
+
+def test_a_dump_that_fails_midway_keeps_nothing(
+    env: Environment, team: Team, queued: list[tuple[str, Any]], memory_backend: type[MemoryBackend]
+) -> None:
+    memory_backend.fail_next("dump", BackendError("the backup of db failed (exit 1)", permanent=True))
+    backups.request_backup(environment=env, actor=team.developer)
+    run_queued(queued)
+    db = Backup.objects.get(environment=env, component="db")
+    assert db.status == Backup.Status.FAILED and not db.snapshot_id
+
+
+def test_a_backup_whose_worker_died_is_marked_failed(env: Environment, team: Team, queued: Any) -> None:
+    rows = backups.request_backup(environment=env, actor=team.developer)
+    long_ago = timezone.now() - timedelta(minutes=10)
+    Backup.objects.filter(pk=rows[0].pk).update(status="running", heartbeat_at=long_ago)
+    assert backups.fail_stale_backups() == 1
+    rows[0].refresh_from_db()
+    assert rows[0].status == Backup.Status.FAILED and "nothing of it was kept" in rows[0].error
+
+
+def api_client(user: Any) -> Any:
+    from django.test import Client
+
+    from projects import services
+
+    _token, secret = services.create_api_token(user=user, name="test")
+    return Client(headers={"authorization": f"Bearer {secret}"})
+
+
+def test_api_back_up_now_list_and_foreign_ids(
+    env: Environment, team: Team, queued: list[tuple[str, Any]]
+) -> None:
+    developer = api_client(team.developer)
+    response = developer.post(f"/api/environments/{env.pk}/backups", content_type="application/json")
+    assert response.status_code == 202, response.content
+    run_queued(queued)
+    listed = developer.get(f"/api/environments/{env.pk}/backups").json()
+    items = listed["items"] if isinstance(listed, dict) else listed
+    assert {b["component"] for b in items} == {"db", "cache"}
+    assert all(b["status"] == "succeeded" and b["size_bytes"] > 0 for b in items)
+    backup_id = next(b["id"] for b in items if b["component"] == "db")
+    outsider = api_client(team.outsider)
+    assert (
+        outsider.post(
+            f"/api/backups/{backup_id}/restore", {"confirmation": "db"}, content_type="application/json"
+        ).status_code
+        == 404
+    )
+    assert outsider.get(f"/api/backups/{backup_id}/download").status_code == 404
+    assert developer.get(f"/api/backups/{backup_id}/download").status_code == 403
+    admin = api_client(team.admin)
+    download = admin.get(f"/api/backups/{backup_id}/download")
+    assert download.status_code == 200
+    assert b"".join(download.streaming_content) == b"PGDMP rows " * 5000
