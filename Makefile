@@ -7,13 +7,17 @@ VENV := .venv
 PY := $(VENV)/bin/python
 MANAGE := $(PY) manage.py
 
+# Names one `make test`: its pytest runs share the catalog they verified (tests/stacks/conftest.py).
+TEST_RUN := $(shell date +%s%N)
+
 # Test configuration: real PostgreSQL and Redis on loopback (started if down).
 TEST_ENV := DJANGO_ENV=test \
 	DATABASE_URL=$${TEST_DATABASE_URL:-postgres://postgres:postgres@127.0.0.1:5432/stackport} \
 	CACHE_URL=redis://127.0.0.1:6379/2 \
 	CELERY_BROKER_URL=redis://127.0.0.1:6379/3 \
 	CELERY_RESULT_BACKEND=redis://127.0.0.1:6379/4 \
-	STACKPORT_VAR_DIR=$(CURDIR)/var/test
+	STACKPORT_VAR_DIR=$(CURDIR)/var/test \
+	STACKPORT_TEST_RUN=$(TEST_RUN)
 
 .PHONY: run test setup system-deps system-deps-test services engine lint fmt clean lock
 
@@ -22,12 +26,15 @@ run: system-deps setup engine
 
 # Tests run in parallel (pytest-xdist): fast ones spread over the workers, slow ones grouped so
 # those sharing an engine-wide resource never overlap (tests/conftest.py). PYTEST_ARGS="-n 0"
-# runs them one after another.
+# runs them one after another. Tests marked `exclusive` run afterwards, alone: they assert the
+# engine's network isolation, whose iptables rules the engine does not change atomically while
+# other networks are made and removed (moby/moby#25393).
 PYTEST_ARGS ?= -n 3 --dist loadgroup
 
 test: system-deps-test services setup engine lint
 	redis-cli -h 127.0.0.1 -n 2 flushdb >/dev/null
-	$(TEST_ENV) $(VENV)/bin/pytest $(PYTEST_ARGS)
+	$(TEST_ENV) $(VENV)/bin/pytest $(PYTEST_ARGS) -m "not exclusive"
+	$(TEST_ENV) $(VENV)/bin/pytest -m exclusive
 
 setup: $(VENV)/.installed static/vendor/.installed
 

@@ -88,6 +88,7 @@ def _records(
 ) -> list[UsageRecord]:
     records = []
     measured = disk.usage_by_environment([env.pk for env in environments])
+    backed_up = backups_by_environment([env.pk for env in environments])
     for env in environments:
         if env.created_at >= end:
             continue
@@ -123,7 +124,45 @@ def _records(
                     ),
                 )
             )
+        if backed_up.get(env.pk):  # backups (docs/backups.md): storage at what they hold
+            records.append(
+                UsageRecord(
+                    organization_id=env.project.organization_id,
+                    project=env.project,
+                    project_name=env.project.name,
+                    environment=env,
+                    environment_ref=env.pk,
+                    component=BACKUPS_COMPONENT,
+                    component_code="backup",
+                    region=env.project.region.code,
+                    size="",
+                    replicas=0,
+                    interval_start=start,
+                    interval_end=end,
+                    seconds=seconds,
+                    cpu_hours=Decimal(0),
+                    memory_gb_hours=Decimal(0),
+                    storage_gb_hours=(Decimal(backed_up[env.pk]) / GIB * hours).quantize(MICRO),
+                )
+            )
     return records
+
+
+BACKUPS_COMPONENT = "(backups)"  # never a service name: those are [a-z][a-z0-9-]*
+
+
+def backups_by_environment(environment_ids: list[int]) -> dict[int, int]:
+    """Bytes the environments' backups hold in the repository (the new data each stored)."""
+    from django.db.models import Sum
+
+    from stacks.models import Backup
+
+    rows = (
+        Backup.objects.filter(environment_id__in=environment_ids, status=Backup.Status.SUCCEEDED)
+        .values("environment_id")
+        .annotate(total=Sum("added_bytes"))
+    )
+    return {row["environment_id"]: int(row["total"] or 0) for row in rows}
 
 
 @transaction.atomic

@@ -65,6 +65,7 @@ def scoped_operation(request: HttpRequest, operation_id: int) -> Any:
 
 
 PATH_LOOKUPS["operation_id"] = scoped_operation
+PATH_LOOKUPS["backup_id"] = lambda request, backup_id: scoped_backup(request, backup_id)
 
 
 # --- schemas -------------------------------------------------------------------------------------

@@ -1315,6 +1315,7 @@ class DockerBackend(HostPlacement, Backend):
                 "-d",
                 env["STACKPORT_DB_NAME"],
                 "-Fc",
+                "-Z0",  # uncompressed: restic deduplicates the rows and compresses itself
             ]
             return {"cmd": command, "env": {"PGPASSWORD": env["STACKPORT_DB_PASSWORD"]}}, [], comp.user
         if method == "mariadb":

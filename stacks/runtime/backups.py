@@ -1,7 +1,7 @@
 """Backups of customers' data: taken, kept, restored and downloaded.
 
 Every stateful component is backed up the way its engine intends (``METHODS``): a logical
-dump of PostgreSQL (``pg_dump -Fc``) and MariaDB (``mariadb-dump --single-transaction``)
+dump of PostgreSQL (``pg_dump -Fc -Z0``) and MariaDB (``mariadb-dump --single-transaction``)
 from a helper container of the same image on the stack's network, Redis's own snapshot
 (``redis-cli --rdb``), RabbitMQ's definitions, and a tar of every other file volume
 (files). The backend streams the dump (``Backend.dump``); this module pipes it
@@ -338,6 +338,12 @@ def run_backup(backup_id: int) -> str | None:
         finished_at=timezone.now(),
         error="",
     )
+    last_of_batch = not Backup.objects.filter(batch=backup.batch, status__in=["queued", "running"]).exists()
+    if backup.trigger == Backup.Trigger.SCHEDULED and last_of_batch:
+        try:  # retention after each scheduled run; a failure here loses no backup
+            apply_retention(environment)
+        except (BackupFailed, OSError) as exc:
+            log.warning("backup_retention_failed", environment=environment.pk, error=str(exc))
     return Backup.Status.SUCCEEDED
 
 
@@ -485,31 +491,36 @@ def apply_retention(environment: Environment) -> int:
     policy = stack_policy().backup_policy(organization=environment.project.organization)
     organization_id = environment.project.organization_id
     ensure_repository(organization_id)
-    output = _run_restic(
-        organization_id,
-        "forget",
-        "--tag",
-        f"env-{environment.pk}",
-        "--group-by",
-        "tags",
-        "--keep-last",
-        "1",
-        "--keep-daily",
-        str(policy.keep_daily),
-        "--keep-weekly",
-        str(policy.keep_weekly),
-        "--prune",
-        "--json",
-        timeout=settings.STACKPORT_BACKUP_TIMEOUT,
-    )
     removed: list[str] = []
-    for line in output.splitlines():
-        with contextlib.suppress(ValueError, TypeError, AttributeError):
-            for group in json.loads(line):
-                removed += [s.get("id", "") for s in group.get("remove") or []]
-    if removed:
-        Backup.objects.filter(environment=environment, snapshot_id__in=removed).delete()
-    return len(removed)
+    components = Backup.objects.filter(environment=environment).values_list("component", flat=True).distinct()
+    for component in sorted(set(components)):
+        output = _run_restic(
+            organization_id,
+            "forget",
+            "--tag",
+            f"env-{environment.pk},component-{component}",
+            "--group-by",
+            "host",
+            "--keep-last",
+            "1",
+            "--keep-daily",
+            str(policy.keep_daily),
+            "--keep-weekly",
+            str(policy.keep_weekly),
+            "--prune",
+            "--json",
+            timeout=settings.STACKPORT_BACKUP_TIMEOUT,
+        )
+        for line in output.splitlines():
+            with contextlib.suppress(ValueError, TypeError, AttributeError):
+                for group in json.loads(line):
+                    for snapshot in group.get("remove") or []:
+                        removed += [snapshot.get("id", ""), snapshot.get("short_id", "")]
+    removed = [r for r in removed if r]
+    if not removed:
+        return 0
+    done, _ = Backup.objects.filter(environment=environment, snapshot_id__in=removed).delete()
+    return done
 
 
 # --- restore -------------------------------------------------------------------------------------

@@ -23,7 +23,7 @@ from django.urls import URLPattern, URLResolver, get_resolver
 
 from projects import services
 from projects.models import ApiToken, AuditEvent, Environment, Invitation, Membership, Organization, User
-from stacks.models import Domain, Operation, Release, StackComponent, Variable
+from stacks.models import Backup, Domain, Operation, Release, StackComponent, Variable
 from stacks.runtime import lifecycle
 from tests.conftest import Team, client_for
 from tests.factories import InvitationFactory
@@ -76,6 +76,7 @@ class World:
     invitation: Invitation
     token: ApiToken
     invoice: Any
+    backup: Any
 
     def value(self, name: str) -> str | None:
         values: dict[str, Any] = {
@@ -94,6 +95,7 @@ class World:
             "membership_id": self.member.pk,
             "invitation_id": self.invitation.pk,
             "token_id": self.token.pk,
+            "backup_id": self.backup.pk,
             "component": "web",
             "name": "web",
         }
@@ -127,6 +129,10 @@ def make_world(org: Organization, owner: User, name: str) -> World:
         invitation=InvitationFactory(organization=org, email=f"invitee-{org.pk}@example.test"),
         token=token,
         invoice=invoice,
+        # A failed backup: its pages and its refusals, without a repository behind it.
+        backup=Backup.objects.create(
+            environment=environment, batch="walk", component="db", kind="mariadb", status="failed"
+        ),
     )
 
 

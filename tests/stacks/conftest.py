@@ -102,8 +102,9 @@ def published_catalog(
     """Run build -> verify -> publish over the whole shipped catalog once per session (each
     step cached by recipe hash); keep plain results, roll the rows back. Under pytest-xdist
     the first worker that needs it does it and the others of the same run read its results
-    (a file lock, keyed by the run's id): the catalog is verified once per run."""
-    run_id = os.environ.get("PYTEST_XDIST_TESTRUNUID")
+    (a file lock, keyed by the run's id; ``make test`` names its run for both of its pytest
+    runs): the catalog is verified once per run."""
+    run_id = os.environ.get("STACKPORT_TEST_RUN") or os.environ.get("PYTEST_XDIST_TESTRUNUID")
     if not run_id:
         return _publish_catalog(django_db_blocker)
     shared = Path(tempfile.gettempdir()) / f"stackport-catalog-{run_id}.pickle"

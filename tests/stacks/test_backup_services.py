@@ -253,3 +253,41 @@ def test_api_back_up_now_list_and_foreign_ids(
     download = admin.get(f"/api/backups/{backup_id}/download")
     assert download.status_code == 200
     assert b"".join(download.streaming_content) == b"PGDMP rows " * 5000
+
+
+def test_backups_are_metered_as_storage_and_held_to_the_plans_limit(
+    env: Environment, team: Team, queued: list[tuple[str, Any]]
+) -> None:
+    from billing.metering import BACKUPS_COMPONENT, interval_start, meter_interval
+    from billing.models import Plan, UsageRecord
+    from projects.services import ServiceError
+
+    backups.request_backup(environment=env, actor=team.developer)
+    run_queued(queued)
+    held = backups.stored_bytes(team.org)
+    assert held > 0
+    start = interval_start(timezone.now()) + timedelta(hours=1)
+    meter_interval(start, environments=[env])
+    record = UsageRecord.objects.get(
+        environment_ref=env.pk, component=BACKUPS_COMPONENT, interval_start=start
+    )
+    assert record.storage_gb_hours > 0 and record.cpu_hours == 0
+    if not Plan.objects.filter(is_default=True).exists():
+        Plan.objects.create(code="tiny", name="Tiny", is_default=True)
+    Plan.objects.update(max_backup_gb=0)
+    with pytest.raises(ServiceError) as refused:
+        backups.request_backup(environment=env, actor=team.developer)
+    assert refused.value.status == 402
+
+
+def test_retention_keeps_what_the_plan_says(
+    env: Environment, team: Team, queued: list[tuple[str, Any]]
+) -> None:
+    for _ in range(3):
+        backups.request_backup(environment=env, actor=None, trigger=Backup.Trigger.SCHEDULED)
+        run_queued(queued)
+    # Three backups today: the daily rule keeps the newest of the day (per component).
+    kept = Backup.objects.filter(environment=env, status=Backup.Status.SUCCEEDED)
+    assert sorted(kept.values_list("component", flat=True)) == ["cache", "db"]
+    _name, stream = backups.download(backup=kept.get(component="db"), actor=None)
+    assert b"".join(stream) == b"PGDMP rows " * 5000

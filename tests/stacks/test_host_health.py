@@ -392,12 +392,12 @@ def hosts_back(netns_hosts: list[dict[str, str]]) -> Any:
     from tests.stacks.conftest import REPO_ROOT
 
     yield
-    subprocess.run(
-        [str(REPO_ROOT / "scripts" / "docker-hosts.sh"), "up", str(len(netns_hosts))],
-        capture_output=True,
-        timeout=300,
-        check=True,
-    )
+    # Down and up again, not only up: a dockerd restarted under a running namespace left the
+    # next module's fresh containers unreachable from the root namespace once (CI, 2026-12-07);
+    # a full restart of the hosts leaves them as a fresh run finds them.
+    script = str(REPO_ROOT / "scripts" / "docker-hosts.sh")
+    subprocess.run([script, "down", str(len(netns_hosts))], capture_output=True, timeout=300, check=True)
+    subprocess.run([script, "up", str(len(netns_hosts))], capture_output=True, timeout=300, check=True)
 
 
 @pytest.mark.engine

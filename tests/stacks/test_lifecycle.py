@@ -407,12 +407,25 @@ def test_wordpress_once_installed_serves_its_pages_on_the_edge_port(
         assert login.status_code == 302 and login.headers["Location"] == f"http://{host}/wp-admin/"
         assert visit("GET", "/wp-admin/").status_code == 200
 
+        # A custom domain: WordPress's pages and login form follow it, without a redeploy.
+        from stacks.runtime.operations import sync_routes_for
+        from tests.conftest import verified
+
+        verified(lifecycle.add_domain(environment=env, actor=team.developer, hostname="blog.example.test"))
+        sync_routes_for(env.pk)
+        host = f"blog.example.test:{settings.STACKPORT_EDGE_PUBLIC_PORT}"
+        home = visit("GET", "/")
+        assert home.status_code == 200 and f"http://{host}/" in home.text, home.text[:300]
+        assert env.hostname not in home.text
+        assert f'action="http://{host}/wp-login.php"' in visit("GET", "/wp-login.php").text
+
 
 def can_connect(container: Any, address: str, port: int) -> bool:
     result = container.exec_run(["timeout", "3", "bash", "-c", f"exec 3<>/dev/tcp/{address}/{port}"])
     return result.exit_code == 0
 
 
+@pytest.mark.exclusive  # alone on the engine: see the Makefile
 def test_projects_cannot_reach_each_other_or_the_host(
     team: Any, stackport: Caddy, cleanup: list[Environment], engine_client: docker.DockerClient
 ) -> None:
