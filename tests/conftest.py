@@ -45,6 +45,10 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         else:
             continue
         item.add_marker(pytest.mark.xdist_group(group))
+    # The host-loss test kills and restarts a netns engine; the other netns modules run before
+    # it (after it, fresh containers of test_hosts on the restarted host did not answer the
+    # root namespace in two CI runs, for a reason not found yet: see docs/backends.md).
+    items[:] = sorted(items, key=lambda i: i.path.name == "test_host_health.py" and "engine" in i.keywords)
 
 
 @dataclass
