@@ -25,8 +25,9 @@ from stacks.backends.docker import list_containers
 from stacks.models import Backup, Operation, OperationKind, OperationStatus
 from stacks.runtime import backups, lifecycle
 from stacks.runtime.hosts import ensure_local_hosts
-from stacks.runtime.operations import backend_for, run_operation
+from stacks.runtime.operations import run_operation
 from tests.conftest import client_for
+from tests.stacks import test_lifecycle
 from tests.stacks.conftest import Caddy, unused_loopback_port
 
 pytestmark = [pytest.mark.slow, pytest.mark.engine, pytest.mark.django_db, pytest.mark.timeout(1800)]
@@ -102,25 +103,6 @@ def stackport(settings: Any, caddy: Caddy, catalog: None, monkeypatch: pytest.Mo
     monkeypatch.setattr(tasks.restore_task, "delay", backups.run_restore)
     monkeypatch.setattr(tasks.run_operation_task, "delay", run_operation)
     return caddy
-
-
-@pytest.fixture
-def engine_client() -> Iterator[docker.DockerClient]:
-    client = docker.DockerClient(base_url="unix:///var/run/docker.sock")
-    yield client
-    client.close()
-
-
-@pytest.fixture
-def cleanup() -> Iterator[list[Environment]]:
-    made: list[Environment] = []
-    yield made
-    for env in made:
-        env.refresh_from_db()
-        try:
-            backend_for(env).destroy(env.key, env.backend_state)
-        except Exception as exc:  # noqa: BLE001 - best effort
-            print(f"cleanup of {env.key} failed: {exc}")
 
 
 def running(client: docker.DockerClient, env: Environment, component: str) -> Any:
@@ -317,3 +299,8 @@ def test_backup_destroy_restore_copy_and_download(
         row.refresh_from_db()
         assert row.status == Backup.Status.FAILED and "does not answer" in row.error
     assert fingerprint(engine_client, env) == before
+
+
+# The real-engine fixtures of test_lifecycle (an engine client; environments destroyed at the end).
+engine_client = test_lifecycle.engine_client
+cleanup = test_lifecycle.cleanup

@@ -9,7 +9,7 @@ version running with its data. The images are the ones this session's pipeline p
 from __future__ import annotations
 
 import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +24,7 @@ from stacks.models import ComponentVersion, Operation, OperationStatus, VersionS
 from stacks.runtime import lifecycle
 from stacks.runtime.hosts import ensure_local_hosts
 from stacks.runtime.operations import run_operation
+from tests.stacks import test_lifecycle
 from tests.stacks.conftest import Caddy
 
 STATEFUL = ("postgresql", "mariadb", "redis", "rabbitmq")
@@ -41,28 +42,6 @@ def stackport(settings: Any, caddy: Caddy, catalog: None) -> Caddy:
     settings.STACKPORT_EDGE_LISTEN = caddy.edge_addr
     ensure_local_hosts("unix:///var/run/docker.sock")
     return caddy
-
-
-@pytest.fixture
-def engine_client() -> Iterator[docker.DockerClient]:
-    client = docker.DockerClient(base_url="unix:///var/run/docker.sock")
-    yield client
-    client.close()
-
-
-@pytest.fixture
-def cleanup() -> Iterator[list[Environment]]:
-    """Environments to destroy at the end, whatever happened."""
-    made: list[Environment] = []
-    yield made
-    from stacks.runtime.operations import backend_for
-
-    for env in made:
-        env.refresh_from_db()
-        try:
-            backend_for(env).destroy(env.key, env.backend_state)
-        except Exception as exc:  # noqa: BLE001 - best effort
-            print(f"cleanup of {env.key} failed: {exc}")
 
 
 def run(op: Operation, status: str = OperationStatus.SUCCEEDED) -> Operation:
@@ -393,3 +372,8 @@ def test_a_migration_without_a_procedure_is_refused(tmp_path: Path, old: str, ne
     rabbitmq.write_text(rabbitmq.read_text().replace(old, new, 1))
     with pytest.raises(CatalogError, match=error):
         parse_catalog(paths)
+
+
+# The real-engine fixtures of test_lifecycle (an engine client; environments destroyed at the end).
+engine_client = test_lifecycle.engine_client
+cleanup = test_lifecycle.cleanup
