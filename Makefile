@@ -26,7 +26,8 @@ run: system-deps setup engine
 
 # Tests run in parallel (pytest-xdist): fast ones spread over the workers, slow ones grouped so
 # those sharing an engine-wide resource never overlap (tests/conftest.py). PYTEST_ARGS="-n 0"
-# runs them one after another. Tests marked `exclusive` run afterwards, alone: they assert the
+# runs them one after another. Tests marked `exclusive` run afterwards, alone (none at the
+# moment: exit status 5, "no tests collected", is fine): they assert the
 # engine's network isolation, whose iptables rules the engine does not change atomically while
 # other networks are made and removed (moby/moby#25393).
 PYTEST_ARGS ?= -n 3 --dist loadgroup
@@ -34,7 +35,7 @@ PYTEST_ARGS ?= -n 3 --dist loadgroup
 test: system-deps-test services setup engine lint
 	redis-cli -h 127.0.0.1 -n 2 flushdb >/dev/null
 	$(TEST_ENV) $(VENV)/bin/pytest $(PYTEST_ARGS) -m "not exclusive"
-	$(TEST_ENV) $(VENV)/bin/pytest -m exclusive
+	$(TEST_ENV) $(VENV)/bin/pytest -m exclusive || [ $$? = 5 ]
 
 setup: $(VENV)/.installed static/vendor/.installed
 

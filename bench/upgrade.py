@@ -1,10 +1,13 @@
-"""Blue/green upgrade of a static site's web component (nginx 1.22 -> 1.26) under steady GET
-load through the edge: failed requests, and p99 latency during the upgrade against p99 in
-an equal window right before it, in the same run.
+"""B-2: blue/green upgrade of a static site's web component (nginx 1.22 -> 1.26) under steady
+GET and POST load through the edge: failed requests, and p99 latency during the upgrade
+against p99 in an equal window right before it, in the same run.
 
 The load runs in a process of its own (so the operation in this one does not share its
 GIL): ``--threads`` keep-alive connections, paced to ``--rate`` requests a second in all.
-A request fails when it does not answer 200 (errors and timeouts included). The upgrade
+Half the connections send GETs, half POSTs with a 1 KB body (``--post-share``). A GET fails
+when it does not answer 200 with the page; a POST fails unless nginx itself answered it (a
+static site answers POST with its own 405 page: the request went through the edge to the
+container, body included); errors and timeouts fail. The upgrade
 window is lifecycle.upgrade + run_operation; the "before" window is the same length, ending
 where the upgrade starts (the first seconds of load are a warm-up, not counted).
 
@@ -48,15 +51,20 @@ GOAL_RATIO = 1.5
 
 
 # --- the load (runs in a child process; no Django there) ---------------------------------------------
-def load(edge_addr: str, host: str, rate: float, threads: int, stop: Any, out: str) -> None:
-    """GET / with Host ``host`` on ``threads`` keep-alive connections, ``rate`` a second in
-    all; write [monotonic send time, seconds, status or error name] per request to ``out``."""
-    records: list[tuple[float, float, int | str]] = []
+POST_BODY = b"x" * 1024
+
+
+def load(edge_addr: str, host: str, rate: float, threads: int, posts: int, stop: Any, out: str) -> None:
+    """GET / (POST / on the first ``posts`` connections) with Host ``host`` on ``threads``
+    keep-alive connections, ``rate`` a second in all; write [monotonic send time, seconds,
+    status or error name, method] per request to ``out``."""
+    records: list[tuple[float, float, int | str, str]] = []
     lock = threading.Lock()
     address, port = edge_addr.rsplit(":", 1)
     interval = threads / rate
 
     def worker(number: int) -> None:
+        method = "POST" if number < posts else "GET"
         connection: http.client.HTTPConnection | None = None
         due = time.monotonic() + interval * number / threads
         while not stop.is_set():
@@ -69,10 +77,20 @@ def load(edge_addr: str, host: str, rate: float, threads: int, stop: Any, out: s
             try:
                 if connection is None:
                     connection = http.client.HTTPConnection(address, int(port), timeout=10)
-                connection.request("GET", "/", headers={"Host": host})
+                if method == "POST":
+                    connection.request("POST", "/", body=POST_BODY, headers={"Host": host})
+                else:
+                    connection.request("GET", "/", headers={"Host": host})
                 response = connection.getresponse()
                 body = response.read()
-                result = response.status if PAGE_TEXT.encode() in body else f"{response.status}-wrong-body"
+                if method == "POST":
+                    # nginx's own "405 Not Allowed" page: the container got the request.
+                    answered = response.status == 405 and b"nginx" in body
+                    result = 200 if answered else f"{response.status}-not-from-nginx"
+                else:
+                    result = (
+                        response.status if PAGE_TEXT.encode() in body else f"{response.status}-wrong-body"
+                    )
                 if response.will_close:
                     connection.close()
                     connection = None
@@ -82,7 +100,7 @@ def load(edge_addr: str, host: str, rate: float, threads: int, stop: Any, out: s
                     connection.close()
                 connection = None
             with lock:
-                records.append((sent, time.monotonic() - sent, result))
+                records.append((sent, time.monotonic() - sent, result, method))
         if connection is not None:
             connection.close()
 
@@ -122,12 +140,14 @@ def upgrade_run(bench: Bench, run: int, args: argparse.Namespace) -> tuple[float
     env = bench.create(f"Upgrade {run}", components=STATIC, current=("nginx", "1.22"))
     bench.run(env.operations.get())
     wait_for_page(f"{bench.caddy.edge_url}/", env.hostname, PAGE_TEXT)
+    posts = round(args.threads * args.post_share)
     context = multiprocessing.get_context("spawn")
     stop = context.Event()
     with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as handle:
         out = handle.name
     child = context.Process(
-        target=load, args=(bench.caddy.edge_addr, env.hostname, args.rate, args.threads, stop, out)
+        target=load,
+        args=(bench.caddy.edge_addr, env.hostname, args.rate, args.threads, posts, stop, out),
     )
     child.start()
     try:
@@ -155,12 +175,16 @@ def upgrade_run(bench: Bench, run: int, args: argparse.Namespace) -> tuple[float
     failures = [r for r in records if r[2] != 200]
     ratio = percentile([r[1] for r in during], 0.99) / percentile([r[1] for r in before], 0.99)
     print(f"run {run + 1}: upgrade {length:.2f} s; {len(records)} requests in all, {len(failures)} failed")
+    for method in ("GET", "POST"):
+        sent_n = sum(1 for r in records if r[3] == method)
+        failed_n = sum(1 for r in failures if r[3] == method)
+        print(f"  {method}: {sent_n} sent, {failed_n} failed")
     print(f"  before: {summary(before)}")
     print(f"  during: {summary(during)}")
-    for sent, seconds, result in sorted(during, key=lambda r: -r[1])[:5]:
-        print(f"    slow: +{sent - begin:.2f} s took {seconds * 1000:.0f} ms ({result})")
-    for sent, seconds, result in failures[:10]:
-        print(f"    failed: +{sent - begin:.2f} s after {seconds * 1000:.0f} ms: {result}")
+    for sent, seconds, result, method in sorted(during, key=lambda r: -r[1])[:5]:
+        print(f"    slow: {method} +{sent - begin:.2f} s took {seconds * 1000:.0f} ms ({result})")
+    for sent, seconds, result, method in failures[:10]:
+        print(f"    failed: {method} +{sent - begin:.2f} s after {seconds * 1000:.0f} ms: {result}")
     if args.timeline:
         timeline = container_timeline(f"{STACK_LABEL}={env.key}", wall, time.time())
         print(describe_timeline(timeline, "    "))
@@ -175,6 +199,9 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=200, help="requests a second in all (default 200)")
     parser.add_argument("--threads", type=int, default=4, help="connections (default 4)")
     parser.add_argument(
+        "--post-share", type=float, default=0.5, help="share of the connections sending POSTs (default 0.5)"
+    )
+    parser.add_argument(
         "--before", type=float, default=20, help="seconds of load before the upgrade (default 20)"
     )
     parser.add_argument(
@@ -184,7 +211,10 @@ def main() -> None:
     ratios: list[float] = []
     failed = 0
     with stackport(VERSIONS) as bench:
-        print(f"nginx 1.22 -> 1.26 under {args.rate:.0f} GET/s on {args.threads} connections via the edge")
+        print(
+            f"nginx 1.22 -> 1.26 under {args.rate:.0f} requests/s on {args.threads} connections via the edge "
+            f"({round(args.threads * args.post_share)} of them POST)"
+        )
         print(f"before: {machine()}")
         for run in range(args.runs):
             note(f"run {run + 1}/{args.runs}")

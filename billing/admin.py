@@ -29,6 +29,7 @@ from billing.models import (
     SubscriptionStatus,
     UsageRecord,
 )
+from billing.tasks import send_invoice_email_task
 from projects.admin import OrganizationAdmin
 from projects.models import User
 from projects.services import Origin, ServiceError
@@ -75,8 +76,9 @@ class PlanAdmin(admin.ModelAdmin):
         "max_projects",
         "max_cpus",
         "max_memory_mb",
+        "internet_egress",
     ]
-    list_filter = ["is_public", "is_default"]
+    list_filter = ["is_public", "is_default", "internet_egress"]
     search_fields = ["code", "name"]
 
 
@@ -227,8 +229,6 @@ class InvoiceAdmin(admin.ModelAdmin):
 
     @admin.action(description="E-mail again to the owners")
     def resend(self, request: HttpRequest, queryset: QuerySet[Invoice]) -> None:
-        from billing.tasks import send_invoice_email_task
-
         for invoice in queryset:
             Invoice.objects.filter(pk=invoice.pk).update(emailed_at=None)
             send_invoice_email_task.delay(invoice.pk)

@@ -6,4 +6,5 @@ class BillingConfig(AppConfig):
     verbose_name = "Billing"
 
     def ready(self) -> None:
-        from billing import receivers  # noqa: F401  (a new organization's trial)
+        # Connects the receiver of a new organization's trial; models are loaded only now.
+        from billing import receivers  # noqa: F401, PLC0415 - app loading: ready() is the hook

@@ -8,9 +8,8 @@ from django.template.loader import render_to_string
 from django.urls import reverse
 from django.utils import timezone
 
-from billing.invoices import invoice_context
+from billing import invoices, render
 from billing.models import Invoice
-from billing.render import invoice_pdf
 from projects.models import Membership, Role
 
 
@@ -33,12 +32,12 @@ def send_invoice_email(invoice: Invoice) -> bool:
     url = settings.STACKPORT_BASE_URL + reverse(
         "billing:invoice", kwargs={"org_id": invoice.organization_id, "invoice_id": invoice.pk}
     )
-    context = {**invoice_context(invoice), "url": url}
+    context = {**invoices.invoice_context(invoice), "url": url}
     subject = render_to_string("billing/email/invoice_subject.txt", context).strip()
     body = render_to_string("billing/email/invoice_message.txt", context)
     message = EmailMessage(subject, body, None, recipients)
     try:
-        message.attach(f"invoice-{invoice.number}.pdf", invoice_pdf(invoice), "application/pdf")
+        message.attach(f"invoice-{invoice.number}.pdf", render.invoice_pdf(invoice), "application/pdf")
         message.send()
     except Exception:
         Invoice.objects.filter(pk=invoice.pk).update(emailed_at=None)

@@ -20,8 +20,11 @@ from typing import TYPE_CHECKING, Any
 from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.db.models import Q, Sum
+from django.db.models.functions import TruncDate
 from django.utils import timezone
 
+from billing import tasks
+from billing.metering import METERED_STATUSES
 from billing.models import (
     RESOURCE_UNITS,
     Adjustment,
@@ -35,8 +38,9 @@ from billing.models import (
     Subscription,
     UsageRecord,
 )
+from billing.payments import get_backend
 from billing.pricing import MICRO, Catalog, Money, cents, default_currency, unit_prices
-from projects.models import Organization
+from projects.models import Environment, Organization
 from projects.services import record_audit_event
 
 if TYPE_CHECKING:
@@ -336,9 +340,7 @@ def generate_invoice(
 
 
 def _mail_later(invoice_id: int) -> None:
-    from billing.tasks import send_invoice_email_task
-
-    send_invoice_email_task.delay(invoice_id)
+    tasks.send_invoice_email_task.delay(invoice_id)
 
 
 def organizations_to_invoice(year: int, month: int) -> list[Organization]:
@@ -374,8 +376,6 @@ def generate_invoices(now: datetime | None = None) -> int:
 # --- this month so far, and the estimate -----------------------------------------------------------
 def _running_rates(organization: Organization) -> dict[UsageKey, dict[str, Decimal]]:
     """Resource per hour of what runs now, per project and region."""
-    from billing.metering import METERED_STATUSES
-    from projects.models import Environment
 
     catalog = Catalog()
     rates: dict[UsageKey, dict[str, Decimal]] = defaultdict(lambda: {r.value: ZERO for r in Resource})
@@ -424,7 +424,6 @@ def daily_usage(
     organization: Organization, now: datetime | None = None
 ) -> list[tuple[date, dict[str, Decimal]]]:
     """Resource-hours per day of this month so far (for the chart)."""
-    from django.db.models.functions import TruncDate
 
     now = now or timezone.now()
     start, _ = month_bounds(now.year, now.month)
@@ -444,8 +443,6 @@ def daily_usage(
 
 
 def invoice_context(invoice: Invoice) -> dict[str, Any]:
-    from billing.payments import get_backend
-
     lines = list(invoice.lines.all())
     return {
         "invoice": invoice,

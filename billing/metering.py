@@ -23,11 +23,13 @@ from decimal import Decimal
 
 from django.conf import settings
 from django.db import transaction
+from django.db.models import Sum
 from django.utils import timezone
 
 from billing.models import MeteringInterval, UsageRecord
 from billing.pricing import MICRO, Catalog
 from projects.models import Environment, EnvironmentStatus
+from stacks.models import Backup, Operation
 from stacks.runtime import disk
 
 METERED_STATUSES = (EnvironmentStatus.RUNNING, EnvironmentStatus.DEGRADED)
@@ -103,19 +105,14 @@ def _records(
         for row in rows:
             use = catalog.use(row)
             records.append(
-                UsageRecord(
-                    organization_id=env.project.organization_id,
-                    project=env.project,
-                    project_name=env.project.name,
-                    environment=env,
-                    environment_ref=env.pk,
+                _record(
+                    env,
+                    start,
+                    end,
                     component=row["name"],
                     component_code=row["component"],
-                    region=env.project.region.code,
                     size=row["size"],
                     replicas=row["replicas"],
-                    interval_start=start,
-                    interval_end=end,
                     seconds=seconds,
                     cpu_hours=(use.cpus * hours).quantize(MICRO),
                     memory_gb_hours=(use.memory_gb * hours).quantize(MICRO),
@@ -126,19 +123,12 @@ def _records(
             )
         if backed_up.get(env.pk):  # backups (docs/backups.md): storage at what they hold
             records.append(
-                UsageRecord(
-                    organization_id=env.project.organization_id,
-                    project=env.project,
-                    project_name=env.project.name,
-                    environment=env,
-                    environment_ref=env.pk,
+                _record(
+                    env,
+                    start,
+                    end,
                     component=BACKUPS_COMPONENT,
                     component_code="backup",
-                    region=env.project.region.code,
-                    size="",
-                    replicas=0,
-                    interval_start=start,
-                    interval_end=end,
                     seconds=seconds,
                     cpu_hours=Decimal(0),
                     memory_gb_hours=Decimal(0),
@@ -148,14 +138,90 @@ def _records(
     return records
 
 
+def _record(
+    env: Environment,
+    start: datetime,
+    end: datetime,
+    *,
+    component: str,
+    component_code: str,
+    seconds: int,
+    cpu_hours: Decimal,
+    memory_gb_hours: Decimal,
+    storage_gb_hours: Decimal,
+    size: str = "",
+    replicas: int = 0,
+) -> UsageRecord:
+    """One usage row of an environment for the interval, its tenancy fields copied (the
+    record outlives the environment and its project)."""
+    return UsageRecord(
+        organization_id=env.project.organization_id,
+        project=env.project,
+        project_name=env.project.name,
+        environment=env,
+        environment_ref=env.pk,
+        component=component,
+        component_code=component_code,
+        region=env.project.region.code,
+        size=size,
+        replicas=replicas,
+        interval_start=start,
+        interval_end=end,
+        seconds=seconds,
+        cpu_hours=cpu_hours,
+        memory_gb_hours=memory_gb_hours,
+        storage_gb_hours=storage_gb_hours,
+    )
+
+
 BACKUPS_COMPONENT = "(backups)"  # never a service name: those are [a-z][a-z0-9-]*
+BUILDS_COMPONENT = "(builds)"
+
+
+def _build_records(start: datetime, end: datetime) -> list[UsageRecord]:
+    """Dependency builds (docs/builds.md) that finished in the interval, one record per
+    environment: ``seconds`` of build time, priced as the CPU and memory the build container
+    had for that long (so a plan's CPU and memory prices price build minutes). A build taken
+    from the cache costs nothing."""
+    operations = Operation.objects.filter(
+        finished_at__gte=start, finished_at__lt=end, params__build__cached=False
+    ).select_related("environment__project__region")
+    totals: dict[int, tuple[Environment, Decimal, Decimal, Decimal]] = {}
+    for op in operations:
+        build = op.params.get("build") or {}
+        seconds = Decimal(str(build.get("seconds") or 0))
+        hours = seconds / HOUR
+        env = op.environment
+        _, secs, cpu, mem = totals.get(env.pk, (env, Decimal(0), Decimal(0), Decimal(0)))
+        totals[env.pk] = (
+            env,
+            secs + seconds,
+            cpu + Decimal(str(build.get("cpus") or 0)) * hours,
+            mem + Decimal(int(build.get("memory_mb") or 0)) / 1024 * hours,
+        )
+    return [
+        _record(
+            env,
+            start,
+            end,
+            component=BUILDS_COMPONENT,
+            component_code="build",
+            seconds=int(secs.to_integral_value()),
+            cpu_hours=cpu.quantize(MICRO),
+            memory_gb_hours=mem.quantize(MICRO),
+            storage_gb_hours=Decimal(0),
+        )
+        for env, secs, cpu, mem in totals.values()
+    ]
+
+
+def build_minutes(records: list[UsageRecord]) -> Decimal:
+    """Build minutes among usage records (for pages and invoices)."""
+    return sum((Decimal(r.seconds) / 60 for r in records if r.component == BUILDS_COMPONENT), Decimal(0))
 
 
 def backups_by_environment(environment_ids: list[int]) -> dict[int, int]:
     """Bytes the environments' backups hold in the repository (the new data each stored)."""
-    from django.db.models import Sum
-
-    from stacks.models import Backup
 
     rows = (
         Backup.objects.filter(environment_id__in=environment_ids, status=Backup.Status.SUCCEEDED)
@@ -182,7 +248,8 @@ def meter_interval(
     if environments is None:
         environments = _running(end)
     UsageRecord.objects.bulk_create(
-        _records(start, end, environments, catalog or Catalog()), ignore_conflicts=True
+        _records(start, end, environments, catalog or Catalog()) + _build_records(start, end),
+        ignore_conflicts=True,
     )
     written = UsageRecord.objects.filter(interval_start=start).count()
     MeteringInterval.objects.filter(pk=locked.pk).update(finished_at=timezone.now(), records=written)

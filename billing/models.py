@@ -75,6 +75,11 @@ class Plan(models.Model):
     backup_keep_daily = models.PositiveSmallIntegerField(default=7)
     backup_keep_weekly = models.PositiveSmallIntegerField(default=4)
     max_backup_gb = models.PositiveIntegerField(null=True, blank=True, help_text="Stored backups, GB")
+    # Containers may open connections to the internet (docs/security.md, "Network egress");
+    # never to the hosts, other stacks or private ranges, whatever this says.
+    internet_egress = models.BooleanField(
+        default=False, help_text="Containers may connect to the internet (takes effect at the next deploy)"
+    )
     position = models.PositiveIntegerField(default=0)
 
     class Meta:

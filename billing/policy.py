@@ -3,11 +3,13 @@ region's list prices."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from billing import pricing, quotas
 from projects.models import Environment, Organization
 from projects.services import ServiceError
+from stacks.backends.base import EgressPolicy
 from stacks.runtime.policy import BackupPolicy, StackPolicy
 
 
@@ -16,7 +18,7 @@ class BillingPolicy(StackPolicy):
         self,
         *,
         organization: Organization,
-        rows: list[dict[str, Any]] | None,
+        rows: Sequence[Mapping[str, Any]] | None,
         environment: Environment | None = None,
         extra_domains: int = 0,
     ) -> None:
@@ -28,18 +30,25 @@ class BillingPolicy(StackPolicy):
         self,
         *,
         organization: Organization,
-        rows: list[dict[str, Any]] | None,
+        rows: Sequence[Mapping[str, Any]] | None,
         environment: Environment | None = None,
     ) -> list[str]:
         return quotas.stack_problems(organization=organization, rows=rows, environment=environment)
 
-    def estimate_monthly(self, *, organization: Organization, region: Any, rows: list[dict[str, Any]]) -> Any:
+    def estimate_monthly(
+        self, *, organization: Organization, region: Any, rows: Sequence[Mapping[str, Any]]
+    ) -> Any:
         return pricing.estimate_monthly(organization=organization, region=region, rows=rows)
 
     def volume_size_gb(self, *, organization: Organization, volume: dict[str, Any]) -> int | None:
         """The plan's volume size (None: no plan, or a plan without one: no limit)."""
         plan = quotas.plan_for(organization)
         return plan.volume_size_gb if plan is not None else None
+
+    def egress_policy(self, *, organization: Organization) -> EgressPolicy:
+        """The plan's internet switch; no plan: no internet."""
+        plan = quotas.plan_for(organization)
+        return EgressPolicy(internet=plan is not None and plan.internet_egress)
 
     def backup_policy(self, *, organization: Organization) -> BackupPolicy:
         plan = quotas.plan_for(organization)

@@ -1,12 +1,14 @@
 """Money, unit prices and what a stack's components use.
 
 A component's use is ``replicas x size`` (CPUs, memory) plus its storage: every volume of
-a stateful component counts ``STACKPORT_VOLUME_GB`` (the catalog gives volumes no size;
-a volume entry may carry ``size_gb`` to override it).
+a stateful component counts the plan's volume size (``Plan.volume_size_gb``: what the volume
+is made with and held to) when the caller knows the plan, else ``STACKPORT_VOLUME_GB`` (a
+volume entry may carry ``size_gb`` to override that default).
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
@@ -67,21 +69,27 @@ class Use:
         }[Resource(resource)]
 
 
-def volume_gb(component: Component) -> int:
+def volume_gb(component: Component, plan_gb: int | None = None) -> int:
+    """GB a component's volumes hold: ``plan_gb`` each (the plan's volume size), else each
+    entry's ``size_gb``, else ``STACKPORT_VOLUME_GB``."""
     if not component.stateful:
         return 0
     default = int(settings.STACKPORT_VOLUME_GB)
+    if plan_gb:
+        return plan_gb * len(component.volumes)
     return sum(int(v.get("size_gb", default)) if isinstance(v, dict) else default for v in component.volumes)
 
 
 class Catalog:
-    """Sizes and components looked up once per call (rows name them by code)."""
+    """Sizes and components looked up once per call (rows name them by code).
+    ``volume_gb``: the plan's volume size, when the use is counted for one plan."""
 
-    def __init__(self) -> None:
+    def __init__(self, volume_gb: int | None = None) -> None:
         self.sizes = {s.code: s for s in Size.objects.all()}
         self.components = {c.code: c for c in Component.objects.all()}
+        self.volume_gb = volume_gb
 
-    def use(self, row: dict[str, Any]) -> Use:
+    def use(self, row: Mapping[str, Any]) -> Use:
         size = self.sizes.get(str(row.get("size", "")))
         component = self.components.get(str(row.get("component", "")))
         replicas = int(row.get("replicas") or 0)
@@ -90,7 +98,7 @@ class Catalog:
         return Use(
             cpus=cpus * replicas,
             memory_mb=memory * replicas,
-            storage_gb=volume_gb(component) if component else 0,
+            storage_gb=volume_gb(component, self.volume_gb) if component else 0,
         )
 
 
@@ -118,7 +126,7 @@ def unit_prices(region: Region | str | None) -> tuple[dict[str, Decimal], str]:
     return prices, price_list.currency
 
 
-def estimate_monthly(*, organization: Any, region: Region | str, rows: list[dict[str, Any]]) -> Money:
+def estimate_monthly(*, organization: Any, region: Region | str, rows: Sequence[Mapping[str, Any]]) -> Money:
     """What ``rows`` cost for a month of running at the region's list prices, before the
     plan's included resources (the wizard shows it next to the plan fee)."""
     prices, currency = unit_prices(region)

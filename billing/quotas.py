@@ -11,6 +11,7 @@ are no limits (a fresh install, and most tests).
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
@@ -18,10 +19,11 @@ from typing import Any
 from django.db import transaction
 from django.db.models import Count, QuerySet, Sum
 
-from billing.models import Plan, SubscriptionStatus
+from billing.models import Plan, Subscription, SubscriptionStatus
 from billing.pricing import Catalog
 from projects.models import Environment, EnvironmentStatus, Organization
 from projects.services import ServiceError
+from stacks.models import ACTIVE_OPERATION_STATUSES, Domain, StackComponent
 
 GONE = (EnvironmentStatus.DESTROYING, EnvironmentStatus.DESTROYED)
 HOW_TO_GET_MORE = "Choose a bigger plan on the Billing page."
@@ -30,7 +32,6 @@ NEARLY = Decimal("0.8")
 
 def plan_for(organization: Organization) -> Plan | None:
     """The organization's plan: its subscription's, else the default plan, else none."""
-    from billing.models import Subscription
 
     subscription = (
         Subscription.objects.select_related("plan")
@@ -41,6 +42,13 @@ def plan_for(organization: Organization) -> Plan | None:
     if subscription is not None:
         return subscription.plan
     return Plan.objects.filter(is_default=True).first()
+
+
+def _volume_size(*plans: Plan | None) -> int | None:
+    """The size each volume is held to under ``plans`` (the largest: volumes grow with a
+    bigger plan and never shrink); None when none of them sizes volumes."""
+    sizes = [p.volume_size_gb for p in plans if p is not None and p.volume_size_gb]
+    return max(sizes) if sizes else None
 
 
 def number(value: Decimal | int) -> str:
@@ -66,7 +74,9 @@ class Totals:
     # (environment id, component name) -> replicas
     replicas: dict[tuple[int, str], int] = field(default_factory=dict)
 
-    def add_rows(self, env_id: int, rows: list[dict[str, Any]], catalog: Catalog, *, running: bool) -> None:
+    def add_rows(
+        self, env_id: int, rows: Sequence[Mapping[str, Any]], catalog: Catalog, *, running: bool
+    ) -> None:
         for row in rows:
             use = catalog.use(row)
             if running:
@@ -98,9 +108,8 @@ def current_totals(
     memory), summed in SQL: a constant number of queries however many projects it has.
     ``exclude`` leaves one environment's components out (it is about to change);
     ``replicas_of`` fills ``Totals.replicas`` for that environment's components."""
-    from stacks.models import Domain, StackComponent
 
-    catalog = catalog or Catalog()
+    catalog = catalog or Catalog(volume_gb=_volume_size(plan_for(organization)))
     environments = _held(organization)
     counts = environments.aggregate(projects=Count("project", distinct=True), environments=Count("id"))
     totals = Totals(
@@ -133,7 +142,6 @@ def _add_pending(
 ) -> None:
     """While a change is pending (an operation in flight), the applied release still runs
     next to the desired rows: count whichever of the two is larger, per component."""
-    from stacks.models import ACTIVE_OPERATION_STATUSES
 
     pending = (
         environments.filter(operations__status__in=ACTIVE_OPERATION_STATUSES, current_release__isnull=False)
@@ -204,14 +212,14 @@ def _exceeds(plan: Plan, before: Totals, after: Totals) -> list[Problem]:
 def _problems(
     *,
     organization: Organization,
-    rows: list[dict[str, Any]] | None,
+    rows: Sequence[Mapping[str, Any]] | None,
     environment: Environment | None,
     extra_domains: int,
 ) -> list[Problem]:
     plan = plan_for(organization)
     if plan is None:
         return []
-    catalog = Catalog()
+    catalog = Catalog(volume_gb=_volume_size(plan))
     before = current_totals(organization, catalog=catalog, replicas_of=environment)
     after = current_totals(organization, exclude=environment, catalog=catalog)
     if environment is None:
@@ -233,7 +241,7 @@ def _problems(
 def stack_problems(
     *,
     organization: Organization,
-    rows: list[dict[str, Any]] | None,
+    rows: Sequence[Mapping[str, Any]] | None,
     environment: Environment | None = None,
     extra_domains: int = 0,
 ) -> list[str]:
@@ -249,7 +257,7 @@ def stack_problems(
 def check_stack(
     *,
     organization: Organization,
-    rows: list[dict[str, Any]] | None,
+    rows: Sequence[Mapping[str, Any]] | None,
     environment: Environment | None = None,
     extra_domains: int = 0,
 ) -> None:
@@ -320,16 +328,17 @@ def usage_summary(organization: Organization) -> list[QuotaUse]:
 
 
 def downgrade_problems(organization: Organization, plan: Plan) -> list[str]:
-    """Why ``organization`` cannot move to ``plan`` now (what it uses beyond the plan's limits)."""
-    totals = current_totals(organization)
+    """Why ``organization`` cannot move to ``plan`` now (what it uses beyond the plan's limits).
+    Volumes count at the larger of the two plans' volume sizes (a volume never shrinks)."""
+    totals = current_totals(
+        organization, catalog=Catalog(volume_gb=_volume_size(plan_for(organization), plan))
+    )
     problems = [
         f"{plan.name} allows {amount_of(q.resource, q.limit or 0)}; you use {q.used_display} now."
         for q in _quota_uses(plan, totals)
         if q.exceeded
     ]
     if plan.max_replicas is not None:
-        from stacks.models import StackComponent
-
         too_many = sorted(
             set(
                 StackComponent.objects.filter(

@@ -31,6 +31,8 @@ from billing.pricing import cents, default_currency
 from billing.quotas import downgrade_problems, plan_for
 from projects.models import Organization, Role
 from projects.services import Origin, ServiceError, record_audit_event, require_role
+from stacks.models import Region
+from stacks.runtime import disk
 
 if TYPE_CHECKING:
     from projects.models import User
@@ -96,6 +98,8 @@ def change_plan(
         if actor is None:
             raise ServiceError("Sign in first.", status=403)
         require_role(actor, organization, Role.ADMIN)
+        if organization.is_demo:
+            raise ServiceError("A demo has no plan to change.", status=403)
     target = plan if isinstance(plan, Plan) else Plan.objects.filter(code=plan).first()
     if target is None or (not system and not target.is_public):
         raise ServiceError("Choose one of the offered plans.", field="plan")
@@ -122,6 +126,8 @@ def change_plan(
         subscription.cancelled_at = None
         fields += ["status", "trial_ends_at", "cancelled_at"]
     subscription.save(update_fields=fields)
+    if (target.volume_size_gb or 0) > (previous.volume_size_gb or 0) and previous.volume_size_gb:
+        disk.grow_volumes(organization=organization)  # volumes made with the old size grow now
     record_audit_event(
         action="billing.plan.change",
         actor=actor,
@@ -268,6 +274,7 @@ PLAN_FIELDS = (
     "max_replicas",
     "max_custom_domains",
     "volume_size_gb",
+    "internet_egress",
 )
 
 
@@ -275,7 +282,6 @@ PLAN_FIELDS = (
 def load_plans(path: Path | None = None) -> dict[str, int]:
     """Create or update the plans and price lists of ``billing/plans.yaml`` (by code and
     region); rows the file does not name are left alone."""
-    from stacks.models import Region
 
     data = yaml.safe_load((path or PLANS_FILE).read_text()) or {}
     default = None

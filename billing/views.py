@@ -63,10 +63,18 @@ def _partial(request: HttpRequest, template: str, name: str) -> str:
     return f"{template}#{name}" if request.htmx and not request.htmx.boosted else template  # type: ignore[attr-defined]
 
 
+def _demo_page(request: AuthedRequest, membership: Membership, status: int = 200) -> HttpResponse:
+    """A demo organization is not billed: no prices, quotas or plans to show."""
+    context = {"membership": membership, "organization": membership.organization}
+    return render(request, "billing/demo.html", context, status=status)
+
+
 @login_required
 @require_GET
 def overview(request: AuthedRequest, org_id: int) -> HttpResponse:
     membership = get_membership_for_user(request, org_id)
+    if membership.organization.is_demo:
+        return _demo_page(request, membership)
     bars, peak = usage_chart(membership)
     context = {
         "membership": membership,
@@ -90,6 +98,8 @@ def change_plan(request: AuthedRequest, org_id: int) -> HttpResponse:
     role = Role.ADMIN if request.method == "POST" else Role.VIEWER
     membership = get_membership_for_user(request, org_id, role=role)
     organization = membership.organization
+    if organization.is_demo:
+        return _demo_page(request, membership, status=403 if request.method == "POST" else 200)
     form = ChangePlanForm(request.POST if request.method == "POST" else None)
     status = 200
     if request.method == "POST":

@@ -20,12 +20,14 @@ from django.core.paginator import Page, Paginator
 from django.db.models import Exists, OuterRef, Prefetch, Q, Subquery
 from django.utils import timezone
 
+import billing.quotas
 from projects.models import Environment, EnvironmentStatus, Organization, Project
 from stacks.catalog import offers
 from stacks.models import (
     ACTIVE_OPERATION_STATUSES,
     ComponentVersion,
     Operation,
+    OperationKind,
     OperationStatus,
     StackComponent,
     VersionStatus,
@@ -142,9 +144,32 @@ def _last_operation(column: str) -> Subquery:
     return Subquery(latest.values(column)[:1])
 
 
+def _environments_of(status_filter: Q | None = None) -> Exists:
+    environments = Environment.objects.filter(project=OuterRef("pk"))
+    if status_filter is not None:
+        environments = environments.filter(status_filter)
+    return Exists(environments)
+
+
+def live_projects(organization: Organization) -> Any:
+    """The organization's projects that are not archived: some environment is not
+    destroyed, or it has none yet."""
+    return Project.objects.filter(organization=organization).filter(
+        _environments_of(~Q(status=EnvironmentStatus.DESTROYED)) | ~_environments_of()
+    )
+
+
+def archived_projects(organization: Organization) -> Any:
+    """Projects whose every environment is destroyed: off the dashboard, in the archive (until
+    deleted for good)."""
+    return Project.objects.filter(organization=organization, purged_at__isnull=True).filter(
+        _environments_of(), ~_environments_of(~Q(status=EnvironmentStatus.DESTROYED))
+    )
+
+
 def projects_page(organization: Organization, page_number: Any) -> Page:
     projects = (
-        Project.objects.filter(organization=organization)
+        live_projects(organization)
         .select_related("region")
         .prefetch_related(
             Prefetch(
@@ -273,22 +298,18 @@ def organization_attention(organization: Organization, catalog: Catalog, project
 
 
 def quota_warnings(organization: Organization) -> list[Any]:
-    """Quotas nearly used up, from billing; skipped if billing has no quotas.
+    """Quotas nearly used up, from billing.
 
     Held for a minute: billing sums the organization's whole stack in SQL (~30 ms at 10,000
     projects), and a warning does not need to show to the second. Enforcement
     (``billing.quotas.check_stack``) never uses this cache.
     """
-    try:
-        from billing import quotas
-    except ImportError:
-        return []
     key = cache_key("quotas", organization)
     warnings = cache.get(key)
     if warnings is None:
         warnings = [
             {"label": str(q.label), "used": _shown(q, "used"), "limit": _shown(q, "limit")}
-            for q in quotas.usage_summary(organization)
+            for q in billing.quotas.usage_summary(organization)
             if q.nearly_used
         ]
         cache.set(key, warnings, QUOTA_CACHE_SECONDS)
@@ -317,3 +338,64 @@ def dashboard_context(organization: Organization, page_number: Any) -> dict[str,
         "attention_total": organization_attention(organization, catalog, page.paginator.count),
         "quota_warnings": quota_warnings(organization),
     }
+
+
+# --- the archive --------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ArchivedProject:
+    project: Project
+    environments: list[Environment]
+    destroyed_at: Any  # the last environment's destruction
+    destroyed_by: str
+
+
+def destroyed_by(operation: Operation | None, member_ids: set[int]) -> str:
+    """Who destroyed it, in the customer's terms: a member's address, support, or the
+    hoster's own cleanup (an expired demo); never a staff member's name."""
+    if operation is None:
+        return "unknown"
+    user = operation.requested_by
+    if user is None:
+        return (
+            "automatically (the demo ended)"
+            if operation.params.get("reason") == "demo.expired"
+            else "the hoster"
+        )
+    if user.is_staff and user.pk not in member_ids:
+        return "support"
+    return str(user.email)
+
+
+def archive_context(organization: Organization, page_number: Any) -> dict[str, Any]:
+    """A page of archived projects with when and by whom each was destroyed (read-only)."""
+    projects = archived_projects(organization).select_related("region").order_by("name", "id")
+    page = Paginator(projects, PAGE_SIZE).get_page(page_number)
+    listed: list[Project] = list(page.object_list)
+    environments = list(
+        Environment.objects.filter(project__in=listed).select_related("template").order_by("id")
+    )
+    destroys = (
+        Operation.objects.filter(
+            environment__in=environments, kind=OperationKind.DESTROY, status=OperationStatus.SUCCEEDED
+        )
+        .select_related("requested_by")
+        .defer("log")
+        .order_by("finished_at", "id")
+    )
+    member_ids = set(organization.memberships.values_list("user_id", flat=True))
+    last_destroy: dict[int, Operation] = {}
+    for op in destroys:
+        last_destroy[op.environment_id] = op  # the later one wins
+    rows = []
+    for project in listed:
+        envs = [e for e in environments if e.project_id == project.pk]
+        last = max(envs, key=lambda e: (e.destroyed_at is not None, e.destroyed_at or e.created_at))
+        rows.append(
+            ArchivedProject(
+                project=project,
+                environments=envs,
+                destroyed_at=last.destroyed_at,
+                destroyed_by=destroyed_by(last_destroy.get(last.pk), member_ids),
+            )
+        )
+    return {"page": page, "rows": rows}

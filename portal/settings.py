@@ -166,6 +166,7 @@ TEMPLATES = [
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
                 "projects.context_processors.organizations",
+                "projects.context_processors.site",
             ],
         },
     },
@@ -193,6 +194,11 @@ CACHES = {
         backend=None,
     )
 }
+if DJANGO_ENV == "test" and os.environ.get("PYTEST_XDIST_WORKER"):
+    # Parallel test workers share one Redis database but each has a database of its own, so
+    # their row ids overlap: keys (per-environment figures, the reconcile lock) get the
+    # worker's name in front. Processes a test starts (Celery workers) inherit it.
+    CACHES["default"]["KEY_PREFIX"] = os.environ["PYTEST_XDIST_WORKER"]
 if CACHES["default"]["BACKEND"].endswith("LocMemCache") and not DEBUG:
     raise ImproperlyConfigured(
         "CACHE_URL points at a per-process memory cache; login throttling needs a shared one "
@@ -206,14 +212,17 @@ AUTHENTICATION_BACKENDS = [
 ]
 ACCOUNT_ADAPTER = "projects.adapters.AccountAdapter"
 ACCOUNT_LOGIN_METHODS = {"email"}
+# Messages ("Successfully signed in as ...") name the address people sign in with, never
+# the internal user name (a generated one for demos).
+ACCOUNT_USER_DISPLAY = "projects.adapters.user_display"
 ACCOUNT_SIGNUP_FIELDS = ["email*", "password1*", "password2*"]
 ACCOUNT_UNIQUE_EMAIL = True
 ACCOUNT_EMAIL_VERIFICATION = "mandatory"
 ACCOUNT_CONFIRM_EMAIL_ON_GET = False
 ACCOUNT_LOGIN_ON_EMAIL_CONFIRMATION = True
 ACCOUNT_LOGOUT_ON_PASSWORD_CHANGE = False
-# A customer signing up with a taken address is told so (the issue asks for a clear
-# message); hosters who prefer enumeration protection set this to true.
+# No account enumeration: sign-up with a taken address answers like any other (the owner
+# gets a mail), login and password reset answer alike for known and unknown addresses.
 ACCOUNT_PREVENT_ENUMERATION = env.bool("ACCOUNT_PREVENT_ENUMERATION", default=True)
 ACCOUNT_RATE_LIMITS = {
     "login_failed": env.str("LOGIN_FAILED_RATE_LIMIT", default="10/m/ip,5/5m/key"),
@@ -247,6 +256,44 @@ AUTH_PASSWORD_VALIDATORS = [
 
 # --- tenancy -------------------------------------------------------------------------------
 INVITATION_TTL_DAYS = env.int("INVITATION_TTL_DAYS", default=7)
+
+
+def _rate_limit(name: str, default: str) -> str:
+    value = env.str(name, default=default).strip()
+    if not re.fullmatch(r"off|[1-9]\d*/\d*[smhd]", value):
+        raise ImproperlyConfigured(f'{name} must look like "600/m", "100/5m" or "off", not {value!r}.')
+    return value
+
+
+# The JSON API's rate limits per token ("N/s|m|h|d", "N/5m"; "off"): every request, and
+# unsafe methods (stricter). Over them: 429 with Retry-After (portal.api).
+STACKPORT_API_RATE_LIMIT = _rate_limit("STACKPORT_API_RATE_LIMIT", "600/m")
+STACKPORT_API_WRITE_RATE_LIMIT = _rate_limit("STACKPORT_API_WRITE_RATE_LIMIT", "120/m")
+# The same per user, across all of the user's tokens (more tokens never mean more requests).
+STACKPORT_API_USER_RATE_LIMIT = _rate_limit("STACKPORT_API_USER_RATE_LIMIT", "1200/m")
+STACKPORT_API_USER_WRITE_RATE_LIMIT = _rate_limit("STACKPORT_API_USER_WRITE_RATE_LIMIT", "240/m")
+# The counters need an atomic increment (Redis INCR, memcached incr; the memory cache holds a
+# lock); the file and database caches read then write, so parallel requests would slip past.
+# On those: refused in production, switched off with a warning elsewhere (portal.apps).
+_ATOMIC_INCR_CACHES = {
+    "django.core.cache.backends.redis.RedisCache",
+    "django_redis.cache.RedisCache",
+    "django.core.cache.backends.memcached.PyMemcacheCache",
+    "django.core.cache.backends.memcached.PyLibMCCache",
+    "django.core.cache.backends.locmem.LocMemCache",
+}
+STACKPORT_API_THROTTLE_ENABLED = CACHES["default"]["BACKEND"] in _ATOMIC_INCR_CACHES
+_api_limits = (
+    STACKPORT_API_RATE_LIMIT,
+    STACKPORT_API_WRITE_RATE_LIMIT,
+    STACKPORT_API_USER_RATE_LIMIT,
+    STACKPORT_API_USER_WRITE_RATE_LIMIT,
+)
+if PRODUCTION and not STACKPORT_API_THROTTLE_ENABLED and any(rate != "off" for rate in _api_limits):
+    raise ImproperlyConfigured(
+        f"The API rate limits need a cache with an atomic increment (redis:// or memcached), not "
+        f"{CACHES['default']['BACKEND']}; or set every STACKPORT_API_*RATE_LIMIT to off."
+    )
 # Client address for the audit log: how many reverse proxies in front of the portal.
 TRUSTED_PROXY_COUNT = env.int("TRUSTED_PROXY_COUNT", default=0)
 # One notion of the client's address everywhere: allauth's login and sign-up rate limits
@@ -278,6 +325,12 @@ SERVER_EMAIL = DEFAULT_FROM_EMAIL
 STACKPORT_BUILD_DOCKER_URL = env.str("STACKPORT_BUILD_DOCKER_URL", default="unix:///var/run/docker.sock")
 STACKPORT_REGISTRY = env.str("STACKPORT_REGISTRY", default="127.0.0.1:5000")
 STACKPORT_IMAGE_NAMESPACE = env.str("STACKPORT_IMAGE_NAMESPACE", default="stackport")
+# Where Docker hosts pull those images from (docs/install.md, "The image registry"): a TLS
+# address of the same registry with credentials, e.g. "10.199.0.1:5443". Empty: the hosts
+# pull STACKPORT_REGISTRY's references as they are (each must reach that address).
+STACKPORT_REGISTRY_PULL_URL = env.str("STACKPORT_REGISTRY_PULL_URL", default="")
+STACKPORT_REGISTRY_USERNAME = env.str("STACKPORT_REGISTRY_USERNAME", default="")
+STACKPORT_REGISTRY_PASSWORD = env.str("STACKPORT_REGISTRY_PASSWORD", default="")
 
 # --- running stacks -------------------------------------------------------------------------
 # Backends by region backend key (dotted paths, resolved lazily by stacks.backends.get_backend).
@@ -301,6 +354,37 @@ STACKPORT_RESERVED_DOMAINS = env.list("STACKPORT_RESERVED_DOMAINS", default=[])
 STACKPORT_EDGE_PUBLIC_PORT = env.int(
     "STACKPORT_EDGE_PUBLIC_PORT", default=int(STACKPORT_EDGE_LISTEN.rsplit(":", 1)[1])
 )
+# HTTPS on the edge (docs/domains.md): Caddy gets and renews a certificate for every routed
+# name from this ACME directory (production: Let's Encrypt's; tests and `make run`: Pebble on
+# loopback). Empty: the edge serves plain HTTP only. A PEM file of roots to trust for the
+# directory's own TLS (a test CA's), the ACME account's e-mail, the edge's HTTPS listen address
+# and the HTTPS port customers reach (in redirects; 443 behind a load balancer).
+LETS_ENCRYPT_DIRECTORY = "https://acme-v02.api.letsencrypt.org/directory"
+STACKPORT_ACME_DIRECTORY = env.str(
+    "STACKPORT_ACME_DIRECTORY", default=LETS_ENCRYPT_DIRECTORY if PRODUCTION else ""
+)
+STACKPORT_ACME_CA_ROOT = env.str("STACKPORT_ACME_CA_ROOT", default="")
+STACKPORT_ACME_EMAIL = env.str("STACKPORT_ACME_EMAIL", default="")
+# Plain HTTP to a name with a certificate is redirected to HTTPS. Names under ``localhost``
+# can only get the edge's own local CA, which no browser trusts: `make run` turns their
+# redirect off so demo links open without a warning (HTTPS still answers for them).
+STACKPORT_EDGE_REDIRECT_LOCALHOST_NAMES = env.bool("STACKPORT_EDGE_REDIRECT_LOCALHOST_NAMES", default=True)
+STACKPORT_EDGE_HTTPS_LISTEN = env.str("STACKPORT_EDGE_HTTPS_LISTEN", default="127.0.0.1:8443")
+if not re.fullmatch(r"(\[[0-9A-Fa-f:.]+\]|[0-9A-Za-z.-]*):[0-9]{1,5}", STACKPORT_EDGE_HTTPS_LISTEN):
+    raise ImproperlyConfigured("STACKPORT_EDGE_HTTPS_LISTEN: host:port, e.g. 0.0.0.0:443.")
+STACKPORT_EDGE_HTTPS_PUBLIC_PORT = env.int(
+    "STACKPORT_EDGE_HTTPS_PUBLIC_PORT", default=int(STACKPORT_EDGE_HTTPS_LISTEN.rsplit(":", 1)[1])
+)
+# The edge's public IP addresses: a name that resolves elsewhere gets "DNS does not point here"
+# when its certificate does not come. Caddy's (JSON) log, read for the CA's reason otherwise.
+STACKPORT_EDGE_PUBLIC_ADDRESSES = env.list("STACKPORT_EDGE_PUBLIC_ADDRESSES", default=[])
+STACKPORT_EDGE_LOG = env.str("STACKPORT_EDGE_LOG", default="/var/log/stackport-caddy.log")
+# The HTTP proof of control fetches http://<name>:<port>/.well-known/stackport-challenge/<token>
+# from public addresses only; loopback is allowed for tests (never in production).
+STACKPORT_DOMAIN_HTTP_PORT = env.int("STACKPORT_DOMAIN_HTTP_PORT", default=80)
+STACKPORT_DOMAIN_HTTP_ALLOW_LOOPBACK = env.bool("STACKPORT_DOMAIN_HTTP_ALLOW_LOOPBACK", default=False)
+if PRODUCTION and STACKPORT_DOMAIN_HTTP_ALLOW_LOOPBACK:
+    raise ImproperlyConfigured("STACKPORT_DOMAIN_HTTP_ALLOW_LOOPBACK is for tests: off in production.")
 # Docker hosts created on first use when the inventory of a Docker region is empty (make run).
 STACKPORT_DEFAULT_DOCKER_URL = env.str("STACKPORT_DEFAULT_DOCKER_URL", default="unix:///var/run/docker.sock")
 # Customer content limits.
@@ -329,6 +413,22 @@ if not re.fullmatch(r"[a-z][a-z0-9]{0,15}", STACKPORT_STACK_PREFIX):
 # git sources are fetched from public addresses only; these "host" or "host:port" entries are
 # the operator's own servers that may be private (an internal git mirror). Never the worker's disk.
 STACKPORT_GIT_TRUSTED_HOSTS = [h.lower() for h in env.list("STACKPORT_GIT_TRUSTED_HOSTS", default=[])]
+# Dependency builds (docs/builds.md): a container of the runtime image on a network of its own
+# installs requirements.txt / package-lock.json / composer.lock. Registry mirrors ("" = the
+# public registry), an optional CA bundle file for TLS to them (a proxy's CA), and limits.
+STACKPORT_PIP_INDEX_URL = env.str("STACKPORT_PIP_INDEX_URL", default="")
+STACKPORT_NPM_REGISTRY = env.str("STACKPORT_NPM_REGISTRY", default="")
+STACKPORT_COMPOSER_REPO_URL = env.str("STACKPORT_COMPOSER_REPO_URL", default="")
+STACKPORT_BUILD_CA_BUNDLE = env.str("STACKPORT_BUILD_CA_BUNDLE", default="")
+STACKPORT_BUILD_NETWORK = env.str("STACKPORT_BUILD_NETWORK", default="stackport-build")
+# Hosts a build may reach through its egress proxy besides its registry's ("name" for port
+# 443 or "name:port": a mirror's file host, say).
+STACKPORT_BUILD_HOSTS = env.list("STACKPORT_BUILD_HOSTS", default=[])
+STACKPORT_BUILD_TIMEOUT_SECONDS = env.float("STACKPORT_BUILD_TIMEOUT_SECONDS", default=900.0)
+STACKPORT_BUILD_MEMORY_MB = env.int("STACKPORT_BUILD_MEMORY_MB", default=1024)
+STACKPORT_BUILD_CPUS = env.float("STACKPORT_BUILD_CPUS", default=1.0)
+# The largest artifact a build may produce (bytes copied out of the build container).
+STACKPORT_BUILD_MAX_BYTES = env.int("STACKPORT_BUILD_MAX_BYTES", default=2**30)
 # An operation that fails for a transient reason (an engine or the router not answering) is
 # tried again with backoff (5 s, 10 s, 20 s, ...), at most this many attempts in all.
 STACKPORT_OPERATION_MAX_ATTEMPTS = env.int("STACKPORT_OPERATION_MAX_ATTEMPTS", default=5)
@@ -346,6 +446,9 @@ STACKPORT_HOST_DOWN_AFTER_MISSES = env.int("STACKPORT_HOST_DOWN_AFTER_MISSES", d
 # The reconciler's repair of an environment that failed (or whose automatic repair failed)
 # is tried again after this long, doubling with each failure (at most 16 times as long).
 STACKPORT_RECONCILE_RETRY_SECONDS = env.int("STACKPORT_RECONCILE_RETRY_SECONDS", default=600)
+# A stateful stack whose host has been down this long is restored from its latest backup onto
+# another host (data written after that backup is lost); 0: never, it waits for its host.
+STACKPORT_RESTORE_AFTER_HOST_DOWN_SECONDS = env.int("STACKPORT_RESTORE_AFTER_HOST_DOWN_SECONDS", default=600)
 # Sales demos (projects/demos.py): removed this long after they start, the salesperson warned before.
 STACKPORT_DEMO_LIFETIME_HOURS = env.int("STACKPORT_DEMO_LIFETIME_HOURS", default=4)
 STACKPORT_DEMO_WARN_MINUTES = env.int("STACKPORT_DEMO_WARN_MINUTES", default=30)
@@ -378,6 +481,9 @@ STACKPORT_VOLUME_GB = env.int("STACKPORT_VOLUME_GB", default=1)
 # volume tools image (needs losetup, mkfs.ext4 and debugfs; privileged, our own commands only).
 STACKPORT_VOLUME_IMAGE_DIR = env.str("STACKPORT_VOLUME_IMAGE_DIR", default="/var/lib/stackport/volumes")
 STACKPORT_VOLUME_TOOLS_IMAGE = env.str("STACKPORT_VOLUME_TOOLS_IMAGE", default="stackport/debian:bookworm")
+# The portal's CA for Docker engines on tcp:// (mutual TLS, stacks/runtime/engine_ca.py): its
+# key, the engines' CA certificate and the portal's client certificate (made on first use).
+STACKPORT_ENGINE_CA_DIR = env.str("STACKPORT_ENGINE_CA_DIR", default=str(VAR_DIR / "engine-ca"))
 # A volume fuller than this share of its size is shown with a warning.
 STACKPORT_VOLUME_WARN_RATIO = env.float("STACKPORT_VOLUME_WARN_RATIO", default=0.8)
 
@@ -420,6 +526,7 @@ CELERY_BEAT_SCHEDULE = {
     "probe-hosts": {"task": "stacks.probe_hosts_task", "schedule": float(STACKPORT_HOST_PROBE_SECONDS)},
     "samples": {"task": "stacks.record_samples_task", "schedule": 60.0},
     "check-domains": {"task": "stacks.check_domains_task", "schedule": 60.0},
+    "check-certificates": {"task": "stacks.check_certificates_task", "schedule": 60.0},
     "volumes": {"task": "stacks.measure_volumes_task", "schedule": 300.0},
     "prune-images": {"task": "stacks.prune_images_task", "schedule": 6 * 3600.0},
     "prune-content": {"task": "stacks.prune_content_task", "schedule": 24 * 3600.0},

@@ -9,23 +9,34 @@ the one that stops it. Start and stop are in the audit log.
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import timedelta
 from typing import Any
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
-from django.http import Http404, HttpRequest, HttpResponse, HttpResponseForbidden
+from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.utils import timezone
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_http_methods, require_POST
 
-from portal.demos import START_PERMISSION, demo_lifetime, start_demo
+from portal.demos import (
+    EXTEND_HOURS,
+    START_PERMISSION,
+    demo_lifetime,
+    duration_text,
+    end_demo_now,
+    extend_demo,
+    running_demos,
+    start_demo,
+)
 from projects.access import VIEW_AS_PERMISSION, VIEW_AS_SESSION_KEY, AuthedRequest
 from projects.models import Organization
 from projects.sensitive import require_recent_authentication
 from projects.services import Origin, ServiceError, record_audit_event
+from stacks.models import StackTemplate
 
 SAFE_METHODS = ("GET", "HEAD", "OPTIONS", "TRACE")
 
@@ -47,10 +58,14 @@ class ViewAsMiddleware:
                 if request.path == reverse("account_logout"):
                     _record_stop(request, session[VIEW_AS_SESSION_KEY], ended_by="sign-out")
                 elif request.path != reverse("support:view_as_stop"):
-                    return HttpResponseForbidden(
-                        "You are viewing as a customer: read-only. "
-                        "Stop viewing as the customer to make changes.",
-                        content_type="text/plain",
+                    return render(
+                        request,
+                        "403.html",
+                        {
+                            "exception": "You are viewing as a customer: read-only. "
+                            "Stop viewing as the customer to make changes."
+                        },
+                        status=403,
                     )
         return self.get_response(request)
 
@@ -113,11 +128,14 @@ def view_as_stop(request: AuthedRequest) -> HttpResponse:
 @login_required
 @require_http_methods(["GET", "POST"])
 def demo_start(request: AuthedRequest) -> HttpResponse:
-    from stacks.models import StackTemplate
-
     _require_staff_permission(request, START_PERMISSION)
     templates = StackTemplate.objects.filter(is_active=True).order_by("position", "code")
-    context: dict[str, object] = {"templates": templates, "lifetime": demo_lifetime()}
+    context: dict[str, object] = {
+        "templates": templates,
+        "lifetime": duration_text(demo_lifetime()),
+        "running": running_demos(),
+        "extend_choices": [(h, duration_text(timedelta(hours=h))) for h in EXTEND_HOURS],
+    }
     if request.method == "POST":
         try:
             login = start_demo(
@@ -132,3 +150,44 @@ def demo_start(request: AuthedRequest) -> HttpResponse:
         context["login"] = login
         return render(request, "support/demo_start.html", context)
     return render(request, "support/demo_start.html", context)
+
+
+def _demo(org_id: int) -> Organization:
+    return get_object_or_404(Organization, pk=org_id, is_demo=True)
+
+
+@login_required
+@require_POST
+def demo_extend(request: AuthedRequest, org_id: int) -> HttpResponse:
+    _require_staff_permission(request, START_PERMISSION)
+    organization = _demo(org_id)
+    try:
+        hours = int(request.POST.get("hours", ""))
+    except ValueError:
+        hours = 0
+    try:
+        extended = extend_demo(
+            organization=organization, actor=request.user, hours=hours, origin=Origin.from_request(request)
+        )
+    except ServiceError as exc:
+        messages.error(request, exc.message)
+    else:
+        messages.success(request, f"{extended.name} now ends {extended.demo_expires_at:%Y-%m-%d %H:%M} UTC.")
+    return redirect("support:demo_start")
+
+
+@login_required
+@require_POST
+def demo_end(request: AuthedRequest, org_id: int) -> HttpResponse:
+    """End a running demo now, after a confirmation page (the first POST shows it)."""
+    _require_staff_permission(request, START_PERMISSION)
+    organization = _demo(org_id)
+    if request.POST.get("confirmed") != "yes":
+        return render(request, "support/demo_end_confirm.html", {"organization": organization})
+    try:
+        end_demo_now(organization=organization, actor=request.user, origin=Origin.from_request(request))
+    except ServiceError as exc:
+        messages.error(request, exc.message)
+    else:
+        messages.success(request, f"{organization.name} is ending: its stacks are being removed.")
+    return redirect("support:demo_start")

@@ -6,6 +6,8 @@ from celery import shared_task
 from django.core.cache import cache
 from django.utils import timezone
 
+from portal.demos import expire_demos, warn_expiring_demos
+
 HEARTBEAT_KEY = "stackport:worker-heartbeat"
 
 
@@ -22,13 +24,9 @@ def heartbeat_task() -> None:
 
 @shared_task(name="portal.warn_expiring_demos_task", ignore_result=True)
 def warn_expiring_demos_task() -> int:
-    from portal.demos import warn_expiring_demos
-
     return warn_expiring_demos()
 
 
 @shared_task(name="portal.expire_demos_task", ignore_result=True)
 def expire_demos_task() -> dict[str, int]:
-    from portal.demos import expire_demos
-
     return expire_demos()

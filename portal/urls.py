@@ -25,6 +25,9 @@ _account_overrides = [
     path("accounts/2fa/totp/activate/", project_views.totp_activate, name="mfa_activate_totp"),
 ]
 
+# The styled 500 page with the site's name (Django renders it without context processors).
+handler500 = "portal.views.server_error"
+
 urlpatterns = [
     path("", include("portal.portal_urls")),
     path("", include("projects.urls")),

@@ -9,19 +9,34 @@ from typing import Any
 
 from allauth.mfa.models import Authenticator
 from django.conf import settings
+from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.cache import cache
 from django.db import connection
-from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
-from django.shortcuts import render
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseServerError, JsonResponse
+from django.shortcuts import redirect, render
+from django.template import loader
+from django.urls import reverse
 from django.views.decorators.cache import never_cache
-from django.views.decorators.http import require_GET
+from django.views.decorators.http import require_GET, require_http_methods
 from django_prometheus.exports import ExportToDjangoView
 
-from portal.dashboard import dashboard_context
+from portal.dashboard import archive_context, archived_projects, dashboard_context
 from portal.security import security_context
-from projects.access import AuthedRequest, current_membership, pending_invitations_for
-from projects.services import client_ip, invitation_token
+from projects.access import AuthedRequest, current_membership, get_project_for_user, pending_invitations_for
+from projects.models import Role
+from projects.services import Origin, ServiceError, client_ip, invitation_token, purge_project
+
+
+def server_error(request: HttpRequest) -> HttpResponse:
+    """The styled 500 page with the site's name. Rendered without the request (no context
+    processors, no database) and never raising itself: on any failure a plain page."""
+    try:
+        name = str(getattr(settings, "STACKPORT_SITE_NAME", "") or "Stackport")
+        body = loader.get_template("500.html").render({"site_name": name})
+    except Exception:  # noqa: BLE001 - the error page itself must not fail
+        body = "<!DOCTYPE html><title>Server error</title><h1>Something went wrong on our side</h1>"
+    return HttpResponseServerError(body)
 
 
 @login_required
@@ -39,6 +54,46 @@ def dashboard(request: AuthedRequest) -> HttpResponse:
         context["mfa_enabled"] = Authenticator.objects.filter(user=request.user).exists()
         context["member_count"] = membership.organization.memberships.count()
     return render(request, "portal/dashboard.html", context)
+
+
+@login_required
+@require_GET
+def archive(request: AuthedRequest) -> HttpResponse:
+    """Destroyed projects of the organization: read-only, with when and by whom."""
+    membership = current_membership(request)
+    if membership is None:
+        raise Http404
+    context = {
+        "membership": membership,
+        "can_purge": membership.has_role(Role.ADMIN),
+        **archive_context(membership.organization, request.GET.get("page")),
+    }
+    return render(request, "portal/archive.html", context)
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def archive_delete(request: AuthedRequest, project_id: int) -> HttpResponse:
+    """GET: what deleting an archived project for good means (typed confirmation); POST: do it
+    (projects.services.purge_project), back to the archive."""
+    project = get_project_for_user(request, project_id, role=Role.ADMIN)
+    if not archived_projects(project.organization).filter(pk=project.pk).exists():
+        raise Http404("Not an archived project")
+    error, status = "", 200
+    if request.method == "POST":
+        try:
+            purge_project(
+                project=project,
+                actor=request.user,
+                confirmation=str(request.POST.get("confirmation", ""))[:200],
+                origin=Origin.from_request(request),
+            )
+        except ServiceError as exc:
+            error, status = exc.message, exc.status
+        else:
+            messages.success(request, f"{project.name} was deleted for good.")
+            return redirect(reverse("portal:archive"))
+    return render(request, "portal/archive_delete.html", {"project": project, "error": error}, status=status)
 
 
 @login_required

@@ -6,11 +6,13 @@ A member whose role is too low gets 403: they can see the organization, not chan
 
 from __future__ import annotations
 
+from allauth.account.models import EmailAddress
 from django.core.exceptions import PermissionDenied
+from django.db.models import Q
 from django.http import Http404, HttpRequest
 from django_htmx.middleware import HtmxDetails
 
-from projects.models import Environment, Invitation, Membership, Project, Role, User
+from projects.models import Environment, Invitation, Membership, Organization, Project, Role, User
 
 
 class AuthedRequest(HttpRequest):
@@ -42,7 +44,6 @@ def view_as_organization_id(request: HttpRequest) -> int | None:
 
 def view_as_membership(request: HttpRequest, org_id: int) -> Membership | None:
     """While viewing as a customer: a viewer membership in that organization, never saved."""
-    from projects.models import Organization
 
     organization = Organization.objects.filter(pk=org_id).first()
     if organization is None:
@@ -120,8 +121,6 @@ def set_current_organization(request: HttpRequest, membership: Membership) -> No
 def pending_invitations_for(user: User) -> list[Invitation]:
     """Open invitations to any of the user's verified addresses (case-insensitive), to
     organizations they are not in yet."""
-    from allauth.account.models import EmailAddress
-    from django.db.models import Q
 
     addresses = Q(pk__in=[])
     for address in EmailAddress.objects.filter(user=user, verified=True).values_list("email", flat=True):
@@ -138,7 +137,9 @@ def get_project_for_user(request: HttpRequest, project_id: int, *, role: str = R
     """A project of an organization the user belongs to: 404 otherwise, 403 if the role is
     too low. The membership is at ``project.membership``."""
     project = (
-        Project.objects.select_related("organization", "region").filter(pk=project_id).first()
+        Project.objects.select_related("organization", "region")
+        .filter(pk=project_id, purged_at__isnull=True)  # deleted for good: gone for customers
+        .first()
         if request.user.is_authenticated
         else None
     )
@@ -159,7 +160,7 @@ def get_environment_for_user(
         Environment.objects.select_related(
             "project__organization", "project__region", "kernel", "framework", "template", "current_release"
         )
-        .filter(pk=environment_id)
+        .filter(pk=environment_id, project__purged_at__isnull=True)
         .first()
         if request.user.is_authenticated
         else None

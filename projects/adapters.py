@@ -14,6 +14,11 @@ from django.http import HttpRequest
 from projects import services
 
 
+def user_display(user: Any) -> str:
+    """How allauth names a user in its messages: the e-mail address."""
+    return str(getattr(user, "email", "") or "your account")
+
+
 class AccountAdapter(DefaultAccountAdapter):
     def send_mail(self, template_prefix: str, email: str, context: dict[str, Any]) -> None:
         """allauth's mails name the portal (STACKPORT_SITE_NAME at STACKPORT_BASE_URL), not

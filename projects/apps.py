@@ -6,4 +6,5 @@ class ProjectsConfig(AppConfig):
     verbose_name = "Customers and projects"
 
     def ready(self) -> None:
-        from projects import receivers  # noqa: F401  (audit of logins)
+        # Connects the receivers that audit logins; models are loaded only now.
+        from projects import receivers  # noqa: F401, PLC0415 - app loading: ready() is the hook

@@ -2,10 +2,16 @@ from __future__ import annotations
 
 from typing import Any, cast
 
+from django.conf import settings
 from django.http import HttpRequest
 
 from projects.access import current_membership
 from projects.models import Membership, User
+
+
+def site(request: HttpRequest) -> dict[str, Any]:
+    """The portal's name as the hoster sets it (STACKPORT_SITE_NAME), for titles and the menu."""
+    return {"site_name": settings.STACKPORT_SITE_NAME}
 
 
 def organizations(request: HttpRequest) -> dict[str, Any]:

@@ -7,6 +7,8 @@ from __future__ import annotations
 from functools import lru_cache
 
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from django.conf import settings
 
 
@@ -28,3 +30,14 @@ def decrypt(token: bytes | memoryview) -> str:
         return _current().decrypt(bytes(token)).decode()
     except InvalidToken as exc:
         raise ValueError("stored secret cannot be decrypted with the configured keys") from exc
+
+
+def generate_ssh_key(comment: str) -> tuple[str, str]:
+    """A new Ed25519 key pair: (private key in OpenSSH format, unencrypted; public key line
+    ``ssh-ed25519 AAAA... comment``). Encrypt the private half before storing it."""
+    key = Ed25519PrivateKey.generate()
+    private = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption()
+    ).decode()
+    public = key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
+    return private, f"{public.decode()} {comment}"

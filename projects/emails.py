@@ -5,13 +5,13 @@ from django.core.mail import send_mail
 from django.template.loader import render_to_string
 from django.urls import reverse
 
+from projects import services
 from projects.models import Invitation
-from projects.services import invitation_token
 
 
 def send_invitation_email(invitation: Invitation) -> None:
     url = settings.STACKPORT_BASE_URL + reverse(
-        "projects:invitation", kwargs={"token": invitation_token(invitation)}
+        "projects:invitation", kwargs={"token": services.invitation_token(invitation)}
     )
     context = {"invitation": invitation, "url": url}
     # A mail subject is plain text: no HTML escaping ("walk's organization", not "walk&#x27;s").

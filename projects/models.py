@@ -163,6 +163,16 @@ class Project(models.Model):
     # Support suspends a project: its containers stop, its data stays, customers cannot act.
     suspended_at = models.DateTimeField(null=True, blank=True)
     suspended_reason = models.CharField(max_length=300, blank=True)
+    # The project's ssh deploy key (Ed25519): the only identity its git fetches over ssh use.
+    # The private half is encrypted (projects.crypto); the public half is the customer's to
+    # add to their git host. The host keys of the git servers, recorded on first use.
+    deploy_key_public = models.CharField(max_length=200, blank=True)
+    deploy_key_private = models.BinaryField(blank=True, default=b"", editable=False)
+    deploy_key_created_at = models.DateTimeField(null=True, blank=True)
+    ssh_known_hosts = models.TextField(blank=True, default="")
+    # "Delete for good" of an archived project: it leaves the archive and every page, while its
+    # rows stay (usage records, invoice lines, backups and the audit log refer to them).
+    purged_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["organization_id", "name", "id"]

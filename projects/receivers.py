@@ -6,6 +6,7 @@ from typing import Any
 
 from allauth.account import signals as account_signals
 from allauth.mfa import signals as mfa_signals
+from django.apps import apps as installed_apps
 from django.contrib.auth import signals as auth_signals
 from django.db.models.signals import post_migrate
 from django.dispatch import receiver
@@ -156,8 +157,12 @@ def sync_staff_groups(apps: Any) -> None:
 
 @receiver(post_migrate, dispatch_uid="staff_groups")
 def _staff_groups(sender: Any, apps: Any = None, **kwargs: Any) -> None:
-    if sender.label not in ("projects", "stacks", "billing") or apps is None:
+    if sender.label not in ("projects", "stacks", "billing"):
         return
+    if apps is None:
+        # ``flush`` (transactional tests, support resets) sends post_migrate without the
+        # migration state: the installed models are the current ones.
+        apps = installed_apps
     try:
         apps.get_model("auth", "Group")
     except LookupError:

@@ -7,17 +7,35 @@ message fit to show the customer; nothing is written when one is raised.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import secrets
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
+from allauth.account.models import EmailAddress
 from django.conf import settings
+from django.contrib.auth import get_user_model
 from django.core import signing
+from django.core.exceptions import ValidationError
+from django.core.validators import validate_email
 from django.db import IntegrityError, transaction
 from django.http import HttpRequest
 from django.utils import timezone
 
-from projects.models import AuditEvent, Invitation, Membership, Organization, Role
+from projects import tasks
+from projects.crypto import decrypt, encrypt, generate_ssh_key
+from projects.models import (
+    ApiToken,
+    AuditEvent,
+    EnvironmentStatus,
+    Invitation,
+    Membership,
+    Organization,
+    Project,
+    Role,
+)
 from projects.signals import organization_created
 
 if TYPE_CHECKING:
@@ -232,9 +250,6 @@ def invitation_from_token(token: str) -> Invitation | None:
 
 
 def _normalize_email(email: str) -> str:
-    from django.core.exceptions import ValidationError
-    from django.core.validators import validate_email
-
     email = (email or "").strip()
     try:
         validate_email(email)
@@ -248,8 +263,6 @@ def _normalize_email(email: str) -> str:
 def invite_member(
     *, organization: Organization, email: str, role: str, actor: User, origin: Origin | None = None
 ) -> Invitation:
-    from projects.tasks import send_invitation_email_task
-
     acting = require_role(actor, organization, Role.ADMIN)
     email = _normalize_email(email)
     if role not in Role.values:
@@ -276,7 +289,7 @@ def invite_member(
         data={"role": role, "invitation": invitation.pk},
         origin=origin,
     )
-    transaction.on_commit(lambda: send_invitation_email_task.delay(invitation.pk))
+    transaction.on_commit(lambda: tasks.send_invitation_email_task.delay(invitation.pk))
     return invitation
 
 
@@ -297,8 +310,6 @@ def revoke_invitation(*, invitation: Invitation, actor: User, origin: Origin | N
 
 
 def _verified_emails(user: User) -> set[str]:
-    from allauth.account.models import EmailAddress
-
     return {
         e.lower()
         for e in EmailAddress.objects.filter(user=user, verified=True).values_list("email", flat=True)
@@ -355,8 +366,6 @@ def ensure_verified_user(
 
     Returns ``(user, created)``. A new user gets a personal organization like any sign-up.
     """
-    from allauth.account.models import EmailAddress
-    from django.contrib.auth import get_user_model
 
     email = _normalize_email(email)
     existing = EmailAddress.objects.filter(email__iexact=email).select_related("user").first()
@@ -376,16 +385,12 @@ def ensure_verified_user(
 
 
 # --- API tokens -------------------------------------------------------------------------------
-if TYPE_CHECKING:
-    from projects.models import ApiToken
 
 API_TOKEN_MAX_DAYS = 3650
 API_TOKEN_TOUCH_SECONDS = 60
 
 
 def _api_token_hash(secret: str) -> str:
-    import hashlib
-
     return hashlib.sha256(secret.encode()).hexdigest()
 
 
@@ -401,9 +406,6 @@ def create_api_token(
 ) -> tuple[ApiToken, str]:
     """A new personal token; returns ``(token, secret)``. Only the secret's SHA-256 is
     stored: the caller shows the secret once and it can never be shown again."""
-    import secrets
-
-    from projects.models import ApiToken
 
     name = " ".join((name or "").split())
     if any(ord(ch) < 32 for ch in name):
@@ -451,7 +453,6 @@ def create_api_token(
 @transaction.atomic
 def revoke_api_token(*, token: ApiToken, actor: User, origin: Origin | None = None) -> None:
     """Revoke one of the actor's own tokens; revoking twice is not an error."""
-    from projects.models import ApiToken
 
     if token.user_id != actor.pk:
         raise ServiceError("There is no such token.", status=404)
@@ -469,9 +470,6 @@ def revoke_api_token(*, token: ApiToken, actor: User, origin: Origin | None = No
 
 def authenticate_api_token(secret: str) -> ApiToken | None:
     """The active token ``secret`` belongs to (its user active too), else None."""
-    import hmac
-
-    from projects.models import ApiToken
 
     parts = (secret or "").split("_", 2)
     if len(parts) != 3 or parts[0] != "sp" or not parts[1] or len(secret) > 200:
@@ -487,3 +485,118 @@ def authenticate_api_token(secret: str) -> ApiToken | None:
         ApiToken.objects.filter(pk=token.pk).update(last_used_at=now)
         token.last_used_at = now
     return token
+
+
+# --- archived projects ---------------------------------------------------------------------------
+def purge_project(
+    *, project: Project, actor: User, confirmation: str, origin: Origin | None = None
+) -> Project:
+    """ "Delete for good" an archived project (admins and owners, typing its name): it leaves the
+    archive and answers 404 from then on. Its rows stay, because usage records, invoice lines,
+    backups and the audit log refer to them; its deploy key is erased. Refused while any of its
+    environments is not destroyed. Purging a purged project again changes nothing."""
+    with transaction.atomic():
+        locked = Project.objects.select_for_update().get(pk=project.pk)
+        require_role(actor, locked.organization, Role.ADMIN)
+        if locked.purged_at is not None:
+            return locked
+        if " ".join(confirmation.split()) != locked.name:
+            raise ServiceError("Type the project's name exactly to confirm.", field="confirmation")
+        environments = list(locked.environments.values_list("status", flat=True))
+        if not environments or any(status != EnvironmentStatus.DESTROYED for status in environments):
+            raise ServiceError(
+                "Only a project whose every environment is destroyed can be deleted for good.", status=409
+            )
+        locked.purged_at = timezone.now()
+        locked.deploy_key_private, locked.deploy_key_public, locked.ssh_known_hosts = b"", "", ""
+        locked.deploy_key_created_at = None
+        locked.save(
+            update_fields=[
+                "purged_at",
+                "deploy_key_private",
+                "deploy_key_public",
+                "ssh_known_hosts",
+                "deploy_key_created_at",
+            ]
+        )
+        record_audit_event(
+            action="project.purged",
+            actor=actor,
+            organization=locked.organization,
+            target=f"project:{locked.pk} {locked.name}",
+            data={"project": locked.pk, "environments": len(environments)},
+            origin=origin,
+        )
+    return locked
+
+
+# --- ssh deploy keys -----------------------------------------------------------------------------
+def issue_deploy_key(*, project: Project) -> str:
+    """Give the project a new Ed25519 deploy key (for services that checked the role
+    already, e.g. at creation); the old one, if any, is gone. Returns the public key."""
+    private, public = generate_ssh_key(f"stackport-project-{project.pk}")
+    project.deploy_key_public, project.deploy_key_private = public, encrypt(private)
+    project.deploy_key_created_at = timezone.now()
+    project.save(update_fields=["deploy_key_public", "deploy_key_private", "deploy_key_created_at"])
+    return public
+
+
+@transaction.atomic
+def rotate_deploy_key(*, project: Project, actor: User, origin: Origin | None = None) -> str:
+    """The project's first deploy key, or a new one replacing the old (fetches with the old
+    key stop working at once: the customer adds the new public key to their git host)."""
+    require_role(actor, project.organization, Role.ADMIN)
+    project = Project.objects.select_for_update().get(pk=project.pk)
+    replaced = bool(project.deploy_key_public)
+    public = issue_deploy_key(project=project)
+    record_audit_event(
+        action="project.deploy_key_rotate" if replaced else "project.deploy_key_create",
+        actor=actor,
+        organization=project.organization,
+        target=f"project {project.name}",
+        data={"public_key": public},
+        origin=origin,
+    )
+    return public
+
+
+def deploy_key_of(project: Project) -> str | None:
+    """The private half of the project's deploy key (for the worker's git over ssh only)."""
+    return decrypt(project.deploy_key_private) if project.deploy_key_private else None
+
+
+@transaction.atomic
+def forget_ssh_host_keys(*, project: Project, actor: User, origin: Origin | None = None) -> None:
+    """Forget the git servers' host keys recorded on first use: the next fetch over ssh
+    accepts and records the key it is shown (for a server whose key really changed)."""
+    require_role(actor, project.organization, Role.ADMIN)
+    changed = Project.objects.filter(pk=project.pk).exclude(ssh_known_hosts="").update(ssh_known_hosts="")
+    if changed:
+        record_audit_event(
+            action="project.ssh_host_keys_forget",
+            actor=actor,
+            organization=project.organization,
+            target=f"project {project.name}",
+            origin=origin,
+        )
+
+
+@transaction.atomic
+def record_ssh_host_keys(*, project_id: int, known_hosts: str) -> None:
+    """Add the host keys a fetch accepted on first use to the project's (the worker's call);
+    lines it has already stay, so two fetches at once lose nothing."""
+    project = Project.objects.select_for_update().filter(pk=project_id).first()
+    if project is None:
+        return
+    have = project.ssh_known_hosts.splitlines()
+    new = [line for line in known_hosts.splitlines() if line.strip() and line not in have]
+    if not new:
+        return
+    project.ssh_known_hosts = "\n".join([*have, *new]) + "\n"
+    project.save(update_fields=["ssh_known_hosts"])
+    record_audit_event(
+        action="project.ssh_host_key_record",
+        organization=project.organization,
+        target=f"project {project.name}",
+        data={"host_keys": new},
+    )

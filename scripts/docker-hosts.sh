@@ -8,6 +8,8 @@
 #   scripts/docker-hosts.sh status     print the hosts that answer
 # Printed on stdout, one host a line: name, Docker URL, host address, container block:
 #   sp1 unix:///run/stackport/h1/docker.sock 10.199.1.2 10.225.0.0/16
+# Each host's engine also listens on tcp://10.199.N.2:2376 with mutual TLS (--tlsverify),
+# its certificate from the CA in /var/lib/stackport/hosts/ca (STACKPORT_HOSTS_CA).
 # Progress goes to stderr. Idempotent: "up" with everything up changes nothing.
 #
 # Per host N (1..31):
@@ -29,31 +31,55 @@
 # own; only processes in the host's namespace, dockerd and containerd, see the
 # forwarder). The engine trusts 127.0.0.0/8 registries without TLS, as the root engine
 # does. (A registry mirror cannot do this: mirrors only apply to docker.io.)
+# The same images are also served over TLS with credentials, as a host on another machine
+# pulls them (docs/install.md, "The image registry"): a read-only registry on
+# $REGISTRY_TLS (default 10.199.0.1:5443, STACKPORT_HOSTS_REGISTRY_TLS; "" for none), an
+# address of the root namespace (on its loopback link) that every host reaches through its
+# default route; its certificate is from $CA, which every engine here trusts for
+# it (/etc/docker/certs.d/<address>/ca.crt, one folder for all dockerds of this machine);
+# scripts/registry.sh starts it and keeps its credentials. Hosts pull through it when the
+# portal's STACKPORT_REGISTRY_PULL_URL names it. The root namespace lets the hosts' own
+# addresses (not containers') in to that port only.
 #
 # Container network ("fabric"), see docs/backends.md, "Several Docker hosts":
 #   10.224.0.0/11 holds every stack container. Host N owns 10.(224+N).0.0/16; stack S
 #   (1..254, one number per stack across the cluster) gets 10.(224+N).S.0/24 on host N
 #   as a plain bridge network without masquerading. The root namespace plays the LAN: it
-#   routes each host's /16 to that host and forwards only container-to-container
-#   traffic between hosts. Each host's DOCKER-USER chain lets a container talk only to
-#   the same third octet (same stack, any host: one cBPF match) and lets the root
-#   namespace (the edge, 10.199.N.1) in; everything else from or to a stack container
-#   is dropped: other stacks, other hosts' own addresses, the root namespace's services,
-#   the internet. The rules are static: the backend only creates networks.
+#   routes each host's /16 to that host and forwards container-to-container traffic
+#   between hosts, and hosts' own traffic to public addresses. Each host's egress policy
+#   (scripts/host-firewall.sh --fabric, an nftables table of its own) lets a container
+#   talk only to the same third octet (same stack, any host) and lets the root namespace
+#   (the edge, 10.199.N.1) in; a stack whose plan allows the internet (bridge "spe-...")
+#   also reaches public addresses, masqueraded behind the host's address; everything
+#   else from or to a stack container is dropped: other stacks, other hosts' own
+#   addresses, the root namespace's services, private and link-local ranges. The rules
+#   are static: the backend only names and creates networks.
 # Swarm overlay networks were tried too: plain VXLAN overlays work here, encrypted ones do
 # not (no ESP in this kernel: "Failed Adding fSA{... rfc4106(gcm(aes)) ...}: function not
 # implemented"), IPVS is missing (no service VIPs or routing mesh), and the edge cannot
 # reach an overlay address without published ports. docs/backends.md has the comparison.
 set -euo pipefail
 
+# Daemons started here (dockerd, socat) must not inherit a descriptor of the caller's:
+# "flock /tmp/netns.lock scripts/docker-hosts.sh up" would stay locked as long as they run.
+for fd in /proc/$$/fd/*; do
+  fd=${fd##*/}
+  if [ "$fd" -gt 2 ] 2>/dev/null; then eval "exec $fd>&-" 2>/dev/null || true; fi
+done
+
 RUN=/run/stackport
 LIB=/var/lib/stackport/hosts
 REGISTRY=${STACKPORT_HOSTS_REGISTRY:-127.0.0.1:5000}
 POOL=10.224.0.0/11
+HOSTS_NET=10.199.0.0/16
+CA=${STACKPORT_HOSTS_CA:-$LIB/ca}
+TLS_PORT=2376
+REGISTRY_TLS=${STACKPORT_HOSTS_REGISTRY_TLS-10.199.0.1:5443}
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+# Never forwarded from a host to outside the fabric (scripts/host-firewall.sh blocks them
+# inside the hosts already; this is the LAN's own line).
+PRIVATE="0.0.0.0/8 10.0.0.0/8 100.64.0.0/10 127.0.0.0/8 169.254.0.0/16 172.16.0.0/12 192.0.0.0/24 192.168.0.0/16 198.18.0.0/15 224.0.0.0/3"
 MAX_HOSTS=31
-# cBPF (xt_bpf runs it on the IPv4 header): match when the third octets of source (byte
-# 14) and destination (byte 18) are equal, i.e. both ends belong to the same stack.
-SAME_STACK_BPF='6,48 0 0 14,7 0 0 0,48 0 0 18,29 0 1 0,6 0 0 1,6 0 0 0'
 
 log() { echo "$*" >&2; }
 die() { echo "error: $*" >&2; exit 1; }
@@ -75,6 +101,7 @@ require_tools() {
   command -v dockerd >/dev/null 2>&1 || missing+=(docker.io)
   command -v socat >/dev/null 2>&1 || missing+=(socat)
   command -v iptables >/dev/null 2>&1 || missing+=(iptables)
+  command -v nft >/dev/null 2>&1 || missing+=(nftables)
   if ((${#missing[@]})); then
     log "installing ${missing[*]}"
     DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}" >&2
@@ -89,59 +116,71 @@ ensure_rule() {
   "${ipt[@]}" -C "$chain" "$@" 2>/dev/null || "${ipt[@]}" -I "$chain" 1 "$@"
 }
 
-# Root namespace: forward container-to-container traffic between hosts, nothing else;
-# accept nothing from a host's link but replies to connections the root opened (the edge).
+# Root namespace (the LAN): forward container-to-container traffic between hosts, and a
+# host's own (masqueraded) traffic to public addresses, the egress its containers' plans
+# allow (the host's rules decide which); accept nothing from a host's link but replies to
+# connections the root opened (the edge).
 root_rules() {
   iptables -w -N STACKPORT-HOSTS 2>/dev/null || true
   iptables -w -N STACKPORT-HOSTS-IN 2>/dev/null || true
+  iptables -w -N STACKPORT-HOSTS-OUT 2>/dev/null || true
+  iptables -w -F STACKPORT-HOSTS-OUT
+  local range
+  for range in $PRIVATE; do iptables -w -A STACKPORT-HOSTS-OUT -d "$range" -j RETURN; done
+  iptables -w -A STACKPORT-HOSTS-OUT -j ACCEPT
   iptables -w -F STACKPORT-HOSTS
   iptables -w -A STACKPORT-HOSTS -i sp-h+ -o sp-h+ -s "$POOL" -d "$POOL" -j ACCEPT
+  iptables -w -A STACKPORT-HOSTS -o sp-h+ -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT
+  iptables -w -A STACKPORT-HOSTS -i sp-h+ ! -o sp-h+ -s "$HOSTS_NET" -j STACKPORT-HOSTS-OUT
   iptables -w -A STACKPORT-HOSTS -i sp-h+ -j DROP
   iptables -w -A STACKPORT-HOSTS -o sp-h+ -j DROP
   iptables -w -F STACKPORT-HOSTS-IN
   iptables -w -A STACKPORT-HOSTS-IN -i sp-h+ -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT
+  if [ -n "$REGISTRY_TLS" ]; then
+    iptables -w -A STACKPORT-HOSTS-IN -i sp-h+ -s "$HOSTS_NET" -d "${REGISTRY_TLS%:*}" -p tcp \
+      --dport "${REGISTRY_TLS##*:}" -j ACCEPT
+  fi
   iptables -w -A STACKPORT-HOSTS-IN -i sp-h+ -j DROP
   ensure_rule root filter FORWARD -j STACKPORT-HOSTS
   ensure_rule root filter INPUT -j STACKPORT-HOSTS-IN
+  # The LAN's own way out, as a real LAN's router has: what a host may send to a public
+  # address (STACKPORT-HOSTS-OUT let it through; the hosts masquerade their containers
+  # already) leaves with this machine's address. Without it the hosts reach only what is
+  # routed here (the tests' "outside" namespace), not the package registries builds need.
+  ensure_rule root nat POSTROUTING -s "$HOSTS_NET" ! -o sp-h+ -j MASQUERADE
   [ "$(sysctl -n net.ipv4.ip_forward)" = 1 ] || sysctl -qw net.ipv4.ip_forward=1
 }
 
 remove_root_rules() {
+  iptables -w -t nat -D POSTROUTING -s "$HOSTS_NET" ! -o sp-h+ -j MASQUERADE 2>/dev/null || true
   iptables -w -D FORWARD -j STACKPORT-HOSTS 2>/dev/null || true
   iptables -w -D INPUT -j STACKPORT-HOSTS-IN 2>/dev/null || true
-  for chain in STACKPORT-HOSTS STACKPORT-HOSTS-IN; do
+  for chain in STACKPORT-HOSTS STACKPORT-HOSTS-IN STACKPORT-HOSTS-OUT; do
     iptables -w -F "$chain" 2>/dev/null || true
     iptables -w -X "$chain" 2>/dev/null || true
   done
 }
 
-# Inside host N, after its dockerd created DOCKER-USER (which dockerd keeps first in
-# FORWARD and never flushes): rewritten whole on every "up".
+# Inside host N. What containers may NOT do is the egress policy, an nftables table of its
+# own (scripts/host-firewall.sh), applied before Docker's rules and whatever they say.
+# Docker's own FORWARD rules drop routed traffic into its bridges, so DOCKER-USER (which
+# dockerd keeps first in FORWARD and never flushes) lets through what the policy may allow:
+# the edge and the same stack on other hosts (the policy narrows it to the same stack).
+# Both rewritten whole on every "up".
 host_rules() {
   local n=$1
+  "$HERE/host-firewall.sh" apply --netns "$(netns "$n")" --tenants "$POOL" \
+    --edge "$(root_ip "$n")" --fabric --out eth0
   in_ns "$n" iptables -w -P FORWARD DROP
   in_ns "$n" iptables -w -F DOCKER-USER
-  local rules=(
-    "-m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT"
-    "-s $POOL -d $POOL -m bpf --bytecode SAME_STACK -j ACCEPT"
-    "-i eth0 -s $(root_ip "$n") -d $POOL -j ACCEPT"
-    "-s $POOL -j DROP"
-    "-d $POOL -j DROP"
-    "-j RETURN"
-  )
-  local rule
-  for rule in "${rules[@]}"; do
-    # shellcheck disable=SC2086  # word splitting of the rule text is wanted
-    set -- $rule
-    local args=()
-    for word in "$@"; do [ "$word" = SAME_STACK ] && args+=("$SAME_STACK_BPF") || args+=("$word"); done
-    in_ns "$n" iptables -w -A DOCKER-USER "${args[@]}"
-  done
-  # Nothing on the host itself (its gateway addresses) is for containers.
-  in_ns "$n" iptables -w -N STACKPORT-INPUT 2>/dev/null || true
-  in_ns "$n" iptables -w -F STACKPORT-INPUT
-  in_ns "$n" iptables -w -A STACKPORT-INPUT -s "$POOL" -j DROP
-  ensure_rule "$n" filter INPUT -j STACKPORT-INPUT
+  in_ns "$n" iptables -w -A DOCKER-USER -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT
+  in_ns "$n" iptables -w -A DOCKER-USER -s "$POOL" -d "$POOL" -j ACCEPT
+  in_ns "$n" iptables -w -A DOCKER-USER -i eth0 -s "$(root_ip "$n")" -d "$POOL" -j ACCEPT
+  in_ns "$n" iptables -w -A DOCKER-USER -j RETURN
+  # Earlier versions of this script kept the policy in iptables.
+  in_ns "$n" iptables -w -D INPUT -j STACKPORT-INPUT 2>/dev/null || true
+  in_ns "$n" iptables -w -F STACKPORT-INPUT 2>/dev/null || true
+  in_ns "$n" iptables -w -X STACKPORT-INPUT 2>/dev/null || true
 }
 
 ensure_link() {
@@ -203,8 +242,46 @@ ensure_registry_forwarder() {
   fi
 }
 
+# The host's Docker API on tcp, mutual TLS only (docs/security.md, "Docker engines over
+# TCP"): a server certificate from the fabric's CA ($CA, made with the portal's own module;
+# point STACKPORT_ENGINE_CA_DIR at it so the portal's client certificate comes from it).
+# Without the project's virtualenv the hosts listen on their unix socket only.
+ensure_tls() {
+  local n=$1 root
+  root=$(cd "$HERE/.." && pwd)
+  [ -x "$root/.venv/bin/python" ] || { log "no $root/.venv: sp$n without a TLS listener"; return 0; }
+  (cd "$root" && .venv/bin/python -m stacks.runtime.engine_ca server --ca "$CA" --name "sp$n" \
+    --address "$(host_ip "$n")" --out "$RUN/h$n/tls" >/dev/null)
+}
+tls_flags() {
+  local n=$1 tls=$RUN/h$1/tls
+  [ -s "$tls/cert.pem" ] || return 0
+  echo "--host tcp://$(host_ip "$n"):$TLS_PORT --tlsverify --tlscacert $tls/ca.pem --tlscert $tls/cert.pem --tlskey $tls/key.pem"
+}
+listens_tls() { in_ns "$1" ss -Hltn "sport = :$TLS_PORT" | grep -q .; }
+
+# The registry's TLS listener (see the header), and every engine here trusting its CA.
+ensure_registry_tls() {
+  [ -n "$REGISTRY_TLS" ] || return 0
+  local root ip=${REGISTRY_TLS%:*}
+  root=$(cd "$HERE/.." && pwd)
+  [ -x "$root/.venv/bin/python" ] || { log "no $root/.venv: no TLS registry for the hosts"; return 0; }
+  # On the loopback link (this kernel has no dummy links): a local address, reached from
+  # every host link as any of the root's addresses is.
+  ip addr replace "$ip/32" dev lo
+  STACKPORT_REGISTRY_TLS_ADDR=$REGISTRY_TLS STACKPORT_REGISTRY_CA=$CA "$HERE/registry.sh" >&2 ||
+    { log "warning: the TLS registry on $REGISTRY_TLS did not start; pulls through it will fail"; return 0; }
+  mkdir -p "/etc/docker/certs.d/$REGISTRY_TLS"
+  cmp -s "$CA/ca.pem" "/etc/docker/certs.d/$REGISTRY_TLS/ca.crt" ||
+    install -m 644 "$CA/ca.pem" "/etc/docker/certs.d/$REGISTRY_TLS/ca.crt"
+}
+
 ensure_dockerd() {
   local n=$1 dir=$RUN/h$n logf=/var/log/stackport-hosts-h$n.log
+  if answers "$n" && [ -n "$(tls_flags "$n")" ] && ! listens_tls "$n"; then
+    log "restarting dockerd of sp$n to add its TLS listener"
+    stop_pid "$dir/docker.pid" 60
+  fi
   answers "$n" && return 0
   if pid_alive "$dir/docker.pid"; then
     log "sp$n: dockerd $(cat "$dir/docker.pid") runs but does not answer yet"
@@ -213,8 +290,9 @@ ensure_dockerd() {
     rm -f "$dir/docker.sock" "$dir/docker.pid"
     mkdir -p "$dir/exec"
     # setsid: the engine outlives whoever ran this script (a test session, a CI step).
+    # shellcheck disable=SC2046  # the TLS flags are words
     nsenter --net="$(ns_path "$n")" setsid dockerd --config-file "$dir/daemon.json" \
-      --host "unix://$dir/docker.sock" --data-root "$LIB/h$n" --exec-root "$dir/exec" \
+      --host "unix://$dir/docker.sock" $(tls_flags "$n") --data-root "$LIB/h$n" --exec-root "$dir/exec" \
       --pidfile "$dir/docker.pid" --containerd-namespace "stackport-h$n" \
       --containerd-plugins-namespace "stackport-h$n-plugins" \
       </dev/null >>"$logf" 2>&1 9>&- &
@@ -261,12 +339,14 @@ up() {
   curl -fsS --max-time 2 "http://$REGISTRY/v2/" >/dev/null 2>&1 ||
     log "warning: no registry answers on $REGISTRY (scripts/registry.sh); pulls will fail"
   root_rules
+  ensure_registry_tls
   for n in $(seq 1 "$count"); do
     mkdir -p "$RUN/h$n" "$LIB/h$n"
     chmod 700 "$RUN" "$RUN/h$n"
     ensure_link "$n"
     write_config "$n"
     ensure_registry_forwarder "$n"
+    ensure_tls "$n"
     ensure_dockerd "$n"
     host_rules "$n"
     ensure_volume_tools "$n"

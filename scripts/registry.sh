@@ -4,6 +4,15 @@
 # the background and logs to /var/log/stackport-registry.log. The data folder is kept
 # across runs: it is CI's image cache.
 #   STACKPORT_REGISTRY_ADDR=127.0.0.1:5000 scripts/registry.sh
+#
+# Pulls from other hosts (docs/install.md, "The image registry"): with
+# STACKPORT_REGISTRY_TLS_ADDR=IP:PORT (and STACKPORT_REGISTRY_CA=DIR, the portal's CA folder,
+# stacks/runtime/engine_ca.py) a second, read-only docker-registry serves the same storage on
+# that address with TLS (a server certificate of that CA for IP, in $DIR/tls) and basic auth
+# (bcrypt htpasswd, $DIR/htpasswd). Its one account's name and password are made once and
+# kept in $DIR/pull-credentials ("user:password", mode 600): what the portal's
+# STACKPORT_REGISTRY_USERNAME/PASSWORD say. The address must already be on this machine.
+# Pushes stay on the loopback listener above, which nothing outside this machine reaches.
 set -euo pipefail
 ADDR=${STACKPORT_REGISTRY_ADDR:-127.0.0.1:5000}
 DIR=/var/lib/stackport/registry
@@ -60,18 +69,87 @@ fi
 
 answers() { curl -fsS --max-time 2 "$URL" >/dev/null 2>&1; }
 
-if answers; then
-  exit 0
+# start CONFIG LOG WHAT: start a registry unless answers_fn answers; wait until it does.
+start() {
+  local config=$1 log=$2 what=$3 check=$4 pid
+  "$check" && return 0
+  echo "starting docker-registry on $what"
+  # setsid: the registry outlives whoever ran this script (a test session, a CI step).
+  nohup setsid docker-registry serve "$config" >"$log" 2>&1 </dev/null 9>&- &
+  pid=$!
+  for _ in $(seq 1 60); do
+    "$check" && return 0
+    kill -0 "$pid" 2>/dev/null || break  # exited (bad config, port taken): no use waiting
+    sleep 0.5
+  done
+  echo "error: docker-registry did not answer on $what; see $log" >&2
+  tail -20 "$log" >&2
+  return 1
+}
+
+start "$CONFIG" "$LOG" "$URL" answers
+
+TLS_ADDR=${STACKPORT_REGISTRY_TLS_ADDR:-}
+[ -n "$TLS_ADDR" ] || exit 0
+CA=${STACKPORT_REGISTRY_CA:?STACKPORT_REGISTRY_CA (the CA folder) is needed with STACKPORT_REGISTRY_TLS_ADDR}
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+if ! command -v htpasswd >/dev/null 2>&1; then
+  echo "installing apache2-utils (htpasswd)"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends apache2-utils
 fi
-echo "starting docker-registry on $ADDR"
-# setsid: the registry outlives whoever ran this script (a test session, a CI step).
-nohup setsid docker-registry serve "$CONFIG" >"$LOG" 2>&1 </dev/null 9>&- &
-pid=$!
-for _ in $(seq 1 60); do
-  answers && exit 0
-  kill -0 "$pid" 2>/dev/null || break  # exited (bad config, port taken): no use waiting
-  sleep 0.5
-done
-echo "error: docker-registry did not answer on $URL; see $LOG" >&2
-tail -20 "$LOG" >&2
-exit 1
+(cd "$ROOT" && .venv/bin/python -m stacks.runtime.engine_ca server --ca "$CA" --name stackport-registry \
+  --address "${TLS_ADDR%:*}" --out "$DIR/tls" >/dev/null)
+if [ ! -s "$DIR/pull-credentials" ]; then
+  (umask 077; echo "stackport-pull:$(head -c 24 /dev/urandom | base64 | tr -d '/+=')" >"$DIR/pull-credentials")
+fi
+IFS=: read -r PULL_USER PULL_PASSWORD <"$DIR/pull-credentials"
+# Rewritten only when the password no longer matches (bcrypt salts differ on every run).
+if ! htpasswd -vb "$DIR/htpasswd" "$PULL_USER" "$PULL_PASSWORD" >/dev/null 2>&1; then
+  (umask 077; htpasswd -Bbn "$PULL_USER" "$PULL_PASSWORD" >"$DIR/htpasswd.new")
+  mv "$DIR/htpasswd.new" "$DIR/htpasswd"
+fi
+TLS_CONFIG=$DIR/config-tls.yml
+new=$(mktemp "$DIR/config-tls.yml.XXXXXX")
+cat >"$new" <<YAML
+# Written by scripts/registry.sh: edits here are replaced on its next run.
+# Read-only: the same storage as $CONFIG, for pulls from other hosts.
+version: 0.1
+log:
+  level: warn
+  accesslog:
+    disabled: true
+  fields:
+    service: stackport-registry-tls
+storage:
+  filesystem:
+    rootdirectory: $DIR/data
+  maintenance:
+    uploadpurging:
+      enabled: false
+    readonly:
+      enabled: true
+auth:
+  htpasswd:
+    realm: stackport-registry
+    path: $DIR/htpasswd
+http:
+  addr: $TLS_ADDR
+  secret: $(cat "$DIR/http-secret")
+  tls:
+    certificate: $DIR/tls/cert.pem
+    key: $DIR/tls/key.pem
+    minimumtls: tls1.2
+  headers:
+    X-Content-Type-Options: [nosniff]
+YAML
+if cmp -s "$new" "$TLS_CONFIG"; then
+  rm -f "$new"
+else
+  chmod 600 "$new"
+  mv "$new" "$TLS_CONFIG"
+fi
+answers_tls() {
+  curl -fsS --max-time 2 --cacert "$DIR/tls/ca.pem" -u "$PULL_USER:$PULL_PASSWORD" \
+    "https://$TLS_ADDR/v2/" >/dev/null 2>&1
+}
+start "$TLS_CONFIG" /var/log/stackport-registry-tls.log "https://$TLS_ADDR/v2/" answers_tls

@@ -42,6 +42,29 @@ if [ -z "${STACKPORT_BACKUP_REPOSITORY:-}" ] && [ -x .venv/bin/rclone ]; then
   export STACKPORT_BACKUP_S3_ACCESS_KEY=$s3_access STACKPORT_BACKUP_S3_SECRET_KEY=$s3_secret
 fi
 
+# HTTPS on the demo edge (docs/install.md): Pebble, an ACME test CA on loopback, and a dnsmasq
+# that points *.test and *.localhost at 127.0.0.1 for Pebble's validations and the portal's
+# domain checks. Nothing reaches the internet.
+if [ -z "${STACKPORT_ACME_DIRECTORY+set}" ]; then
+  mkdir -p var/pebble
+  /usr/sbin/dnsmasq --keep-in-foreground --no-resolv --no-hosts --conf-file=/dev/null \
+    --pid-file="$PWD/var/pebble/dnsmasq.pid" --port=15353 --listen-address=127.0.0.1 --bind-interfaces \
+    --address=/test/127.0.0.1 --address=/localhost/127.0.0.1 &
+  pids+=($!)
+  STACKPORT_PEBBLE_DIR=$PWD/var/pebble STACKPORT_PEBBLE_DNS=127.0.0.1:15353 \
+    STACKPORT_PEBBLE_HTTP_PORT=8080 STACKPORT_PEBBLE_TLS_PORT=8443 scripts/pebble.sh >var/pebble/pebble.log 2>&1 &
+  pids+=($!)
+  export STACKPORT_ACME_DIRECTORY=https://127.0.0.1:14000/dir STACKPORT_ACME_CA_ROOT=$PWD/var/pebble/cert.pem
+  export STACKPORT_EDGE_HTTPS_LISTEN=${STACKPORT_EDGE_HTTPS_LISTEN:-127.0.0.1:8443}
+  export STACKPORT_DNS_RESOLVERS=${STACKPORT_DNS_RESOLVERS:-127.0.0.1:15353}
+  export STACKPORT_DOMAIN_HTTP_PORT=${STACKPORT_DOMAIN_HTTP_PORT:-8080}
+  export STACKPORT_DOMAIN_HTTP_ALLOW_LOOPBACK=${STACKPORT_DOMAIN_HTTP_ALLOW_LOOPBACK:-on}
+  export STACKPORT_EDGE_PUBLIC_ADDRESSES=${STACKPORT_EDGE_PUBLIC_ADDRESSES:-127.0.0.1}
+  # The demo links (*.apps.localhost) stay on plain HTTP: only Caddy's local CA can certify
+  # them, and a redirect to a certificate the browser does not trust breaks every sales demo.
+  export STACKPORT_EDGE_REDIRECT_LOCALHOST_NAMES=${STACKPORT_EDGE_REDIRECT_LOCALHOST_NAMES:-off}
+fi
+
 .venv/bin/celery -A portal worker --beat --loglevel INFO --concurrency 2 \
   --schedule var/celerybeat-schedule &
 pids+=($!)
@@ -53,7 +76,9 @@ cat <<MSG
   Stackport is running:  http://127.0.0.1:8000/
   Demo login:            demo@stackport.localhost  /  stackport-demo
   Admin (staff):         http://127.0.0.1:8000/admin/  (admin@stackport.localhost, same password)
-  Demo stacks:           http://<environment>.apps.localhost:8080/ (listed above)
+  Demo stacks:           http://<environment>.apps.localhost:8080/ (listed above; not
+                         redirected), and over HTTPS on :8443 (certificates from Pebble and
+                         Caddy's local CA: your browser warns, neither CA is trusted)
   E-mails (verification links, invitations) are printed here.
   Ctrl-C to stop.
 

@@ -3,9 +3,10 @@
 #   scripts/system-deps.sh run    what `make run` needs
 #   scripts/system-deps.sh test   what `make test` needs (adds PostgreSQL, Redis, Chromium)
 set -euo pipefail
-want=(python3 python3-venv python3-dev nodejs npm docker.io debootstrap docker-registry libpango-1.0-0 libpangoft2-1.0-0 fonts-dejavu-core restic)
+want=(python3 python3-venv python3-dev nodejs npm docker.io nftables debootstrap docker-registry apache2-utils libpango-1.0-0 libpangoft2-1.0-0 fonts-dejavu-core restic pebble dnsmasq-base openssl)
 if [ "${1:-run}" = test ]; then
-  want+=(postgresql redis-server chromium busybox-static dnsmasq-base)
+  # haproxy: the edge's next data plane (tests/stacks/test_haproxy_edge.py), run by scripts/haproxy.sh.
+  want+=(postgresql redis-server chromium busybox-static openssh-server haproxy)
 fi
 missing=()
 for pkg in "${want[@]}"; do
@@ -25,4 +26,10 @@ if [ ${#missing[@]} -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -q
   apt-get install -y -q --no-install-recommends "${missing[@]}"
+fi
+# Debian's haproxy package enables its own service (/etc/haproxy/haproxy.cfg): Stackport runs
+# HAProxy as a process of its own (scripts/haproxy.sh), so the distro's stays off.
+if [[ " ${want[*]} " == *" haproxy "* ]] && [ -d /run/systemd/system ] &&
+  systemctl is-enabled --quiet haproxy.service 2>/dev/null; then
+  systemctl disable --now haproxy.service
 fi

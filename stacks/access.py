@@ -9,7 +9,7 @@ from django.http import Http404, HttpRequest
 
 from projects.access import get_membership_for_user
 from projects.models import Role
-from stacks.models import Operation
+from stacks.models import Backup, Operation
 
 
 def get_operation_for_user(request: HttpRequest, operation_id: int, *, role: str = Role.VIEWER) -> Any:
@@ -27,7 +27,6 @@ def get_operation_for_user(request: HttpRequest, operation_id: int, *, role: str
 
 def get_backup_for_user(request: HttpRequest, backup_id: int, *, role: str = Role.VIEWER) -> Any:
     """A backup of an environment the user may see; 404 otherwise (another organization's too)."""
-    from stacks.models import Backup
 
     backup = (
         Backup.objects.select_related("environment__project__organization").filter(pk=backup_id).first()

@@ -10,6 +10,7 @@ from django import forms
 from django.contrib import admin, messages
 from django.db.models import Count, QuerySet
 from django.http import HttpRequest
+from django.template.defaultfilters import filesizeformat
 from django.template.response import TemplateResponse
 from django.urls import reverse
 from django.utils import timezone
@@ -18,9 +19,9 @@ from django.utils.safestring import SafeString
 
 from projects.access import VIEW_AS_PERMISSION
 from projects.admin_helpers import ReadOnlyInline, SupportActionsMixin, action_form, staff_user
-from projects.models import Environment, Organization, Project
+from projects.models import Environment, EnvironmentStatus, Organization, Project
 from projects.sensitive import sensitive_action
-from projects.services import Origin
+from projects.services import Origin, ServiceError
 from stacks.models import (
     CompatibilityRule,
     Component,
@@ -28,6 +29,7 @@ from stacks.models import (
     DockerHost,
     Domain,
     DomainClaim,
+    EdgeCertificate,
     Framework,
     KernelVersion,
     Operation,
@@ -42,6 +44,9 @@ from stacks.models import (
     Variable,
     placed_hosts,
 )
+from stacks.runtime import domains, old_data, support
+from stacks.runtime.hosts import URL_RE, refresh_host
+from stacks.runtime.reconcile import WAITING_PREFIX
 
 PIPELINE_FIELDS = (
     "recipe_hash",
@@ -176,8 +181,6 @@ class VariableDisplay:
 
 class DockerHostForm(forms.ModelForm):
     def clean_url(self) -> str:
-        from stacks.runtime.hosts import URL_RE
-
         url = str(self.cleaned_data.get("url", "")).strip()
         if not URL_RE.fullmatch(url):
             raise forms.ValidationError(
@@ -200,6 +203,7 @@ class DockerHostAdmin(SupportActionsMixin, admin.ModelAdmin):
         "probed_at",
         "missed_probes",
         "last_error",
+        "engine_note",
         "last_seen_at",
     ]
     list_filter = ["region", "state", "kernel"]
@@ -216,28 +220,46 @@ class DockerHostAdmin(SupportActionsMixin, admin.ModelAdmin):
         "probed_at",
         "missed_probes",
         "down_since",
+        "reinstalled_at",
     ]
     actions = ["drain"]
 
+    def save_model(self, request: HttpRequest, obj: DockerHost, form: Any, change: bool) -> None:
+        """Whatever door adds a host (admin, ``add_host``, ``register_host``), its capacity and
+        kernel are read from the engine at once; one that does not answer is saved with the
+        error (host health reads it again)."""
+        super().save_model(request, obj, form, change)
+        if not change or {"url", "tls_verify"} & set(form.changed_data):
+            refresh_host(obj)
+
+    @admin.display(description="Engine")
+    def engine_note(self, obj: DockerHost) -> str:
+        """A reinstalled engine (another engine ID under the same name): its stacks were moved
+        or restored from backups (stacks.runtime.reconcile.engine_reinstalled)."""
+        if obj.reinstalled_at is None:
+            return ""
+        return f"engine was reinstalled {obj.reinstalled_at:%Y-%m-%d %H:%M} UTC"
+
     @admin.action(
-        description="Drain (move stateless stacks elsewhere, then mark draining)", permissions=["operate"]
+        description="Drain (move its stacks elsewhere, those with data one after another)",
+        permissions=["operate"],
     )
     @sensitive_action
     def drain(self, request: HttpRequest, queryset: QuerySet[DockerHost]) -> None:
-        from projects.services import ServiceError
-        from stacks.runtime.support import drain_host
-
         for host in queryset:
             try:
-                result = drain_host(host=host, actor=staff_user(request), origin=Origin.from_request(request))  # type: ignore[arg-type]
+                result = support.drain_host(
+                    host=host, actor=staff_user(request), origin=Origin.from_request(request)
+                )  # type: ignore[arg-type]
             except ServiceError as exc:
                 self.message_user(request, f"{host}: {exc.message}", messages.ERROR)
                 continue
             self.message_user(
                 request,
                 f"{host}: marked draining; moving {len(result['moved'])} environment(s) to other hosts, "
-                f"redeploying {len(result['respread'])} with replicas on it. "
-                "Staying (data in volumes or no other host): "
+                f"redeploying {len(result['respread'])} with replicas on it; moving with their data, "
+                f"one after another (the site down during each): {', '.join(result['with_data']) or 'none'}. "
+                "Staying (stopped with data, or no other host): "
                 f"{', '.join(result['stays']) or 'none'}. "
                 f"Busy, drain again later: {', '.join(result['busy']) or 'none'}.",
                 messages.WARNING if result["stays"] or result["busy"] else messages.SUCCESS,
@@ -298,7 +320,10 @@ class OperationAdmin(SupportActionsMixin, admin.ModelAdmin):
         "error",
     ]
     list_select_related = ["environment__project__organization", "requested_by"]
-    readonly_fields = [f.name for f in Operation._meta.fields if f.name != "params"] + ["shown_params"]
+    readonly_fields = [f.name for f in Operation._meta.fields if f.name != "params"] + [
+        "move_with_data",
+        "shown_params",
+    ]
     exclude = ["params"]
     actions = ["retry"]
 
@@ -312,6 +337,10 @@ class OperationAdmin(SupportActionsMixin, admin.ModelAdmin):
     def organization(self, obj: Operation) -> object:
         return obj.environment.project.organization
 
+    @admin.display(description="move with data")
+    def move_with_data(self, obj: Operation) -> str:
+        return support.describe_move(obj) if obj.params.get("move_data") else "—"
+
     @admin.display(description="params")
     def shown_params(self, obj: Operation) -> dict[str, object]:
         # A git address with credentials is kept encrypted for the worker: not for eyes.
@@ -319,12 +348,12 @@ class OperationAdmin(SupportActionsMixin, admin.ModelAdmin):
 
     @admin.action(description="Retry (a failed operation, as a new one)", permissions=["operate"])
     def retry(self, request: HttpRequest, queryset: QuerySet[Operation]) -> None:
-        from stacks.runtime.support import retry_operation
-
         self.run_service(
             request,
             queryset.filter(status=OperationStatus.FAILED),
-            lambda op, origin: retry_operation(operation=op, actor=staff_user(request), origin=origin),
+            lambda op, origin: support.retry_operation(
+                operation=op, actor=staff_user(request), origin=origin
+            ),
             "Queued {count} retry(ies).",
         )
         skipped = queryset.exclude(status=OperationStatus.FAILED).count()
@@ -351,9 +380,9 @@ class ReleaseAdmin(admin.ModelAdmin):
 
 @admin.register(Domain)
 class DomainAdmin(admin.ModelAdmin):
-    list_display = ["hostname", "path_prefix", "environment", "claim", "created_at"]
+    list_display = ["hostname", "path_prefix", "environment", "claim", "hsts", "created_at"]
     search_fields = ["hostname", "environment__project__name", "environment__project__organization__name"]
-    readonly_fields = ["environment", "claim", "hostname", "path_prefix", "component", "created_at"]
+    readonly_fields = ["environment", "claim", "hostname", "path_prefix", "component", "hsts", "created_at"]
     list_select_related = ["environment__project", "claim"]
 
     def has_add_permission(self, request: HttpRequest) -> bool:
@@ -392,21 +421,35 @@ class DomainClaimAdmin(SupportActionsMixin, admin.ModelAdmin):
 
     @admin.action(description="Mark verified (support vouches; audited)", permissions=["operate"])
     def mark_verified(self, request: HttpRequest, queryset: QuerySet[DomainClaim]) -> None:
-        from stacks.runtime.domains import mark_verified
-
         for claim in queryset.filter(verified_at__isnull=True):
-            if not mark_verified(claim=claim, actor=staff_user(request), origin=Origin.from_request(request)):
+            if not domains.mark_verified(
+                claim=claim, actor=staff_user(request), origin=Origin.from_request(request)
+            ):
                 self.message_user(
                     request, f"{claim.hostname}: another organization holds it verified.", messages.ERROR
                 )
         self.message_user(request, "Done; verified domains are routed in a moment.", messages.SUCCESS)
 
-    @admin.action(description="Check the TXT record now", permissions=["operate"])
+    @admin.action(description="Check the TXT record (or the HTTP token) now", permissions=["operate"])
     def check_now(self, request: HttpRequest, queryset: QuerySet[DomainClaim]) -> None:
-        from stacks.runtime.domains import check_claim
-
-        verified = sum(check_claim(claim) for claim in queryset.filter(verified_at__isnull=True))
+        verified = sum(domains.check_claim(claim) for claim in queryset.filter(verified_at__isnull=True))
         self.message_user(request, f"{verified} claim(s) verified.", messages.SUCCESS)
+
+
+@admin.register(EdgeCertificate)
+class EdgeCertificateAdmin(admin.ModelAdmin):
+    """What the edge serves over HTTPS per routed name, as last checked (docs/domains.md)."""
+
+    list_display = ["hostname", "status", "not_after", "issuer", "checked_at", "error"]
+    list_filter = ["status"]
+    search_fields = ["hostname"]
+    readonly_fields = ["hostname", "status", "issuer", "not_after", "error", "checked_at", "created_at"]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False  # rows follow the routed names (stacks.runtime.certificates)
+
+    def has_change_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False
 
 
 @admin.register(StackComponent)
@@ -582,8 +625,6 @@ class ProjectAdmin(SupportActionsMixin, admin.ModelAdmin):
     )
     @sensitive_action
     def suspend_projects(self, request: HttpRequest, queryset: QuerySet[Project]) -> TemplateResponse | None:
-        from stacks.runtime.support import suspend_project
-
         if "apply" not in request.POST:
             return action_form(
                 request,
@@ -596,7 +637,7 @@ class ProjectAdmin(SupportActionsMixin, admin.ModelAdmin):
         self.run_service(
             request,
             queryset,
-            lambda p, origin: suspend_project(
+            lambda p, origin: support.suspend_project(
                 project=p, actor=staff_user(request), reason=reason, origin=origin
             ),
             "Suspended {count} project(s); their containers are stopping.",
@@ -606,12 +647,10 @@ class ProjectAdmin(SupportActionsMixin, admin.ModelAdmin):
     @admin.action(description="Resume (start again what was running)", permissions=["operate"])
     @sensitive_action
     def resume_projects(self, request: HttpRequest, queryset: QuerySet[Project]) -> None:
-        from stacks.runtime.support import resume_project
-
         self.run_service(
             request,
             queryset,
-            lambda p, origin: resume_project(project=p, actor=staff_user(request), origin=origin),
+            lambda p, origin: support.resume_project(project=p, actor=staff_user(request), origin=origin),
             "Resumed {count} project(s).",
         )
 
@@ -631,9 +670,6 @@ class NeedsSupportFilter(admin.SimpleListFilter):
         ]
 
     def queryset(self, request: HttpRequest, queryset: QuerySet[Environment]) -> QuerySet[Environment]:
-        from projects.models import EnvironmentStatus
-        from stacks.runtime.reconcile import WAITING_PREFIX
-
         if self.value() == "any":
             return queryset.filter(status__in=[EnvironmentStatus.FAILED, EnvironmentStatus.DEGRADED])
         if self.value() == "failed":
@@ -675,10 +711,31 @@ class EnvironmentAdmin(SupportActionsMixin, admin.ModelAdmin):
         "current_release",
         "public_address",
         "backend_state",
+        "old_data_kept",
+        "moves_with_data",
         "created_at",
         "destroyed_at",
     )
     actions = ["redeploy", "reconcile_now", "move_to_host"]
+
+    @admin.display(description="Moves with its data")
+    def moves_with_data(self, obj: Environment) -> str:
+        """Support's moves of it with its data, newest first, with the downtime measured."""
+        return "; ".join(support.describe_move(op) for op in support.moves_with_data(obj)) or "none"
+
+    @admin.display(description="Data kept after upgrades")
+    def old_data_kept(self, obj: Environment) -> str:
+        """What stateful upgrades kept (the customer deletes it from the environment page)."""
+        kept = old_data.kept_old_data(obj)
+        return (
+            "; ".join(
+                f"{d.component} {d.version} (upgraded to {d.upgraded_to}), "
+                f"{filesizeformat(d.size_bytes) if d.size_bytes is not None else 'size not measured'}, "
+                f"kept since {d.kept_since:%Y-%m-%d}"
+                for d in kept
+            )
+            or "none"
+        )
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
@@ -701,31 +758,29 @@ class EnvironmentAdmin(SupportActionsMixin, admin.ModelAdmin):
 
     @admin.action(description="Redeploy the current release", permissions=["operate"])
     def redeploy(self, request: HttpRequest, queryset: QuerySet[Environment]) -> None:
-        from stacks.runtime.support import redeploy_environment
-
         self.run_service(
             request,
             queryset,
-            lambda e, origin: redeploy_environment(environment=e, actor=staff_user(request), origin=origin),
+            lambda e, origin: support.redeploy_environment(
+                environment=e, actor=staff_user(request), origin=origin
+            ),
             "Queued a redeploy of {count} environment(s).",
         )
 
     @admin.action(description="Reconcile now", permissions=["operate"])
     def reconcile_now(self, request: HttpRequest, queryset: QuerySet[Environment]) -> None:
-        from stacks.runtime.support import reconcile_environment
-
         self.run_service(
             request,
             queryset,
-            lambda e, origin: reconcile_environment(environment=e, actor=staff_user(request), origin=origin),
+            lambda e, origin: support.reconcile_environment(
+                environment=e, actor=staff_user(request), origin=origin
+            ),
             "A reconciler pass is queued ({count} environment(s) asked).",
         )
 
     @admin.action(description="Move to another host", permissions=["operate"])
     @sensitive_action
     def move_to_host(self, request: HttpRequest, queryset: QuerySet[Environment]) -> TemplateResponse | None:
-        from stacks.runtime.support import move_environment
-
         if "apply" not in request.POST:
             hosts = DockerHost.objects.filter(state=DockerHost.State.ACTIVE).select_related(
                 "region", "kernel"
@@ -745,9 +800,11 @@ class EnvironmentAdmin(SupportActionsMixin, admin.ModelAdmin):
         self.run_service(
             request,
             queryset,
-            lambda e, origin: move_environment(
+            lambda e, origin: support.move_environment(
                 environment=e, host=host, actor=staff_user(request), origin=origin
             ),
-            f"Queued the move of {{count}} environment(s) to {host}.",
+            f"Queued the move of {{count}} environment(s) to {host}. One with data is backed up with "
+            "its writers stopped and restored there: its site is down until it answers on the new "
+            "host (the downtime measured is on the operation and on the environment's page here).",
         )
         return None

@@ -12,9 +12,9 @@ from datetime import date, datetime, timedelta
 from typing import Any
 
 from django.db.models import Prefetch, QuerySet
-from django.http import Http404, HttpRequest
+from django.http import Http404, HttpRequest, StreamingHttpResponse
 from django.utils import timezone
-from ninja import File, Query, Router, Schema, Status
+from ninja import File, Form, Query, Router, Schema, Status
 from ninja.files import UploadedFile
 from ninja.pagination import LimitOffsetPagination, paginate
 from pydantic import Field
@@ -30,14 +30,17 @@ from projects.api import (
 )
 from projects.api import visible_organizations as _visible_organizations
 from projects.models import Environment, EnvironmentStatus, Project, Role
-from projects.services import ServiceError
-from stacks.access import get_operation_for_user
+from projects.services import ServiceError, rotate_deploy_key
+from stacks.access import get_backup_for_user, get_operation_for_user
+from stacks.backends.base import BackendError
 from stacks.catalog import offers
 from stacks.models import (
     ACTIVE_OPERATION_STATUSES,
+    Backup,
     Component,
     ComponentVersion,
     Domain,
+    EdgeCertificate,
     Framework,
     Operation,
     Region,
@@ -50,7 +53,8 @@ from stacks.models import (
     Variable,
     VersionStatus,
 )
-from stacks.runtime import lifecycle
+from stacks.runtime import backups, domains, lifecycle, old_data, operations
+from stacks.runtime.spec import ComponentRow
 
 catalog_router = Router(tags=["catalog"])
 router = Router(tags=["projects"])
@@ -172,6 +176,18 @@ class ProjectOut(Schema):
     created_at: datetime
     suspended: bool
     environments: list[EnvironmentBrief]
+    deploy_key: str = Field("", description="The public half of the project's ssh deploy key")
+
+
+class DeployKeyOut(Schema):
+    public_key: str = Field(..., description="Add it to your git host (read access is enough)")
+    created_at: datetime | None
+
+
+class DeployKeyIn(Schema):
+    replace: bool = Field(
+        False, description="Must be true when the project has a key: the old key stops working at once"
+    )
 
 
 class OperationBrief(Schema):
@@ -271,6 +287,21 @@ class ReleaseOut(Schema):
 class DomainIn(Schema):
     hostname: str = Field(..., max_length=300)
     path_prefix: str = Field("", max_length=300)
+    strip_prefix: bool = Field(
+        False, description="With a path prefix: the app gets the path without it (/shop/cart as /cart)"
+    )
+
+
+class DomainHstsIn(Schema):
+    hsts: bool = Field(description="Send Strict-Transport-Security over HTTPS (browsers then refuse HTTP)")
+
+
+class CertificateOut(Schema):
+    status: str = Field(description="pending: being issued; active: served over HTTPS; failed: not issued")
+    issuer: str
+    not_after: datetime | None = Field(description="When the served certificate expires")
+    error: str = Field(description="Why it is not issued, in plain words ('' when it is)")
+    checked_at: datetime | None
 
 
 class DomainRecord(Schema):
@@ -283,6 +314,7 @@ class DomainOut(Schema):
     id: int
     hostname: str
     path_prefix: str
+    strip_prefix: bool
     created_at: datetime
     status: str = Field(
         description="pending: not routed until the TXT record is seen; verified: routed by the edge"
@@ -291,6 +323,11 @@ class DomainOut(Schema):
     record: DomainRecord = Field(description="The DNS record that proves control of the host name")
     last_checked_at: datetime | None
     check_error: str = Field(description="Why the last check did not verify the name ('' when it did)")
+    http_check_url: str = Field(
+        description="The other proof: the edge answers the token here once the name points at it"
+    )
+    hsts: bool
+    certificate: CertificateOut | None = Field(description="HTTPS of the host name (None: not checked yet)")
 
 
 class VariableIn(Schema):
@@ -431,6 +468,7 @@ def _project_out(project: Project) -> dict[str, Any]:
         "region": project.region.code,
         "created_at": project.created_at,
         "suspended": project.suspended_at is not None,
+        "deploy_key": project.deploy_key_public,
         "environments": [
             {"id": e.pk, "name": e.name, "status": e.status, "url": e.public_url}
             for e in project.environments.all()
@@ -449,21 +487,31 @@ def _operation_brief(op: Operation) -> dict[str, Any]:
     }
 
 
-def _rows(rows: list[ComponentRowIn]) -> list[dict[str, Any]]:
+def _rows(rows: list[ComponentRowIn]) -> list[ComponentRow]:
     """The assembled stack as the service takes it; version and size default to the newest
     offered version and the component's default size."""
-    result = []
+    result: list[ComponentRow] = []
     for row in rows:
-        data = row.dict()
-        if not data["version"]:
+        version, size = row.version, row.size
+        if not version:
             offered = lifecycle.offered_version(row.component)
             if offered is None:
                 raise ServiceError(f"Unknown component {row.component[:40]!r}.", field="component")
-            data["version"] = offered.version
-        if not data["size"]:
+            version = offered.version
+        if not size:
             component = Component.objects.filter(code=row.component).select_related("default_size").first()
-            data["size"] = component.default_size.code if component else ""
-        result.append(data)
+            size = component.default_size.code if component else ""
+        result.append(
+            {
+                "name": row.name,
+                "component": row.component,
+                "version": version,
+                "size": size,
+                "replicas": row.replicas,
+                "public": row.public,
+                "env": dict(row.env),
+            }
+        )
     return result
 
 
@@ -509,6 +557,30 @@ def create_project(request: HttpRequest, payload: ProjectIn) -> Status:
 @router.get("/projects/{int:project_id}", response=ProjectOut, summary="One project")
 def get_project(request: HttpRequest, project_id: int) -> dict[str, Any]:
     return _project_out(scoped_project(request, project_id))
+
+
+@router.get("/projects/{int:project_id}/deploy-key", response=DeployKeyOut, summary="The ssh deploy key")
+def get_deploy_key(request: HttpRequest, project_id: int) -> dict[str, Any]:
+    project = scoped_project(request, project_id)
+    if not project.deploy_key_public:
+        raise ServiceError("This project has no deploy key yet.", status=404)
+    return {"public_key": project.deploy_key_public, "created_at": project.deploy_key_created_at}
+
+
+@router.post(
+    "/projects/{int:project_id}/deploy-key",
+    response=DeployKeyOut,
+    summary="Generate or replace the ssh deploy key (admins)",
+)
+def new_deploy_key(request: HttpRequest, project_id: int, payload: DeployKeyIn) -> dict[str, Any]:
+    project = scoped_project(request, project_id, Role.ADMIN)
+    if project.deploy_key_public and not payload.replace:
+        raise ServiceError(
+            'The project has a deploy key; send {"replace": true} to replace it.', field="replace", status=409
+        )
+    rotate_deploy_key(project=project, actor=actor(request), origin=origin(request))
+    project.refresh_from_db()
+    return {"public_key": project.deploy_key_public, "created_at": project.deploy_key_created_at}
 
 
 # --- environments --------------------------------------------------------------------------------
@@ -687,20 +759,44 @@ def destroy(request: HttpRequest, environment_id: int, payload: DestroyIn) -> St
 
 # --- domains -------------------------------------------------------------------------------------
 def _domain_out(d: Domain) -> dict[str, Any]:
-    from stacks.runtime.domains import status
-
-    shown = status(d)
+    shown = domains.status(d)
     return {
         "id": d.pk,
         "hostname": d.hostname,
         "path_prefix": d.path_prefix,
+        "strip_prefix": d.strip_prefix,
         "created_at": d.created_at,
         "status": shown["status"],
         "verified_at": shown["verified_at"],
         "record": {"type": "TXT", "name": shown["record_name"], "value": shown["record_value"]},
         "last_checked_at": shown["last_checked_at"],
         "check_error": shown["check_error"],
+        "http_check_url": shown["http_check_url"],
+        "hsts": d.hsts,
+        "certificate": (
+            EdgeCertificate.objects.filter(hostname=d.hostname).first() if d.claim.verified_at else None
+        ),
     }
+
+
+@router.post(
+    "/environments/{int:environment_id}/domains/{int:domain_id}/hsts",
+    response=DomainOut,
+    summary="Turn HSTS on or off for a domain",
+)
+def set_domain_hsts(
+    request: HttpRequest, environment_id: int, domain_id: int, payload: DomainHstsIn
+) -> dict[str, Any]:
+    env = _writable(request, environment_id)
+    domain = (
+        Domain.objects.select_related("claim", "environment__project__organization")
+        .filter(environment=env, pk=domain_id)
+        .first()
+    )
+    if domain is None:
+        raise Http404
+    domains.set_hsts(domain=domain, hsts=payload.hsts, actor=actor(request), origin=origin(request))
+    return _domain_out(domain)
 
 
 @router.get("/environments/{int:environment_id}/domains", response=list[DomainOut], summary="Domains")
@@ -716,6 +812,7 @@ def add_domain(request: HttpRequest, environment_id: int, payload: DomainIn) -> 
         actor=actor(request),
         hostname=payload.hostname,
         path_prefix=payload.path_prefix,
+        strip_prefix=payload.strip_prefix,
         origin=origin(request),
     )
     return Status(201, _domain_out(domain))
@@ -727,8 +824,6 @@ def add_domain(request: HttpRequest, environment_id: int, payload: DomainIn) -> 
     summary="Check a pending domain's TXT record now",
 )
 def check_domain(request: HttpRequest, environment_id: int, domain_id: int) -> dict[str, Any]:
-    from stacks.runtime.domains import check_now
-
     env = _writable(request, environment_id)
     found = Domain.objects.select_related("claim", "environment__project__organization").filter(
         environment=env, pk=domain_id
@@ -736,7 +831,7 @@ def check_domain(request: HttpRequest, environment_id: int, domain_id: int) -> d
     domain = found.first()
     if domain is None:
         raise Http404
-    check_now(domain=domain, actor=actor(request), origin=origin(request))
+    domains.check_now(domain=domain, actor=actor(request), origin=origin(request))
     return _domain_out(domain)
 
 
@@ -884,14 +979,11 @@ def get_operation(request: HttpRequest, operation_id: int) -> dict[str, Any]:
 def component_logs(
     request: HttpRequest, environment_id: int, component: str, lines: int = Query(200, ge=1, le=LOG_LINES_MAX)
 ) -> dict[str, Any]:
-    from stacks.backends.base import BackendError
-    from stacks.runtime.operations import component_logs
-
     env = scoped_environment(request, environment_id)
     if not env.components.filter(name=component).exists():
         raise ServiceError(f"This stack has no component {component[:30]!r}.", field="component", status=404)
     try:
-        found = component_logs(env, component, lines)
+        found = operations.component_logs(env, component, lines)
     except BackendError as exc:
         raise ServiceError("The logs cannot be read right now; try again shortly.", status=503) from exc
     return {"component": component, "lines": found[-lines:]}
@@ -946,8 +1038,6 @@ class SettleIn(Schema):
 
 
 def scoped_backup(request: HttpRequest, backup_id: int, role: str = Role.VIEWER) -> Any:
-    from stacks.access import get_backup_for_user
-
     backup = get_backup_for_user(request, backup_id, role=role)
     within_token(request, backup.environment.project.organization_id)
     return backup
@@ -956,8 +1046,6 @@ def scoped_backup(request: HttpRequest, backup_id: int, role: str = Role.VIEWER)
 @router.get("/environments/{int:environment_id}/backups", response=list[BackupOut], summary="Backups")
 @paginate(LimitOffsetPagination)
 def list_backups(request: HttpRequest, environment_id: int) -> Any:
-    from stacks.models import Backup
-
     env = scoped_environment(request, environment_id)
     return Backup.objects.filter(environment=env).order_by("-created_at", "-id")
 
@@ -966,8 +1054,6 @@ def list_backups(request: HttpRequest, environment_id: int) -> Any:
     "/environments/{int:environment_id}/backups", response={202: list[BackupOut]}, summary="Back up now"
 )
 def back_up_now(request: HttpRequest, environment_id: int) -> Status:
-    from stacks.runtime import backups
-
     rows = backups.request_backup(
         environment=_writable(request, environment_id), actor=actor(request), origin=origin(request)
     )
@@ -976,8 +1062,6 @@ def back_up_now(request: HttpRequest, environment_id: int) -> Status:
 
 @router.post("/backups/{int:backup_id}/restore", response={202: OperationBrief}, summary="Restore a backup")
 def restore_backup(request: HttpRequest, backup_id: int, payload: RestoreIn) -> Status:
-    from stacks.runtime import backups
-
     op = backups.request_restore(
         backup=scoped_backup(request, backup_id, Role.ADMIN),
         actor=actor(request),
@@ -989,11 +1073,32 @@ def restore_backup(request: HttpRequest, backup_id: int, payload: RestoreIn) -> 
 
 
 @router.post(
+    "/environments/{int:environment_id}/backups/upload",
+    response={202: BackupOut},
+    summary="Restore a database from an uploaded PostgreSQL dump (pg_dump -Fc; multipart field 'dump')",
+)
+def upload_dump(
+    request: HttpRequest,
+    environment_id: int,
+    dump: File[UploadedFile],
+    component: Form[str],
+    confirmation: Form[str],
+) -> Status:
+    backup = backups.upload_restore(
+        environment=_writable(request, environment_id, Role.ADMIN),
+        component=component,
+        upload=dump,
+        actor=actor(request),
+        confirmation=confirmation,
+        origin=origin(request),
+    )
+    return Status(202, backup)
+
+
+@router.post(
     "/operations/{int:operation_id}/settle-restore", response={204: None}, summary="Keep or undo a restore"
 )
 def settle_restore(request: HttpRequest, operation_id: int, payload: SettleIn) -> Status:
-    from stacks.runtime import backups
-
     backups.settle_restore(
         operation=scoped_operation(request, operation_id),
         actor=actor(request),
@@ -1003,12 +1108,49 @@ def settle_restore(request: HttpRequest, operation_id: int, payload: SettleIn) -
     return Status(204, None)
 
 
+# --- data kept after stateful upgrades (stacks.runtime.old_data) ------------------------------------
+class OldDataOut(Schema):
+    operation: int = Field(validation_alias="operation_id", description="The upgrade that kept it")
+    component: str
+    version: str = Field(description="The version that wrote it")
+    upgraded_to: str
+    kept_since: datetime
+    size_bytes: int | None = Field(description="Measured when the upgrade finished; null: not measured")
+
+
+class OldDataDeleteIn(Schema):
+    confirmation: str = Field(description="The component's name, to confirm", max_length=40)
+
+
+@router.get(
+    "/environments/{int:environment_id}/old-data",
+    response=list[OldDataOut],
+    summary="Data kept after stateful upgrades, until deleted",
+)
+def list_old_data(request: HttpRequest, environment_id: int) -> list[old_data.OldData]:
+    return old_data.kept_old_data(scoped_environment(request, environment_id))
+
+
+@router.post(
+    "/environments/{int:environment_id}/old-data/{int:operation_id}/delete",
+    response={204: None},
+    summary="Delete the data an upgrade kept (admins; final)",
+)
+def delete_old_data(
+    request: HttpRequest, environment_id: int, operation_id: int, payload: OldDataDeleteIn
+) -> Status:
+    old_data.delete_old_data(
+        environment=scoped_environment(request, environment_id, Role.ADMIN),
+        actor=actor(request),
+        operation_id=operation_id,
+        confirmation=payload.confirmation,
+        origin=origin(request),
+    )
+    return Status(204, None)
+
+
 @router.get("/backups/{int:backup_id}/download", summary="Download a database backup (a standard dump file)")
 def download_backup(request: HttpRequest, backup_id: int) -> Any:
-    from django.http import StreamingHttpResponse
-
-    from stacks.runtime import backups
-
     backup = scoped_backup(request, backup_id, Role.ADMIN)
     filename, stream = backups.download(backup=backup, actor=actor(request), origin=origin(request))
     response = StreamingHttpResponse(

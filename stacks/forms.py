@@ -16,7 +16,7 @@ from django.urls import reverse_lazy
 
 from projects.models import Environment, Membership, User
 from projects.services import Origin, ServiceError
-from stacks.catalog.offers import new_stack_refusal, pickable_versions
+from stacks.catalog.offers import compatibility_problems, new_stack_refusal, pickable_versions
 from stacks.models import (
     CompatibilityRule,
     Component,
@@ -28,8 +28,9 @@ from stacks.models import (
     StackTemplate,
     StackTemplateComponent,
 )
+from stacks.runtime import lifecycle
 from stacks.runtime.policy import stack_policy
-from stacks.runtime.spec import SpecError, validate_component_row
+from stacks.runtime.spec import ComponentRow, SpecError, validate_component_row
 
 WIZARD_URL = reverse_lazy("stacks:project_new")
 # Choosing in a select (or a radio, a checkbox) re-renders the wizard through htmx.
@@ -194,7 +195,7 @@ class ComponentRowForm(BootstrapForm):
             self.add_error("version", refusal)
         return data
 
-    def row(self) -> dict[str, Any]:
+    def row(self) -> ComponentRow:
         data = self.cleaned_data
         return {
             "name": data["name"],
@@ -266,7 +267,7 @@ class Wizard:
         self.formset = ComponentRowFormSet(
             data if self.assembling else None, prefix="c", form_kwargs={"catalog": self.catalog}
         )
-        self.rows: list[dict[str, Any]] = []
+        self.rows: list[ComponentRow] = []
         self.stack_errors: list[str] = []
         self.price: Any = None
         self.quota: list[str] = []
@@ -313,14 +314,20 @@ class Wizard:
 
     def _seed(self) -> list[dict[str, Any]]:
         """Assembling starts from the chosen pre-built stack, else from one web server."""
-        from stacks.runtime.lifecycle import template_rows
 
         template = StackTemplate.objects.filter(code=self.form.data.get("template"), is_active=True).first()
         if template is not None:
             try:
                 return [
-                    {k: r[k] for k in ("name", "component", "version", "size", "replicas", "public")}
-                    for r in template_rows(template)
+                    {
+                        "name": r["name"],
+                        "component": r["component"],
+                        "version": r["version"],
+                        "size": r["size"],
+                        "replicas": r["replicas"],
+                        "public": r.get("public", False),
+                    }
+                    for r in lifecycle.template_rows(template)
                 ]
             except ServiceError:
                 pass
@@ -360,16 +367,13 @@ class Wizard:
 
     # -- checking ---------------------------------------------------------------------------------
     def _check(self) -> None:
-        from stacks.catalog.offers import compatibility_problems
-        from stacks.runtime.lifecycle import template_rows
-
         valid = self.form.is_valid()
         data = self.form.cleaned_data if hasattr(self.form, "cleaned_data") else {}
         if not self.assembling:
             template = StackTemplate.objects.filter(code=data.get("template") or "", is_active=True).first()
             if template is not None:
                 try:
-                    self.rows = template_rows(template)
+                    self.rows = lifecycle.template_rows(template)
                 except ServiceError as exc:
                     self.form.add_error("template", exc.message)
                     valid = False
@@ -415,8 +419,6 @@ class Wizard:
         return ok
 
     def create(self, origin: Origin) -> Environment:
-        from stacks.runtime import lifecycle
-
         data = self.form.cleaned_data
         return lifecycle.create_project(
             organization=self.organization,
@@ -490,6 +492,15 @@ class DomainForm(BootstrapForm):
         required=False,
         label="Path prefix",
         widget=forms.TextInput(attrs={"placeholder": "/shop"}),
+    )
+    strip_prefix = forms.BooleanField(
+        required=False,
+        label="Strip the prefix",
+        help_text=(
+            "Only with a path prefix. Off: the app gets the full path (/shop/cart), for apps "
+            "that live under /shop themselves. On: the app gets /cart, for apps written for "
+            "the root of a site; the prefix arrives in the X-Forwarded-Prefix header."
+        ),
     )
 
 

@@ -8,6 +8,8 @@ Django admin. Models hold state and cheap derived facts only.
 
 from __future__ import annotations
 
+import hashlib
+import secrets
 from datetime import date
 from typing import Any
 
@@ -247,6 +249,9 @@ class StackTemplateComponent(models.Model):
     replicas = models.PositiveSmallIntegerField(default=1)
     env = models.JSONField(default=dict, blank=True)
     public = models.BooleanField(default=False, help_text="Receives the edge route")
+    # Stack volumes it mounts, shared with the template's other components that name them:
+    # [{"volume": "uploads", "path": "/srv/app/wp-content/uploads"}] (docs/catalog.md).
+    mounts = models.JSONField(default=list, blank=True)
     position = models.PositiveIntegerField(default=0)
 
     class Meta:
@@ -296,6 +301,9 @@ class DockerHost(models.Model):
     probed_at = models.DateTimeField(null=True, blank=True)
     missed_probes = models.PositiveSmallIntegerField(default=0)
     down_since = models.DateTimeField(null=True, blank=True)
+    # The engine answered with another ID than the one stored at first contact: a new, empty
+    # engine under the old name (stacks.runtime.reconcile.engine_reinstalled).
+    reinstalled_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["region__code", "name"]
@@ -407,6 +415,9 @@ class Release(models.Model):
     content_files = models.PositiveIntegerField(default=0)
     content_bytes = models.PositiveBigIntegerField(default=0)
     commit = models.CharField(max_length=64, blank=True)
+    # The dependencies built for the content (stacks.runtime.builds): the cache key of the
+    # build artifact placed into the content volume with the content; "": none built.
+    build_key = models.CharField(max_length=64, blank=True)
     note = models.CharField(max_length=200, blank=True)
     # Set when the release first ran to the end of its operation: only such releases are
     # rollback targets. ``images``: component name -> the image (by digest) it ran, so a
@@ -429,7 +440,10 @@ class Release(models.Model):
 
     @property
     def content_id(self) -> str:
-        """Names the content volume: the same content is stored once per environment."""
+        """Names the content volume: the same content (with the same built dependencies) is
+        stored once per environment."""
+        if self.build_key and self.content_sha256:
+            return hashlib.sha256(f"{self.content_sha256}+{self.build_key}".encode()).hexdigest()[:24]
         return self.content_sha256[:24]
 
 
@@ -515,8 +529,6 @@ class Operation(models.Model):
 
 
 def new_claim_token() -> str:
-    import secrets
-
     return secrets.token_hex(16)
 
 
@@ -530,6 +542,7 @@ class DomainClaim(models.Model):
         SUPPORT = "support", "Marked verified by support"
         EXISTING = "existing", "Routed before verification existed"
         TRUSTED = "trusted", "Verification off (single-tenant install)"
+        HTTP = "http", "HTTP token served by the edge"
 
     organization = models.ForeignKey(
         "projects.Organization", on_delete=models.CASCADE, related_name="domain_claims"
@@ -567,6 +580,25 @@ class DomainClaim(models.Model):
         return f"_stackport-challenge.{self.hostname}"
 
 
+class VerifiedName(models.Model):
+    """A name an organization held verified, kept when its claim is released: the HTTP proof
+    is refused to other organizations on it and on the names under it (docs/domains.md)."""
+
+    hostname = models.CharField(max_length=253)
+    organization = models.ForeignKey(
+        "projects.Organization", on_delete=models.SET_NULL, null=True, related_name="+"
+    )
+    first_verified_at = models.DateTimeField(default=timezone.now, editable=False)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["hostname", "organization"], name="verifiedname_unique_per_org"),
+        ]
+
+    def __str__(self) -> str:
+        return self.hostname
+
+
 class Domain(models.Model):
     """A customer's own host name (and optional path prefix) routed to an environment once
     its organization's claim on the host name is verified."""
@@ -575,7 +607,15 @@ class Domain(models.Model):
     claim = models.ForeignKey(DomainClaim, on_delete=models.CASCADE, related_name="domains")
     hostname = models.CharField(max_length=253)
     path_prefix = models.CharField(max_length=256, blank=True)
+    strip_prefix = models.BooleanField(
+        default=False,
+        help_text="Remove the path prefix before the request reaches the app (/shop/cart arrives as /cart)",
+    )
     component = models.CharField(max_length=30, blank=True, help_text="Empty: the public component")
+    hsts = models.BooleanField(
+        default=False,
+        help_text="Send Strict-Transport-Security over HTTPS: browsers then refuse plain HTTP for a year",
+    )
     created_at = models.DateTimeField(default=timezone.now, editable=False)
 
     class Meta:
@@ -586,6 +626,31 @@ class Domain(models.Model):
 
     def __str__(self) -> str:
         return f"{self.hostname}{self.path_prefix}"
+
+
+class EdgeCertificate(models.Model):
+    """What the edge serves over HTTPS for one routed host name (a customer's verified domain or
+    an environment's name under the apps domain), as last probed by
+    ``stacks.runtime.certificates``; the edge (Caddy) obtains and renews the certificate."""
+
+    class Status(models.TextChoices):
+        PENDING = "pending", "Being issued"
+        ACTIVE = "active", "Active"
+        FAILED = "failed", "Not issued"
+
+    hostname = models.CharField(max_length=253, unique=True)
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.PENDING)
+    issuer = models.CharField(max_length=200, blank=True)
+    not_after = models.DateTimeField(null=True, blank=True)
+    error = models.CharField(max_length=300, blank=True)
+    checked_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+
+    class Meta:
+        ordering = ["hostname"]
+
+    def __str__(self) -> str:
+        return f"{self.hostname} ({self.status})"
 
 
 class ResourceSampleRow(models.Model):
@@ -634,6 +699,7 @@ class Backup(models.Model):
     class Trigger(models.TextChoices):
         MANUAL = "manual", "Manual"
         SCHEDULED = "scheduled", "Scheduled"
+        UPLOAD = "upload", "Uploaded"  # a dump file the customer uploaded to restore
 
     environment = models.ForeignKey("projects.Environment", on_delete=models.CASCADE, related_name="backups")
     batch = models.CharField(max_length=32, db_index=True)

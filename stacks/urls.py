@@ -26,12 +26,23 @@ urlpatterns = [
         views.domain_remove,
         name="domain_remove",
     ),
+    path(
+        "environments/<int:environment_id>/domains/<int:domain_id>/hsts/",
+        views.domain_hsts,
+        name="domain_hsts",
+    ),
     path("environments/<int:environment_id>/variables/", views.variable_set, name="variable_set"),
     path(
         "environments/<int:environment_id>/variables/delete/", views.variable_delete, name="variable_delete"
     ),
     path("environments/<int:environment_id>/content/upload/", views.content_upload, name="content_upload"),
     path("environments/<int:environment_id>/content/git/", views.content_git, name="content_git"),
+    path("environments/<int:environment_id>/deploy-key/", views.deploy_key_rotate, name="deploy_key_rotate"),
+    path(
+        "environments/<int:environment_id>/ssh-host-keys/forget/",
+        views.ssh_host_keys_forget,
+        name="ssh_host_keys_forget",
+    ),
     path("environments/<int:environment_id>/stop/", views.environment_stop, name="environment_stop"),
     path("environments/<int:environment_id>/start/", views.environment_start, name="environment_start"),
     path(
@@ -42,8 +53,14 @@ urlpatterns = [
     path("environments/<int:environment_id>/backups/", views.environment_backups, name="environment_backups"),
     path("environments/<int:environment_id>/backup/", views.environment_backup, name="environment_backup"),
     path("backups/<int:backup_id>/restore/", views.backup_restore, name="backup_restore"),
+    path("environments/<int:environment_id>/backups/upload/", views.backup_upload, name="backup_upload"),
     path("backups/<int:backup_id>/download/", views.backup_download, name="backup_download"),
     path("operations/<int:operation_id>/restore/", views.restore_settle, name="restore_settle"),
+    path(
+        "environments/<int:environment_id>/old-data/<int:operation_id>/delete/",
+        views.old_data_delete,
+        name="old_data_delete",
+    ),
     # --- end projects ---
     # --- logs, resource charts (stacks/views_live.py) ---
     path(

@@ -12,10 +12,11 @@ from collections.abc import Callable
 from typing import Any
 
 from django import forms
+from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.db.models import Prefetch
-from django.http import Http404, HttpRequest, HttpResponse
+from django.http import Http404, HttpRequest, HttpResponse, StreamingHttpResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
@@ -30,11 +31,12 @@ from projects.access import (
 from projects.forms import attempt
 from projects.models import Environment, EnvironmentStatus, Membership, Role
 from projects.sensitive import require_recent_authentication
-from projects.services import Origin
+from projects.services import Origin, ServiceError, forget_ssh_host_keys, rotate_deploy_key
 from stacks import forms as stack_forms
-from stacks.access import get_operation_for_user
+from stacks.access import get_backup_for_user, get_operation_for_user
 from stacks.catalog import offers
 from stacks.models import (
+    Backup,
     Component,
     ComponentVersion,
     Domain,
@@ -46,7 +48,7 @@ from stacks.models import (
     StackTemplateComponent,
     Variable,
 )
-from stacks.runtime import content_store, disk, lifecycle
+from stacks.runtime import backups, certificates, content_store, disk, domains, lifecycle, old_data
 
 
 @require_GET
@@ -184,7 +186,12 @@ def _environment_page(
         "is_live": environment.status not in (EnvironmentStatus.DESTROYING, EnvironmentStatus.DESTROYED),
         "rows": rows,
         "hosts": hosts,
-        "domains": list(Domain.objects.filter(environment=environment).select_related("claim")),
+        "domains": (
+            domain_rows := list(Domain.objects.filter(environment=environment).select_related("claim"))
+        ),
+        "https": certificates.https_enabled(),
+        "https_port": certificates.port_suffix(),
+        "certificates": certificates.shown_for(environment, domain_rows),
         "variables": list(
             Variable.objects.filter(environment=environment).only(
                 "id", "name", "component", "value", "is_secret", "generated", "updated_at"
@@ -202,6 +209,10 @@ def _environment_page(
         "max_replicas": _max_replicas(),
         # The last measurement of each volume (docs/backends.md, "Disk limits").
         "volumes": disk.volume_usage(environment.pk),
+        # Restored from a backup onto another host after its own was lost: what was lost.
+        "host_restore": backups.host_restore_notice(environment, operations),
+        # Data stateful upgrades kept (deleted by an admin, confirmed).
+        "old_data": old_data.kept_old_data(environment),
     }
     return render(request, "stacks/environment.html", context, status=status)
 
@@ -224,8 +235,6 @@ def _pending(desired: StackComponent, applied: dict[str, Any] | None, active: Op
 
 
 def _max_replicas() -> int:
-    from django.conf import settings
-
     return int(settings.STACKPORT_MAX_REPLICAS)
 
 
@@ -368,6 +377,7 @@ def domain_add(request: AuthedRequest, environment_id: int) -> HttpResponse:
             actor=request.user,
             hostname=d["hostname"],
             path_prefix=d["path_prefix"],
+            strip_prefix=d["strip_prefix"],
             origin=Origin.from_request(request),
         ),
         "Added {hostname}{path_prefix}. Point its DNS at the hoster's edge; "
@@ -379,7 +389,6 @@ def domain_add(request: AuthedRequest, environment_id: int) -> HttpResponse:
 @require_POST
 def domain_check(request: AuthedRequest, environment_id: int, domain_id: int) -> HttpResponse:
     """The "Check now" button of a pending domain: its TXT record looked up at once."""
-    from stacks.runtime.domains import check_now
 
     environment = get_environment_for_user(request, environment_id, role=Role.DEVELOPER)
     domain = Domain.objects.filter(environment=environment, pk=domain_id).select_related("claim").first()
@@ -387,7 +396,8 @@ def domain_check(request: AuthedRequest, environment_id: int, domain_id: int) ->
         raise Http404
     form = forms.Form(request.POST)
     done, status = attempt(
-        form, lambda: check_now(domain=domain, actor=request.user, origin=Origin.from_request(request))
+        form,
+        lambda: domains.check_now(domain=domain, actor=request.user, origin=Origin.from_request(request)),
     )
     if done:
         claim = domain.claim
@@ -395,6 +405,29 @@ def domain_check(request: AuthedRequest, environment_id: int, domain_id: int) ->
             messages.success(request, f"{domain.hostname} is verified; its route follows in a moment.")
         else:
             messages.warning(request, f"{domain.hostname} is still pending: {claim.check_error}")
+        return redirect("stacks:environment", environment_id=environment.pk)
+    return _environment_page(request, environment, bound={"domain": form}, status=status)
+
+
+@login_required
+@require_POST
+def domain_hsts(request: AuthedRequest, environment_id: int, domain_id: int) -> HttpResponse:
+    """Turn HSTS on (``hsts=on``) or off for one domain."""
+    environment = get_environment_for_user(request, environment_id, role=Role.DEVELOPER)
+    domain = Domain.objects.filter(environment=environment, pk=domain_id).select_related("claim").first()
+    if domain is None:
+        raise Http404
+    hsts = request.POST.get("hsts") == "on"
+    form = forms.Form(request.POST)
+    done, status = attempt(
+        form,
+        lambda: domains.set_hsts(
+            domain=domain, hsts=hsts, actor=request.user, origin=Origin.from_request(request)
+        ),
+    )
+    if done:
+        state = "on" if hsts else "off"
+        messages.success(request, f"HSTS is {state} for {domain.hostname}.")
         return redirect("stacks:environment", environment_id=environment.pk)
     return _environment_page(request, environment, bound={"domain": form}, status=status)
 
@@ -522,6 +555,46 @@ def content_git(request: AuthedRequest, environment_id: int) -> HttpResponse:
 
 @login_required
 @require_POST
+def deploy_key_rotate(request: AuthedRequest, environment_id: int) -> HttpResponse:
+    """A deploy key for the environment's project; replacing one asks first (the old key
+    stops working at once)."""
+    return _act(
+        request,
+        environment_id,
+        forms.Form,
+        "deploy_key",
+        lambda env, d: rotate_deploy_key(
+            project=env.project, actor=request.user, origin=Origin.from_request(request)
+        ),
+        "The project has a new deploy key: add it to your git host.",
+        role=Role.ADMIN,
+        confirm=lambda env, d: (
+            "Replace the deploy key? Fetches with the current key stop working until you add the new "
+            "public key to your git host."
+            if env.project.deploy_key_public
+            else ""
+        ),
+    )
+
+
+@login_required
+@require_POST
+def ssh_host_keys_forget(request: AuthedRequest, environment_id: int) -> HttpResponse:
+    return _act(
+        request,
+        environment_id,
+        forms.Form,
+        "deploy_key",
+        lambda env, d: forget_ssh_host_keys(
+            project=env.project, actor=request.user, origin=Origin.from_request(request)
+        ),
+        "The recorded host keys are forgotten: the next fetch records the key the server shows.",
+        role=Role.ADMIN,
+    )
+
+
+@login_required
+@require_POST
 def environment_stop(request: AuthedRequest, environment_id: int) -> HttpResponse:
     return _act(
         request,
@@ -533,8 +606,8 @@ def environment_stop(request: AuthedRequest, environment_id: int) -> HttpRespons
         ),
         "Stopping the environment.",
         confirm=lambda env, d: (
-            f"Stop {env}? Every container stops and the site does not answer until you "
-            "start it again. Data in volumes is kept."
+            f"Stop {env}? Every container stops and visitors see a “This site is stopped” "
+            "page until you start it again. Data in volumes is kept."
         ),
     )
 
@@ -614,9 +687,6 @@ def operation_detail(request: AuthedRequest, operation_id: int) -> HttpResponse:
 @login_required
 @require_GET
 def environment_backups(request: AuthedRequest, environment_id: int) -> HttpResponse:
-    from stacks.models import Backup
-    from stacks.runtime import backups
-
     environment = get_environment_for_user(request, environment_id)
     membership: Membership = environment.membership  # type: ignore[attr-defined]
     writable = environment.project.suspended_at is None
@@ -638,9 +708,6 @@ def environment_backups(request: AuthedRequest, environment_id: int) -> HttpResp
 @login_required
 @require_POST
 def environment_backup(request: AuthedRequest, environment_id: int) -> HttpResponse:
-    from projects.services import ServiceError
-    from stacks.runtime import backups
-
     environment = get_environment_for_user(request, environment_id, role=Role.DEVELOPER)
     try:
         backups.request_backup(
@@ -658,9 +725,6 @@ def environment_backup(request: AuthedRequest, environment_id: int) -> HttpRespo
 def backup_restore(request: AuthedRequest, backup_id: int) -> HttpResponse:
     """GET: what a restore does and the two ways (in place, typed confirmation; or a new
     environment); POST: request it, then follow the operation."""
-    from projects.services import ServiceError
-    from stacks.access import get_backup_for_user
-    from stacks.runtime import backups
 
     backup = get_backup_for_user(request, backup_id, role=Role.ADMIN)
     error, status = "", 200
@@ -683,11 +747,39 @@ def backup_restore(request: AuthedRequest, backup_id: int) -> HttpResponse:
 
 
 @login_required
+@require_http_methods(["GET", "POST"])
+def backup_upload(request: AuthedRequest, environment_id: int) -> HttpResponse:
+    """GET: upload a PostgreSQL dump to restore a database in place; POST: check it (a
+    file pg_restore cannot read: 400, nothing changes), store and restore it."""
+
+    environment = get_environment_for_user(request, environment_id, role=Role.ADMIN)
+    databases = [c.name for c in environment.components.filter(component__code__in=backups.UPLOADABLE)]
+    error, status = "", 200
+    if request.method == "POST":
+        upload = request.FILES.get("dump")
+        try:
+            if upload is None:
+                raise ServiceError("Choose the dump file to upload.", field="file")
+            backups.upload_restore(
+                environment=environment,
+                component=str(request.POST.get("component", ""))[:40],
+                upload=upload,
+                actor=request.user,
+                confirmation=str(request.POST.get("confirmation", ""))[:40],
+                origin=Origin.from_request(request),
+            )
+        except ServiceError as exc:
+            error, status = exc.message, exc.status
+        else:
+            messages.success(request, "The dump is good: storing it, then restoring it in place.")
+            return redirect(reverse("stacks:environment_backups", kwargs={"environment_id": environment.pk}))
+    context = {"environment": environment, "databases": databases, "error": error}
+    return render(request, "stacks/backups/upload.html", context, status=status)
+
+
+@login_required
 @require_POST
 def restore_settle(request: AuthedRequest, operation_id: int) -> HttpResponse:
-    from projects.services import ServiceError
-    from stacks.runtime import backups
-
     operation = get_operation_for_user(request, operation_id, role=Role.ADMIN)
     undo = request.POST.get("action") == "undo"
     try:
@@ -704,14 +796,38 @@ def restore_settle(request: AuthedRequest, operation_id: int) -> HttpResponse:
 
 
 @login_required
+@require_http_methods(["GET", "POST"])
+def old_data_delete(request: AuthedRequest, environment_id: int, operation_id: int) -> HttpResponse:
+    """GET: what deleting the data an upgrade kept means (typed confirmation); POST: delete
+    it (stacks.runtime.old_data), back to the environment."""
+
+    environment = get_environment_for_user(request, environment_id, role=Role.ADMIN)
+    entry = next((d for d in old_data.kept_old_data(environment) if d.operation_id == operation_id), None)
+    if entry is None:
+        raise Http404("No such old data")
+    error, status = "", 200
+    if request.method == "POST":
+        try:
+            old_data.delete_old_data(
+                environment=environment,
+                actor=request.user,
+                operation_id=operation_id,
+                confirmation=str(request.POST.get("confirmation", ""))[:40],
+                origin=Origin.from_request(request),
+            )
+        except ServiceError as exc:
+            error, status = exc.message, exc.status
+        else:
+            messages.success(request, f"The data of {entry.component} {entry.version} was deleted.")
+            return redirect(reverse("stacks:environment", kwargs={"environment_id": environment.pk}))
+    context = {"environment": environment, "entry": entry, "error": error}
+    return render(request, "stacks/old_data_delete.html", context, status=status)
+
+
+@login_required
 @require_GET
 def backup_download(request: AuthedRequest, backup_id: int) -> Any:
     """A database backup as a standard dump file, streamed from the repository."""
-    from django.http import StreamingHttpResponse
-
-    from projects.services import ServiceError
-    from stacks.access import get_backup_for_user
-    from stacks.runtime import backups
 
     backup = get_backup_for_user(request, backup_id, role=Role.ADMIN)
     try:

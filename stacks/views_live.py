@@ -27,6 +27,7 @@ from projects.access import AuthedRequest, get_environment_for_user
 from projects.models import Environment, EnvironmentStatus
 from stacks.backends.base import BackendError
 from stacks.models import ResourceSampleRow, StackComponent
+from stacks.runtime import operations
 
 log = structlog.get_logger(__name__)
 
@@ -56,10 +57,9 @@ def parse_line(raw: str) -> LogLine:
 
 def read_logs(environment: Environment, component: str, tail: int) -> tuple[list[LogLine], str]:
     """The component's last ``tail`` lines of every replica, oldest first; or an error."""
-    from stacks.runtime.operations import component_logs
 
     try:
-        raw = component_logs(environment, component, tail)
+        raw = operations.component_logs(environment, component, tail)
     except BackendError as exc:
         log.warning("logs_unavailable", environment=environment.pk, error=exc.message)
         return [], exc.message

@@ -140,3 +140,77 @@ def test_nothing_outside_the_backends_reads_their_bookkeeping() -> None:
             if read or lookup:
                 wrong.append(f"{rel}:{node.lineno}")
     assert not wrong, "backend state read outside the backends:\n" + "\n".join(wrong)
+
+
+def _module_name(path: Path) -> str:
+    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _top_level_imports(body: list[ast.stmt]) -> Iterator[ast.ImportFrom | ast.Import]:
+    """Imports that run when the module loads (not under ``if TYPE_CHECKING``, not in functions)."""
+    for node in body:
+        if isinstance(node, ast.Import | ast.ImportFrom):
+            yield node
+        elif isinstance(node, ast.If) and not (
+            isinstance(node.test, ast.Name) and node.test.id == "TYPE_CHECKING"
+        ):
+            yield from _top_level_imports(node.body + node.orelse)
+        elif isinstance(node, ast.Try):
+            yield from _top_level_imports(node.body + node.orelse + node.finalbody)
+
+
+def test_modules_in_an_import_cycle_import_each_other_as_modules() -> None:
+    """The runtime queues Celery tasks (``from stacks import tasks``) and ``stacks.tasks`` calls
+    the runtime, so those modules form an import cycle. It loads from whichever module comes
+    first only if they reach each other as modules (``from stacks.runtime import operations``,
+    then ``operations.backend_for(...)`` at run time): ``from stacks.runtime.operations import
+    backend_for`` fails when ``operations`` is the one still half-loaded."""
+    known = {_module_name(path): tree for _, path, tree in modules()}
+    edges: dict[str, set[str]] = {name: set() for name in known}
+    by_name: list[tuple[str, int, str]] = []  # (importer, line, module whose names it takes)
+    for name, tree in known.items():
+        for node in _top_level_imports(tree.body):
+            if isinstance(node, ast.Import):
+                edges[name] |= {a.name for a in node.names if a.name in known}
+            elif node.module and node.level == 0 and node.module.split(".")[0] in FLOORS:
+                submodules = {f"{node.module}.{a.name}" for a in node.names} & known.keys()
+                edges[name] |= submodules
+                if node.module in known and len(submodules) < len(node.names):
+                    edges[name].add(node.module)
+                    by_name.append((name, node.lineno, node.module))
+
+    # Tarjan's strongly connected components.
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    component: dict[str, int] = {}
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        for w in edges[v]:
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            while True:
+                w = stack.pop()
+                component[w] = index[v]
+                if w == v:
+                    break
+
+    for v in sorted(edges):
+        if v not in index:
+            visit(v)
+    sizes: dict[int, int] = {}
+    for c in component.values():
+        sizes[c] = sizes.get(c, 0) + 1
+    wrong = [
+        f"{importer}:{line} takes names from {module}, which imports it back (import the module)"
+        for importer, line, module in by_name
+        if component[importer] == component[module] and sizes[component[importer]] > 1
+    ]
+    assert not wrong, "\n".join(wrong)

@@ -14,9 +14,11 @@ resolved lazily (``stacks.backends.get_backend``), like Django's e-mail backends
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO
+
+from django.utils.module_loading import import_string
 
 
 class BackendError(Exception):
@@ -36,6 +38,11 @@ class VolumeSpec:
     # with it once and held to it by the engine; None: no limit. Out of repr: the spec hash
     # (and so the running containers) do not depend on it.
     size_gb: int | None = field(default=None, repr=False)
+    # A stack volume (docs/backends.md, "Shared volumes"): one volume of the stack, named by
+    # ``name`` alone, mounted by every component whose spec lists it (WordPress's uploads in
+    # nginx and PHP-FPM), instead of a volume of this component only. Components that mount
+    # one run on the stack's home host, where it lives.
+    shared: bool = field(default=False, repr=False)
 
 
 @dataclass
@@ -80,6 +87,20 @@ class ComponentSpec:
 
 
 @dataclass(frozen=True)
+class EgressPolicy:
+    """Where a stack's containers may open connections, as data any backend can express
+    (Docker: the stack network's bridge name, which the hosts' nftables rules match,
+    docs/security.md "Network egress"; Kubernetes: an egress NetworkPolicy).
+
+    Always allowed: the stack's own containers (on any host). Never: other stacks, the
+    host's own services, other hosts, link-local and metadata addresses, private ranges.
+    ``internet``: any other (public) address too, the plan's switch. Inbound connections
+    come only from the edge router."""
+
+    internet: bool = False
+
+
+@dataclass(frozen=True)
 class StackSpec:
     """The desired state of one project environment's stack."""
 
@@ -90,6 +111,71 @@ class StackSpec:
     components: tuple[ComponentSpec, ...]
     content_release: str | None = None  # id of the content volume to mount, if any
     running: bool = True
+    egress: EgressPolicy = EgressPolicy()
+
+
+@dataclass(frozen=True)
+class BuildJob:
+    """One dependency build (stacks.runtime.builds): ``script`` (Stackport's own, fixed per
+    package manager: no customer input reaches it) runs by ``/bin/sh -c`` in a container of
+    ``image`` on an internal network of its own (no route out), never the stack's; its egress
+    proxy joins that network and ``network``, the build network that reaches the internet.
+    The release's content is unpacked at /build/app (its top folder writable by the image's
+    user), /build/out is empty and writable; the artifact is the folder ``output``.
+    ``files``: small extra files put at /build (the operator's CA bundle)."""
+
+    name: str  # server-generated, [a-z0-9-]: names the container and its work volume
+    image: str  # the runtime component's image, by digest
+    script: str
+    output: str  # an absolute folder in the container
+    network: str
+    env: tuple[tuple[str, str], ...] = ()
+    files: tuple[tuple[str, bytes], ...] = ()
+    # Where the build may connect, through its egress proxy (stacks/backends/build_proxy.py;
+    # the build's own network is internal): "name:port" pairs reached by CONNECT (https), and
+    # "name:port" pairs reached by plain GET (an http:// mirror). Names only, never addresses.
+    tunnels: tuple[str, ...] = ()
+    plain: tuple[str, ...] = ()
+    # The allowed names' IPv4 addresses (name, address), resolved by the worker: the proxy
+    # connects there (the build network may reach no resolver).
+    addresses: tuple[tuple[str, str], ...] = ()
+    # The image the proxy runs in: a catalog runtime image with python3 (by digest).
+    proxy_image: str = ""
+    cpus: float = 1.0
+    memory_mb: int = 1024
+    timeout: float = 900.0
+
+
+@dataclass(frozen=True)
+class EngineTLS:
+    """Mutual TLS to an engine on tcp:// (the portal's CA, stacks/runtime/engine_ca.py):
+    the CA the engine's certificate must chain to, and the portal's client certificate.
+    ``verify``: check the engine's certificate (the host row's ``tls_verify``); the client
+    certificate is presented either way."""
+
+    ca_cert: str
+    client_cert: str
+    client_key: str
+    verify: bool = True
+
+
+@dataclass(frozen=True)
+class RegistryPull:
+    """Where a host pulls the catalog's images from when not from the registry they were
+    pushed to (docs/install.md, "The image registry"): references under ``prefix``
+    ("127.0.0.1:5000/...") are pulled as ``address/...`` (the same digest) with these
+    basic-auth credentials, over TLS (the engine trusts the registry's CA)."""
+
+    prefix: str
+    address: str
+    username: str = ""
+    password: str = field(default="", repr=False)
+
+    def source(self, image: str) -> str:
+        """The reference to pull for ``image`` ("" when it is not under ``prefix``)."""
+        if self.address and self.address != self.prefix and image.startswith(self.prefix + "/"):
+            return self.address + image[len(self.prefix) :]
+        return ""
 
 
 @dataclass(frozen=True)
@@ -102,6 +188,8 @@ class HostRecord:
     url: str
     pool: str = ""
     drain: bool = False
+    tls: EngineTLS | None = None  # tcp:// engines: always mutual TLS
+    registry: RegistryPull | None = None  # None: pull the catalog's references as they are
 
 
 @dataclass(frozen=True)
@@ -165,11 +253,25 @@ class Backend:
         raise NotImplementedError
 
     def put_content(
-        self, key: str, state: dict[str, Any], release: str, archive: BinaryIO, image: str | None = None
+        self,
+        key: str,
+        state: dict[str, Any],
+        release: str,
+        archive: BinaryIO,
+        image: str | None = None,
+        extras: Sequence[BinaryIO] = (),
     ) -> None:
         """Store a release's content (an uncompressed tar, a seekable file: streamed, read once
         per host from its start) once, where the stack mounts it; ``image`` (one of the stack's)
-        may be used to unpack it."""
+        may be used to unpack it. ``extras``: more tars (built dependencies) unpacked on top."""
+        raise NotImplementedError
+
+    def build(self, job: BuildJob, archive: BinaryIO, out: BinaryIO, log: Any = print) -> int:
+        """Run one dependency build on the content ``archive`` (an uncompressed tar, seekable),
+        every output line to ``log`` as it comes; returns the script's exit code, and when it
+        is 0 writes the tar of ``job.output`` to ``out``. A build that runs past
+        ``job.timeout`` is killed (``BackendError``, permanent). The container and its work
+        volume are removed in every case."""
         raise NotImplementedError
 
     def migrate_data(
@@ -189,6 +291,12 @@ class Backend:
 
     def prune_images(self, keep: set[str]) -> list[str]:
         """Remove catalog images no container uses and ``keep`` does not name."""
+        raise NotImplementedError
+
+    def prune_content(self, keep: dict[str, set[str]]) -> list[str]:
+        """Remove, on every host, the content volumes (``put_content``) of the stacks named in
+        ``keep`` whose release id that stack's set does not hold; a volume a container still
+        mounts stays, and stacks not named are not touched. Returns ``host:volume`` removed."""
         raise NotImplementedError
 
     def volume_usage(self, spec: StackSpec, state: dict[str, Any]) -> list[VolumeUsage]:
@@ -250,10 +358,24 @@ class Backend:
         """Remove the data a restore kept. Missing is fine."""
         raise NotImplementedError
 
+    def remove_data(self, spec: StackSpec, state: dict[str, Any], component: str) -> None:
+        """Remove ``component``'s volumes as ``spec`` names them: the data an older data
+        generation ran on, kept after a stateful upgrade until the customer deletes it.
+        Refused (permanent ``BackendError``) while a container of the stack uses one of them;
+        missing is fine."""
+        raise NotImplementedError
+
+    def check_dump(
+        self, spec: StackSpec, state: dict[str, Any], component: str, method: str, chunks: Iterable[bytes]
+    ) -> None:
+        """Read a dump file a customer uploaded (``chunks``) with the component's own tools,
+        touching none of its data (PostgreSQL: ``pg_restore --list`` of the same version).
+        ``BackendError`` (permanent, with the tool's words) when they cannot read it."""
+        raise NotImplementedError
+
 
 def get_backend(path: str, **options: Any) -> Backend:
     """Instantiate the backend class at the dotted ``path``."""
-    from django.utils.module_loading import import_string
 
     cls = import_string(path)
     backend = cls(**options)

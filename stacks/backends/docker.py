@@ -14,35 +14,47 @@ import io
 import ipaddress
 import json
 import re
+import secrets
 import socket
 import tarfile
+import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
+from datetime import datetime
+from pathlib import Path
 from typing import Any, BinaryIO
 
 import docker
+import requests
+from django.conf import settings
 from docker.errors import APIError, DockerException, ImageNotFound, NotFound
 
+from stacks.backends import build_proxy
 from stacks.backends.base import (
     Backend,
     BackendError,
+    BuildJob,
     ComponentSpec,
+    EngineTLS,
     HostFacts,
     HostRecord,
     Observed,
     ReplicaState,
     ResourceSample,
     StackSpec,
+    VolumeSpec,
     VolumeUsage,
 )
 
 KEY_RE = re.compile(r"^[a-z][a-z0-9-]{1,40}$")
+RELEASE_ID_RE = re.compile(r"[a-z0-9]{1,32}")  # a release's content id (Release.content_id)
 # The only engine addresses Stackport connects to, whatever a host row says (admin edits).
 ENGINE_URL_RE = re.compile(r"(unix:///[\w./-]+|tcp://[\w.-]+:\d{1,5}|ssh://[\w.-]+@[\w.-]+(:\d{1,5})?)")
 LABEL = "org.stackport.stack"
 HEALTH_TIMEOUT = 180
 # Project networks come from 10.64.0.0/10 (16,384 /24s), apart from the engine's own pools.
 PROJECT_SUPERNET = ipaddress.ip_network("10.64.0.0/10")
+NETWORK_CREATE_ATTEMPTS = 8  # free /24s tried when others are taken at the same moment
 FIRST_SLOT = 10  # .10, .11, ... are replica slots; lower addresses are the gateway and spares
 COLORS = ("a", "b")  # blue/green: a changed stateless component starts in the other colour
 MAX_REPLICAS = 10  # per colour; settings.STACKPORT_MAX_REPLICAS may not exceed it
@@ -53,6 +65,7 @@ STOP_TIMEOUT = 10  # seconds between the image's graceful STOPSIGNAL and SIGKILL
 CRASH_LIMIT = 3  # restarts while starting before a container counts as failed
 EXPORT_LIMIT = 64 << 20  # bytes a migration's export may hand over (definitions, not data)
 DUMP_FILE = ".stackport-migrate.dump"  # where the export lands on the new version's volume
+BRIDGE_NAME = "com.docker.network.bridge.name"
 COMPONENT = "org.stackport.component"
 INDEX = "org.stackport.index"
 COLOR = "org.stackport.color"
@@ -80,6 +93,20 @@ dev=$(losetup -j "$img" -n -O NAME | head -n 1)
 [ -n "$dev" ] || dev=$(losetup -f --show "$img")
 mkdir -p /dev/stackport-volumes
 ln -sfn "$dev" "$link.new" && mv -f "$link.new" "$link"
+# Smaller than asked (a bigger plan): say so; the backend grows it (GROW_SCRIPT).
+[ "$(stat -c %s "$img")" -ge "$(($3 * 1073741824))" ] || echo "stackport:grow"
+"""
+# Offline (ext4's online resize needs CAP_SYS_RESOURCE, which engines may not have): the
+# backend has stopped the containers that use the volume, so the engine has unmounted it.
+GROW_MARK = "stackport:grow"
+GROW_SCRIPT = r"""set -eu
+img="/images/$1.img"
+dev=$(losetup -j "$img" -n -O NAME | head -n 1)
+truncate -s "$2G" "$img"
+[ -z "$dev" ] || losetup -c "$dev"
+rc=0; e2fsck -f -y "${dev:-$img}" >/dev/null 2>&1 || rc=$?
+[ "$rc" -le 1 ] || { echo "e2fsck found errors it could not fix ($rc)"; exit 1; }
+resize2fs "${dev:-$img}" 2>&1
 """
 RELEASE_SCRIPT = r"""set -u
 for name in "$@"; do
@@ -112,6 +139,13 @@ def subnet_candidates(number: int) -> Iterator[ipaddress.IPv4Network]:
     for step in range(count):
         index = (number + step) % count
         yield ipaddress.IPv4Network((int(PROJECT_SUPERNET.network_address) + (index << 8), 24))
+
+
+def bridge_name(spec: StackSpec) -> str:
+    """The stack network's bridge: the hosts' egress rules (scripts/host-firewall.sh) let
+    "spe-..." bridges reach the internet and nothing else; at most 15 characters."""
+    prefix = "spe-" if spec.egress.internet else "spn-"
+    return prefix + hashlib.sha256(spec.key.encode()).hexdigest()[:11]
 
 
 def subnet_of(state: dict[str, Any]) -> ipaddress.IPv4Network:
@@ -149,7 +183,7 @@ class HostPlacement:
         """Where replica ``index`` of ``comp`` runs: the public component's replicas round-
         robin over the hosts, starting at the home host; everything else at home."""
         home = self.place(spec, state)
-        if not self.multi_host or comp.stateful or not comp.public_port:
+        if not self.multi_host or comp.stateful or not comp.public_port or shares_volumes(comp):
             return home
         # Stable, whatever order placement prefers; nothing new on a draining host.
         names = sorted(h.name for h in self.hosts if not h.drain or h.name == home)
@@ -174,7 +208,9 @@ class HostPlacement:
         return ([home] if home else []) + sorted(set(others))
 
     def rehome(self, state: dict[str, Any], host: str) -> dict[str, Any]:
-        return {"host": host}  # its network (and subnet) are made there
+        # Its network (and subnet) are made there. On routed hosts the stack keeps its
+        # number: chosen free on every host, and its replicas spread there already use it.
+        return {"host": host, **({"number": state["number"]} if state.get("number") else {})}
 
 
 class DockerBackend(HostPlacement, Backend):
@@ -202,13 +238,10 @@ class DockerBackend(HostPlacement, Backend):
     def client(self, host: str | None = None) -> docker.DockerClient:
         host = host or self.hosts[0].name
         if host not in self._clients:
-            url = next((h.url for h in self.hosts if h.name == host), None)
-            if url is None:
+            record = next((h for h in self.hosts if h.name == host), None)
+            if record is None:
                 raise BackendError(f"Docker host {host!r} is not available", permanent=False)
-            try:
-                self._clients[host] = docker.DockerClient(base_url=url, version="auto", timeout=120)
-            except DockerException as exc:
-                raise _wrap(exc, f"Docker host {host} does not answer") from exc
+            self._clients[host] = engine_client(record.url, timeout=120, tls=record.tls)
         return self._clients[host]
 
     # --- apply ---------------------------------------------------------------------------------
@@ -356,6 +389,9 @@ class DockerBackend(HostPlacement, Backend):
             return COLORS[0], {}, []
         home = self.place(spec, state)
         for volume in comp.volumes:
+            if volume.shared:
+                self._ensure_stack_volume(self.client(home), spec, comp, volume)
+                continue
             self._ensure_volume(
                 self.client(home), spec.key, volume_name(spec.key, comp, volume.name), volume.size_gb
             )
@@ -370,6 +406,13 @@ class DockerBackend(HostPlacement, Backend):
         by_index: dict[int, tuple[str, Any]] = {}
         for host, container in current:
             index = int(container.labels.get(INDEX, -1))
+            if container.status == "created":
+                # Never started: an interrupted _create (the worker died between its create
+                # and start). It may lack its network and slot address, and starting it would
+                # run it cut off (its peers' names unresolvable).
+                log(f"making {container.name} again (an interrupted run left it half-made)")
+                self._remove_container(container)
+                continue
             if container.labels.get(COLOR) != color or index >= replicas:
                 log(f"removing {container.name} (scaled down)")
                 self._stop_container(container)
@@ -413,8 +456,10 @@ class DockerBackend(HostPlacement, Backend):
             if not self.multi_host:
                 configs = (found[0].attrs.get("IPAM") or {}).get("Config") or [{}]
                 state["subnet"] = configs[0].get("Subnet")
-            return found[0]
-        options = {"com.docker.network.bridge.enable_icc": "true"}
+            if (found[0].attrs.get("Options") or {}).get(BRIDGE_NAME) == bridge_name(spec):
+                return found[0]
+            return self._renew_network(client, found[0], spec)
+        options = {"com.docker.network.bridge.enable_icc": "true", BRIDGE_NAME: bridge_name(spec)}
         if self.multi_host:
             subnet = self.subnet(state, host)
             options["com.docker.network.bridge.enable_ip_masquerade"] = "false"
@@ -425,15 +470,74 @@ class DockerBackend(HostPlacement, Backend):
                     if config.get("Subnet"):
                         used.add(ipaddress.ip_network(config["Subnet"], strict=False))
             free = (c for c in subnet_candidates(spec.number) if not any(c.overlaps(u) for u in used))
-            chosen = next(free, None)
-            if chosen is None:
-                raise BackendError("no free project network left on the host", permanent=False)
-            subnet = chosen
-            state["subnet"] = str(subnet)
+            # Another stack may take a free /24 between the listing and the create ("Pool
+            # overlaps with other one on this address space"): then the next free one.
+            for _ in range(NETWORK_CREATE_ATTEMPTS):
+                chosen = next(free, None)
+                if chosen is None:
+                    break
+                try:
+                    created = self._create_network(client, name, key, chosen, options)
+                except APIError as exc:
+                    if "overlaps" not in str(getattr(exc, "explanation", "") or exc):
+                        raise
+                    continue
+                state["subnet"] = str(chosen)
+                return created
+            raise BackendError("no free project network left on the host", permanent=False)
+        return self._create_network(client, name, key, subnet, options)
+
+    @staticmethod
+    def _create_network(
+        client: docker.DockerClient,
+        name: str,
+        key: str,
+        subnet: ipaddress.IPv4Network,
+        options: dict[str, str],
+    ) -> Any:
         ipam = docker.types.IPAMConfig(
             pool_configs=[docker.types.IPAMPool(subnet=str(subnet), gateway=str(subnet.network_address + 1))]
         )
         return client.networks.create(name, driver="bridge", ipam=ipam, labels={LABEL: key}, options=options)
+
+    def _renew_network(self, client: docker.DockerClient, network: Any, spec: StackSpec) -> Any:
+        """The stack's egress policy changed (or the network predates it): the same network
+        again under the bridge name of the new policy, every container back at its address
+        with its aliases (a few hundred ms without a network)."""
+        network.reload()
+        attached = []  # stopped ones too: they start on the network they were connected to
+        for container in list_containers(client, all=True, filters={"label": f"{LABEL}={spec.key}"}):
+            networks = (container.attrs.get("NetworkSettings") or {}).get("Networks") or {}
+            if network.name not in networks:
+                continue
+            endpoint = networks[network.name] or {}
+            address = (endpoint.get("IPAMConfig") or {}).get("IPv4Address") or endpoint.get("IPAddress")
+            aliases = [a for a in endpoint.get("Aliases") or [] if a != container.id[:12]]
+            attached.append((container, address, aliases))
+        ipam = network.attrs.get("IPAM") or {}
+        options = dict(network.attrs.get("Options") or {})
+        options[BRIDGE_NAME] = bridge_name(spec)
+        try:
+            for container, _address, _aliases in attached:
+                network.disconnect(container, force=True)
+            network.remove()
+            renewed = client.networks.create(
+                network.name,
+                driver="bridge",
+                ipam=docker.types.IPAMConfig(
+                    pool_configs=[
+                        docker.types.IPAMPool(subnet=c.get("Subnet"), gateway=c.get("Gateway"))
+                        for c in ipam.get("Config") or []
+                    ]
+                ),
+                labels=network.attrs.get("Labels") or {},
+                options=options,
+            )
+            for container, address, aliases in attached:
+                renewed.connect(container, aliases=aliases or None, ipv4_address=address or None)
+        except (APIError, NotFound) as exc:
+            raise _wrap(exc, f"renewing network {network.name}") from exc
+        return renewed
 
     def _ensure_volume(
         self, client: docker.DockerClient, key: str, name: str, size_gb: int | None = None
@@ -442,20 +546,23 @@ class DockerBackend(HostPlacement, Backend):
         ext4 image on the host (the engine holds it to that size: "No space left on device"
         inside the container, nothing else on the host fills up); a volume that exists keeps
         what it was made with (made before limits: no limit), and a sized one is attached
-        again (after a host restart its loop device is gone)."""
+        again (after a host restart its loop device is gone) and grown to ``size_gb`` when
+        that is larger (``_grow_volume``: its containers restart); it never shrinks."""
         try:
             found = client.volumes.get(name)
         except NotFound:
             found = None
         if found is not None:
             made_with = (found.attrs.get("Labels") or {}).get(SIZE)
-            if made_with:
-                self._attach_volume(client, key, name, int(made_with))
+            if made_with:  # attached again, and grown when the plan's size grew
+                want = max(int(made_with), size_gb or 0)
+                if self._attach_volume(client, key, name, want)[1]:
+                    self._grow_volume(client, key, name, want)
             return name
         if not size_gb:
             client.volumes.create(name, labels={LABEL: key})
             return name
-        link = self._attach_volume(client, key, name, size_gb)
+        link, _ = self._attach_volume(client, key, name, size_gb)
         client.volumes.create(
             name,
             driver="local",
@@ -463,6 +570,30 @@ class DockerBackend(HostPlacement, Backend):
             labels={LABEL: key, SIZE: str(size_gb)},
         )
         return name
+
+    def _ensure_stack_volume(
+        self, client: docker.DockerClient, spec: StackSpec, comp: ComponentSpec, volume: VolumeSpec
+    ) -> None:
+        """Find or create a stack volume (shared by components). A new one's root folder is
+        given to ``comp``'s user (the first component that mounts it: nothing in an image
+        seeds a folder that lives below the content), so the app can write it; if that
+        fails the volume goes again and the apply is retried."""
+        name = volume_name(spec.key, comp, volume.name)
+        try:
+            client.volumes.get(name)
+            existed = True
+        except NotFound:
+            existed = False
+        self._ensure_volume(client, spec.key, name, volume.size_gb)
+        if existed:
+            return
+        owner = comp.user if ":" in comp.user else f"{comp.user}:"
+        code, out = self._run_copy(client, spec, comp, {name: "/v"}, 'chown -- "$1" /v', [owner])
+        if code != 0:
+            self._remove_volume(client, name)
+            if volume.size_gb:
+                self._release_volumes(client, spec.key, [name])
+            raise BackendError(f"preparing the volume {volume.name} failed: {out}")
 
     def _engine_tag(self, client: docker.DockerClient) -> str:
         """A short name of the engine (its id's hash): engines that share a machine (the
@@ -475,10 +606,9 @@ class DockerBackend(HostPlacement, Backend):
     ) -> str:
         """Run the volume tools image once with ``script`` (fixed text; ``args`` are names we
         made) and return its output; ``BackendError`` when it fails."""
-        from django.conf import settings
 
         image = str(settings.STACKPORT_VOLUME_TOOLS_IMAGE)
-        self._ensure_image(client, image)
+        image = self._ensure_image(client, image)
         tag = self._engine_tag(client)
         binds = {
             f"{settings.STACKPORT_VOLUME_IMAGE_DIR}/{tag}": {"bind": "/images", "mode": "rw"},
@@ -510,14 +640,34 @@ class DockerBackend(HostPlacement, Backend):
             raise BackendError(f"volume tools failed: {output.strip()[-300:]}")
         return str(output)
 
-    def _attach_volume(self, client: docker.DockerClient, key: str, name: str, size_gb: int) -> str:
+    def _attach_volume(
+        self, client: docker.DockerClient, key: str, name: str, size_gb: int
+    ) -> tuple[str, bool]:
         """Make (once) the volume's filesystem image, attach it to a loop device and point
-        the volume's link at it; the link's path."""
+        the volume's link at it; (the link's path, whether the image is smaller than
+        ``size_gb``)."""
         tag = self._engine_tag(client)
-        self._volume_tool(
+        output = self._volume_tool(
             client, key, ATTACH_SCRIPT, [name, f"{tag}-{name}", str(int(size_gb))], privileged=True
         )
-        return f"{VOLUME_LINKS}/{tag}-{name}"
+        return f"{VOLUME_LINKS}/{tag}-{name}", GROW_MARK in output
+
+    def _grow_volume(self, client: docker.DockerClient, key: str, name: str, size_gb: int) -> None:
+        """Grow a sized volume's image and filesystem to ``size_gb``: the containers that use
+        it are stopped for it (the engine unmounts it) and started again, their data kept."""
+        users = client.containers.list(filters={"volume": name})
+        if any(HELPER in c.labels for c in users):  # a backup or restore reads it: not now
+            raise BackendError(f"the volume {name} is busy; growing it later", permanent=False)
+        for container in users:
+            self._stop_container(container)
+        try:
+            self._volume_tool(client, key, GROW_SCRIPT, [name, str(int(size_gb))], privileged=True)
+        finally:
+            for container in users:
+                container.start()
+        problem = self._wait_healthy(client, key, [c.name for c in users], lambda *_: None)
+        if problem:
+            raise BackendError(f"after growing {name}: {problem}")
 
     def _release_volumes(self, client: docker.DockerClient, key: str, names: list[str]) -> None:
         """Detach and delete the images of removed sized volumes."""
@@ -561,10 +711,8 @@ class DockerBackend(HostPlacement, Backend):
     def _volume_tool_ro(
         self, client: docker.DockerClient, key: str, volumes: list[Any], args: list[str]
     ) -> str:
-        from django.conf import settings
-
         image = str(settings.STACKPORT_VOLUME_TOOLS_IMAGE)
-        self._ensure_image(client, image)
+        image = self._ensure_image(client, image)
         helper = client.containers.create(
             image,
             command=["sh", "-c", USAGE_SCRIPT, "sh", *args],
@@ -662,8 +810,12 @@ class DockerBackend(HostPlacement, Backend):
 
     @staticmethod
     def spec_hash(spec: StackSpec, comp: ComponentSpec) -> str:
+        parts: list[Any] = [repr(comp), spec.content_release if comp.content_path else None, spec.number]
+        shared = sorted(v.name for v in comp.volumes if v.shared)
+        if shared:  # only then: the hash of every other component stays what it was
+            parts.append(shared)
         data = json.dumps(
-            [repr(comp), spec.content_release if comp.content_path else None, spec.number],
+            parts,
             sort_keys=True,
             default=str,
         )
@@ -684,14 +836,14 @@ class DockerBackend(HostPlacement, Backend):
     ) -> None:
         client = self.client(host)
         network = self._ensure_network(host, spec, state)
-        self._ensure_image(client, comp.image)
+        image = self._ensure_image(client, comp.image)
         log(f"starting {name} on {host} ({comp.version or comp.image})")
         try:  # a leftover of an interrupted run under the same name
             self._remove_container(client.containers.get(name))
         except NotFound:
             pass
         options = self.run_options(spec, comp, color, index, name, peers, spec_label)
-        created = client.containers.create(comp.image, **options)
+        created = client.containers.create(image, **options)
         try:
             client.api.disconnect_container_from_network(created.id, "bridge")
         except APIError:
@@ -701,12 +853,24 @@ class DockerBackend(HostPlacement, Backend):
         )
         created.start()
 
-    def _ensure_image(self, client: docker.DockerClient, image: str) -> None:
-        try:
-            client.images.get(image)
-        except ImageNotFound:
-            repo, _, digest = image.partition("@")
-            client.images.pull(repo, tag=digest or None)
+    def _ensure_image(self, client: docker.DockerClient, image: str) -> str:
+        """Pull ``image`` unless the engine has it; the reference to create containers with.
+        A host with a ``RegistryPull`` pulls the catalog's references from its address
+        (same digest, with its credentials) and runs them under that name."""
+        record = next((h for h in self.hosts if self._clients.get(h.name) is client), None)
+        pull = record.registry if record else None
+        source = pull.source(image) if pull else ""
+        for local in (image, source) if source else (image,):
+            try:
+                client.images.get(local)
+                return local
+            except ImageNotFound:
+                pass
+        reference = source or image
+        repo, _, digest = reference.partition("@")
+        auth = {"username": pull.username, "password": pull.password} if source and pull else None
+        client.images.pull(repo, tag=digest or None, auth_config=auth)
+        return reference
 
     def _containers(self, client: docker.DockerClient, key: str) -> list[Any]:
         return list_containers(client, all=True, filters={"label": f"{LABEL}={key}"})
@@ -827,7 +991,7 @@ class DockerBackend(HostPlacement, Backend):
             options = self.run_options(spec, new, COLORS[1], 0, name)
             options["labels"] = {LABEL: spec.key, HELPER: "migrate"}
             options["restart_policy"] = {"Name": "no"}
-            temp = client.containers.create(new.image, **options)
+            temp = client.containers.create(self._ensure_image(client, new.image), **options)
             try:
                 client.api.disconnect_container_from_network(temp.id, "bridge")
             except APIError:
@@ -1036,9 +1200,11 @@ class DockerBackend(HostPlacement, Backend):
         for host in self.hosts:
             client = self.client(host.name)
             used = {c.attrs.get("Image") for c in list_containers(client, all=True)}
+            pull = host.registry  # pulled under its address: the same images by that name
+            kept = keep | {pull.source(ref) for ref in keep} - {""} if pull else keep
             for image in client.images.list():
                 refs = set(image.attrs.get("RepoDigests") or []) | set(image.tags)
-                if image.id in used or refs & keep:
+                if image.id in used or refs & kept:
                     continue
                 # Only catalog images from a registry (host[:port]/namespace/name); local
                 # tags (stackport/debian:...) and anything else on the host are not ours.
@@ -1051,22 +1217,66 @@ class DockerBackend(HostPlacement, Backend):
                     pass  # in use by a stopped container or a child image
         return removed
 
+    def prune_content(self, keep: dict[str, set[str]]) -> list[str]:
+        """Content volumes of old releases (named by ``content_volume``, labelled with the
+        stack's key). The completion marker goes first: a prune cut short leaves a volume
+        ``put_content`` rewrites, never a marker that vouches for a missing volume."""
+        removed = []
+        for host in self.hosts:
+            client = self.client(host.name)
+            try:
+                volumes = client.volumes.list(filters={"label": LABEL})
+            except (APIError, DockerException) as exc:
+                raise _wrap(exc, f"listing content volumes on {host.name}") from exc
+            names = {v.name for v in volumes}
+            for volume in volumes:
+                key = (volume.attrs.get("Labels") or {}).get(LABEL, "")
+                prefix = content_volume(key, "")
+                if key not in keep or not volume.name.startswith(prefix) or volume.name.endswith("-ok"):
+                    continue
+                if not RELEASE_ID_RE.fullmatch(release := volume.name.removeprefix(prefix)):
+                    continue
+                if release in keep[key] or list_containers(client, all=True, filters={"volume": volume.name}):
+                    continue
+                try:
+                    if f"{volume.name}-ok" in names:
+                        client.volumes.get(f"{volume.name}-ok").remove(force=True)
+                    volume.remove(force=True)
+                except NotFound:
+                    pass
+                except (APIError, DockerException) as exc:
+                    raise _wrap(exc, f"removing content of {key}") from exc
+                removed.append(f"{host.name}:{volume.name}")
+        return removed
+
     # --- content -------------------------------------------------------------------------------
     def put_content(
-        self, key: str, state: dict[str, Any], release: str, archive: BinaryIO, image: str | None = None
+        self,
+        key: str,
+        state: dict[str, Any],
+        release: str,
+        archive: BinaryIO,
+        image: str | None = None,
+        extras: Sequence[BinaryIO] = (),
     ) -> None:
         """Create (once) the read-only content volume of a release from a tar archive.
 
         The archive is unpacked by the engine (``put_archive`` into a created, never started
         helper container), so no shell and no customer-controlled path reaches a command line.
         """
-        if not re.match(r"^[a-z0-9]{1,32}$", release):
+        if not RELEASE_ID_RE.fullmatch(release):
             raise BackendError(f"invalid release id {release!r}", permanent=True)
         for host in self.hosts:  # a replica may run on any of them
-            self._put_content(self.client(host.name), key, release, archive, image)
+            self._put_content(self.client(host.name), key, release, archive, image, extras)
 
     def _put_content(
-        self, client: docker.DockerClient, key: str, release: str, archive: BinaryIO, image: str | None
+        self,
+        client: docker.DockerClient,
+        key: str,
+        release: str,
+        archive: BinaryIO,
+        image: str | None,
+        extras: Sequence[BinaryIO] = (),
     ) -> None:
         volume = content_volume(key, release)
         marker = f"{volume}-ok"  # created last: the content volume is complete
@@ -1086,7 +1296,7 @@ class DockerBackend(HostPlacement, Backend):
         helper = None
         try:
             if image:
-                self._ensure_image(client, image)
+                image = self._ensure_image(client, image)
             else:
                 image = self._helper_image(client)
             client.volumes.create(volume, labels={LABEL: key})
@@ -1101,6 +1311,10 @@ class DockerBackend(HostPlacement, Backend):
             archive.seek(0)  # streamed to the engine, from the start for each host
             if not helper.put_archive("/content", archive):
                 raise BackendError("the engine refused the content archive", permanent=True)
+            for extra in extras:  # built dependencies, on top of the content
+                extra.seek(0)
+                if not helper.put_archive("/content", extra):
+                    raise BackendError("the engine refused the built dependencies", permanent=True)
             self._remove_container(helper)
             helper = None
             client.volumes.create(marker, labels={LABEL: key, COMPLETE: "1"})
@@ -1109,6 +1323,292 @@ class DockerBackend(HostPlacement, Backend):
         finally:
             if helper is not None:
                 self._remove_container(helper)
+
+    # --- dependency builds (stacks.runtime.builds drives these) --------------------------------
+    def build(self, job: BuildJob, archive: BinaryIO, out: BinaryIO, log: Any = print) -> int:
+        """Run the build in a hardened container of the runtime image (no capabilities,
+        read-only root, the image's own user, memory, CPU and process limits) on an internal
+        network of its own (no route out), with a work volume at /build; its only way out is
+        its egress proxy (``build_proxy``: the registries by name, nothing else), which joins
+        that network and the build network. All of them are removed afterwards."""
+        if not BUILD_NAME_RE.fullmatch(job.name):
+            raise BackendError(f"invalid build name {job.name!r}", permanent=True)
+        client = self.client()
+        name = f"sp-build-{job.name}"
+        container = proxy = None
+        try:
+            image = self._ensure_image(client, job.image)
+            proxy_image = self._ensure_image(client, job.proxy_image or job.image)
+            pool = self._pool(self.hosts[0].name) if self.multi_host else None
+            self._ensure_build_network(client, job.network, pool)
+            self._remove_stale_builds(client, job.timeout)  # leftovers of interrupted runs
+            inner = self._create_build_network(client, name, pool)
+            proxy, address = self._start_build_proxy(client, name, job, proxy_image, inner)
+            client.volumes.create(name, labels={HELPER: "build"})
+            proxy_url = f"http://{address}:{build_proxy.PORT}"
+            env = {
+                **dict(job.env),
+                **{key: proxy_url for key in BUILD_PROXY_VARIABLES},
+                "NO_PROXY": "",
+                "no_proxy": "",
+            }
+            container = client.containers.create(
+                image,
+                name=name,
+                entrypoint=["/bin/sh", "-c", job.script],
+                command=[],
+                environment=env,
+                working_dir="/build",
+                volumes={name: {"bind": "/build", "mode": "rw"}},
+                read_only=True,
+                tmpfs={"/tmp": "rw,nosuid,nodev,size=2g"},  # noqa: S108 - the container's own tmpfs
+                cap_drop=["ALL"],
+                security_opt=["no-new-privileges:true"],
+                mem_limit=f"{job.memory_mb}m",
+                memswap_limit=f"{job.memory_mb}m",
+                nano_cpus=int(job.cpus * 1_000_000_000),
+                pids_limit=1024,
+                privileged=False,
+                network=name,  # internal: the proxy is the only way out
+                dns=[BUILD_NO_DNS],  # no names at all: the proxy resolves the registries
+                labels={HELPER: "build"},
+                log_config={"type": "json-file", "config": {"max-size": "10m", "max-file": "1"}},
+            )
+            user = str(container.attrs["Config"].get("User") or "0")
+            uid = _image_uid(container, user)
+            container.put_archive("/build", _build_skeleton(uid, job.files))
+            archive.seek(0)
+            if not container.put_archive("/build/app", archive):
+                raise BackendError("the engine refused the content archive", permanent=True)
+            container.start()
+            timed_out = threading.Event()
+
+            def stop() -> None:
+                timed_out.set()
+                try:
+                    container.kill()
+                except (APIError, DockerException):
+                    pass
+
+            timer = threading.Timer(job.timeout, stop)
+            timer.start()
+            try:
+                pending = b""
+                for chunk in container.logs(stream=True, follow=True):
+                    pending += chunk
+                    *lines, pending = pending.split(b"\n")
+                    for line in lines:
+                        log(line.decode("utf-8", "replace").rstrip("\r"))
+                if pending:
+                    log(pending.decode("utf-8", "replace"))
+                code = int(container.wait(timeout=60).get("StatusCode", 1))
+            finally:
+                timer.cancel()
+            for line in proxy.logs().decode("utf-8", "replace").splitlines():
+                if line.strip() and line != build_proxy.READY:
+                    log(line)  # what the proxy refused ("stackport build proxy: refused ...")
+            if timed_out.is_set():
+                raise BackendError(f"the build took longer than {job.timeout:.0f} s", permanent=True)
+            if code == 0:
+                stream, _ = container.get_archive(job.output)
+                try:
+                    for data in stream:
+                        out.write(data)  # the caller's writer stops an artifact too large
+                finally:
+                    close = getattr(stream, "close", None)
+                    if close is not None:
+                        close()
+            return code
+        except (APIError, DockerException) as exc:
+            raise _wrap(exc, "building the dependencies") from exc
+        finally:
+            self._remove_build(client, name)
+
+    def _start_build_proxy(
+        self, client: docker.DockerClient, name: str, job: BuildJob, image: str, inner: Any
+    ) -> tuple[Any, str]:
+        """The build's egress proxy (``build_proxy``, run by the image's python3), on the
+        build network (out) and the build's internal network (in), as hardened as the build;
+        ready when it says it listens. Returns it and its address on the internal network."""
+        config = json.dumps(
+            {
+                "tunnels": [t.rsplit(":", 1) for t in job.tunnels],
+                "plain": [p.rsplit(":", 1) for p in job.plain],
+                "addresses": {host: [a for h, a in job.addresses if h == host] for host, _ in job.addresses},
+            }
+        )
+        proxy = client.containers.create(
+            image,
+            name=f"{name}-proxy",
+            entrypoint=["python3", "-I", "-c", BUILD_PROXY_SOURCE, config],
+            command=[],
+            user="65534:65534",  # nobody: it needs no file of its own
+            environment={"PYTHONDONTWRITEBYTECODE": "1", "PYTHONUNBUFFERED": "1"},
+            read_only=True,
+            cap_drop=["ALL"],
+            security_opt=["no-new-privileges:true"],
+            mem_limit="128m",
+            memswap_limit="128m",
+            nano_cpus=500_000_000,
+            pids_limit=256,
+            privileged=False,
+            network=job.network,
+            labels={HELPER: "build"},
+            log_config={"type": "json-file", "config": {"max-size": "1m", "max-file": "1"}},
+            healthcheck={"test": ["NONE"]},  # not the image's web check
+        )
+        inner.connect(proxy)
+        proxy.start()
+        deadline = time.monotonic() + BUILD_PROXY_START_SECONDS
+        while build_proxy.READY.encode() not in proxy.logs():
+            proxy.reload()
+            if proxy.status not in ("created", "running") or time.monotonic() > deadline:
+                said = proxy.logs().decode("utf-8", "replace").strip()[-300:]
+                raise BackendError(
+                    f"the build's egress proxy did not start: {said or proxy.status}", permanent=False
+                )
+            time.sleep(0.1)
+        proxy.reload()
+        address = (proxy.attrs["NetworkSettings"]["Networks"].get(inner.name) or {}).get("IPAddress")
+        if not address:
+            raise BackendError(
+                "the build's egress proxy has no address on the build's network", permanent=False
+            )
+        return proxy, str(address)
+
+    def _create_build_network(
+        self, client: docker.DockerClient, name: str, pool: ipaddress.IPv4Network | None
+    ) -> Any:
+        """The build's own network: internal (no route out of the host, not even to its
+        gateway's other networks), a /28 of the build range (``_build_ranges``), an "spn-"
+        bridge (the hosts' egress rules: no internet, never the host itself)."""
+        bridge = "spn-" + hashlib.sha256(name.encode()).hexdigest()[:11]
+        used = self._used_subnets(client)
+        candidates = (
+            subnet
+            for block in _build_ranges(pool)
+            for subnet in block.subnets(new_prefix=28)
+            if not any(subnet.overlaps(u) for u in used)
+        )
+        for _ in range(NETWORK_CREATE_ATTEMPTS):  # a concurrent build may take one first
+            subnet = next(candidates, None)
+            if subnet is None:
+                break
+            ipam = docker.types.IPAMConfig(
+                pool_configs=[
+                    docker.types.IPAMPool(subnet=str(subnet), gateway=str(subnet.network_address + 1))
+                ]
+            )
+            try:
+                return client.networks.create(
+                    name,
+                    driver="bridge",
+                    internal=True,
+                    ipam=ipam,
+                    labels={HELPER: "build"},
+                    options={"com.docker.network.bridge.enable_icc": "true", BRIDGE_NAME: bridge},
+                )
+            except APIError as exc:
+                if "overlaps" not in str(getattr(exc, "explanation", "") or exc):
+                    raise
+        raise BackendError("no free network left on the host for builds", permanent=False)
+
+    @staticmethod
+    def _used_subnets(client: docker.DockerClient) -> set[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+        used = set()
+        for existing in client.networks.list():
+            for config in (existing.attrs.get("IPAM") or {}).get("Config") or []:
+                if config.get("Subnet"):
+                    used.add(ipaddress.ip_network(config["Subnet"], strict=False))
+        return used
+
+    def _ensure_build_network(
+        self, client: docker.DockerClient, network: str, pool: ipaddress.IPv4Network | None = None
+    ) -> None:
+        """The build network, where the builds' egress proxies reach the internet: a bridge
+        of its own, never a stack's, no traffic between its containers, an "spe-" bridge
+        name, so the hosts' egress rules (scripts/host-firewall.sh) treat it as a stack
+        network allowed the internet (never the host, private ranges or the stacks). It takes
+        a /24 of the project supernet from its top end; on hosts with an address pool
+        (routed, scripts/docker-hosts.sh) the pool's first /24 (third octet 0, never a
+        stack's), as only the pool is routed and let out there. One made elsewhere than the
+        pool is made again when no container uses it."""
+        found = [n for n in client.networks.list(names=[network]) if n.name == network]
+        if found and pool is not None:
+            configs = (found[0].attrs.get("IPAM") or {}).get("Config") or [{}]
+            subnet = configs[0].get("Subnet")
+            if not subnet or not ipaddress.ip_network(subnet, strict=False).subnet_of(pool):  # type: ignore[arg-type]
+                found[0].reload()
+                if not found[0].attrs.get("Containers"):
+                    found[0].remove()
+                    found = []
+        if found:
+            return
+        used = self._used_subnets(client)
+        if pool is not None:
+            candidates: Iterable[ipaddress.IPv4Network] = [
+                ipaddress.IPv4Network((int(pool.network_address), 24))
+            ]
+        else:
+            count = 2 ** (24 - PROJECT_SUPERNET.prefixlen)
+            top = (int(PROJECT_SUPERNET.network_address) + ((count - 1 - i) << 8) for i in range(count))
+            candidates = (ipaddress.IPv4Network((a, 24)) for a in top)
+        subnet = next((c for c in candidates if not any(c.overlaps(u) for u in used)), None)
+        if subnet is None:
+            raise BackendError("no free network left on the host for builds", permanent=False)
+        bridge = "spe-" + hashlib.sha256(network.encode()).hexdigest()[:11]
+        ipam = docker.types.IPAMConfig(
+            pool_configs=[docker.types.IPAMPool(subnet=str(subnet), gateway=str(subnet.network_address + 1))]
+        )
+        try:
+            client.networks.create(
+                network,
+                driver="bridge",
+                ipam=ipam,
+                labels={HELPER: "build"},
+                options={"com.docker.network.bridge.enable_icc": "false", BRIDGE_NAME: bridge},
+            )
+        except APIError as exc:
+            if exc.status_code != 409:  # made by a concurrent build
+                raise
+
+    def _remove_stale_builds(self, client: docker.DockerClient, timeout: float) -> None:
+        """Remove build containers, proxies, internal networks and work volumes (labelled as
+        builds) older than the build timeout plus a margin: a worker killed mid-build left
+        them. A build still running is younger than that, so concurrent builds never remove
+        each other's."""
+        oldest = time.time() - timeout - BUILD_LEFTOVER_MARGIN_SECONDS
+        label = f"{HELPER}=build"
+        for container in list_containers(client, all=True, filters={"label": label}):
+            if container.name.startswith("sp-build-") and _created(container.attrs.get("Created")) < oldest:
+                self._remove_build(client, container.name.removesuffix("-proxy"))
+        for volume in client.volumes.list(filters={"label": label}):
+            if volume.name.startswith("sp-build-") and _created(volume.attrs.get("CreatedAt")) < oldest:
+                try:
+                    volume.remove(force=True)
+                except NotFound:
+                    pass
+                except APIError as exc:
+                    if exc.status_code != 409:  # still mounted: its container goes first
+                        raise
+        for network in client.networks.list(filters={"label": label}):
+            if network.name.startswith("sp-build-") and _created(network.attrs.get("Created")) < oldest:
+                self._remove_build(client, network.name)
+
+    def _remove_build(self, client: docker.DockerClient, name: str) -> None:
+        for container_name in (name, f"{name}-proxy"):
+            try:
+                self._remove_container(client.containers.get(container_name))
+            except NotFound:
+                pass
+        try:
+            client.volumes.get(name).remove(force=True)
+        except NotFound:
+            pass
+        try:
+            client.networks.get(name).remove()
+        except NotFound:
+            pass
 
     def _helper_image(self, client: docker.DockerClient) -> str:
         """Any image on the host will do for a container that is never started."""
@@ -1154,6 +1654,7 @@ class DockerBackend(HostPlacement, Backend):
             caps=caps,
             user=user,
             network=method != "files",
+            unique=True,  # a scheduled and a manual backup may dump the same component at once
         )
         errors = bytearray()
         try:
@@ -1196,9 +1697,11 @@ class DockerBackend(HostPlacement, Backend):
         server of the same image, the dump streamed into its own client); a failure there
         removes them and leaves the running data as it was. Then the component is stopped,
         its current data copied into *kept* volumes (named by ``token``), the restored data
-        put in its place, and it is started again. Returns the kept volumes (empty when the
-        component had no data yet): ``undo_restore`` puts them back, ``drop_kept`` removes
-        them once the customer keeps the restored data."""
+        put in its place, and it is started again. A PostgreSQL volume with room for both
+        is restored within itself instead, by renames (``_restore_within``). Returns the
+        kept volumes (or folders; empty when the component had no data yet):
+        ``undo_restore`` puts them back, ``drop_kept`` removes them once the customer keeps
+        the restored data."""
         comp = self._component(spec, component)
         if not re.match(r"^[a-z0-9]{1,24}$", token):
             raise BackendError(f"invalid restore token {token!r}", permanent=True)
@@ -1214,21 +1717,29 @@ class DockerBackend(HostPlacement, Backend):
         scratch = [f"{name}-r{token}" for name in live]
         kept = [f"{name}-k{token}" for name in live]
         try:
+            if method == "postgresql" and len(volumes) == 1 and not volumes[0].shared:
+                within = self._restore_within(
+                    client, spec, state, comp, volumes[0], live[0], token, chunks, log
+                )
+                if within is not None:
+                    return within
             for name in scratch:
                 self._remove_volume(client, name)  # a leftover of an interrupted run
                 client.volumes.create(name, labels={LABEL: spec.key})
             self._load(client, spec, state, comp, method, volumes, scratch, chunks, log)
+            for name, volume_spec in zip(live, volumes, strict=True):
+                # A new environment's volumes are made here: with their size (and a stack
+                # volume with its owner), as a deploy would have made them.
+                if volume_spec.shared:
+                    self._ensure_stack_volume(client, spec, comp, volume_spec)
+                else:
+                    self._ensure_volume(client, spec.key, name, volume_spec.size_gb)
             running = self._running_of(client, spec.key, comp.name) if comp.stateful else []
             for container in running:
                 log(f"stopping {container.name} to put the restored data in place")
                 self._stop_container(container)
             had_data = self._swap(client, spec, comp, live, kept, scratch, log)
-            for container in running:
-                container.start()
-            if running:
-                problem = self._wait_healthy(client, spec.key, [c.name for c in running], log)
-                if problem:
-                    raise BackendError(f"{comp.name} did not start on the restored data: {problem}")
+            self._start_on_restored(running, comp, log)
         except (APIError, DockerException, OSError) as exc:
             raise _wrap(exc, f"restoring {comp.name}") from exc
         finally:
@@ -1239,6 +1750,76 @@ class DockerBackend(HostPlacement, Backend):
             + (f"; the previous data is kept in {', '.join(kept)}" if had_data else "")
         )
         return kept if had_data else []
+
+    def _restore_within(
+        self,
+        client: docker.DockerClient,
+        spec: StackSpec,
+        state: dict[str, Any],
+        comp: ComponentSpec,
+        volume: Any,
+        live: str,
+        token: str,
+        chunks: Iterable[bytes],
+        log: Any,
+    ) -> list[str] | None:
+        """A PostgreSQL restore with no copy, when the live volume has room for the restored
+        data next to its own (``WITHIN_PREPARE_SCRIPT``): the temporary server loads the
+        dump into a folder of the live volume (the running server never looks there), then
+        the component is stopped, its data renamed into a *kept* folder of the same volume
+        and the restored data renamed into place (``WITHIN_SWAP_SCRIPT``: no copy), and it
+        is started again. A failed load removes the folder and leaves the data as it was.
+        Returns the kept name as ``restore`` does (``<live>-k<token>``, a folder, not a
+        volume); None (nothing read of ``chunks``) when there is no room or no volume yet:
+        the caller restores through scratch volumes."""
+        try:
+            client.volumes.get(live)
+        except NotFound:
+            return None
+        self._ensure_volume(client, spec.key, live, volume.size_gb)  # attached after a host restart
+        inner, kept = f"{WITHIN_RESTORE}{token}", f"{WITHIN_KEPT}{token}"
+        code, out = self._run_copy(client, spec, comp, {live: "/live"}, WITHIN_PREPARE_SCRIPT, [inner])
+        if code == 3:
+            log(f"{live} has no room for the restored data next to its own: restoring through a copy")
+            return None
+        if code != 0:
+            raise BackendError(f"preparing the restore of {comp.name} failed: {out}", permanent=True)
+        swapped, running = False, []
+        try:
+            pgdata = f"{volume.path.rstrip('/')}/{inner}"
+            self._load(client, spec, state, comp, "postgresql", [volume], [live], chunks, log, pgdata=pgdata)
+            running = self._running_of(client, spec.key, comp.name) if comp.stateful else []
+            for container in running:
+                log(f"stopping {container.name} to put the restored data in place")
+                self._stop_container(container)
+            code, out = self._run_copy(client, spec, comp, {live: "/live"}, WITHIN_SWAP_SCRIPT, [inner, kept])
+            if code not in (20, 21):
+                raise BackendError(
+                    f"putting the restored data of {comp.name} in place failed: {out}", permanent=True
+                )
+            swapped = True
+        finally:
+            if not swapped:
+                self._run_copy(client, spec, comp, {live: "/live"}, 'rm -rf -- "/live/$1"', [inner])
+                for container in running:
+                    container.start()  # on the data it had
+        log(f"restored data in place in {live}")
+        self._start_on_restored(running, comp, log)
+        if code == 20:
+            log(f"{comp.name}: restored")
+            return []
+        log(f"{comp.name}: restored; the previous data is kept in {live} ({kept})")
+        return [f"{live}-k{token}"]
+
+    def _kept_within(self, client: docker.DockerClient, name: str) -> tuple[str, str] | None:
+        """(live volume, kept folder) when the kept data ``name`` is a folder of the live
+        volume (``_restore_within``), None when it is a volume of its own."""
+        try:
+            client.volumes.get(name)
+            return None
+        except NotFound:
+            live, _, token = name.rpartition("-k")
+            return live, f"{WITHIN_KEPT}{token}"
 
     def undo_restore(
         self, spec: StackSpec, state: dict[str, Any], component: str, kept: list[str], log: Any = print
@@ -1252,6 +1833,15 @@ class DockerBackend(HostPlacement, Backend):
             for container in running:
                 self._stop_container(container)
             for source, target in zip(kept, live, strict=True):
+                within = self._kept_within(client, source)
+                if within is not None:
+                    code, out = self._run_copy(
+                        client, spec, comp, {target: "/live"}, WITHIN_UNDO_SCRIPT, [within[1]]
+                    )
+                    if code != 0:
+                        raise BackendError(f"putting back {source} failed: {out}", permanent=True)
+                    log(f"put {source} back into {target}")
+                    continue
                 self._copy_volume(client, spec, comp, source, target, log)
             for container in running:
                 container.start()
@@ -1267,7 +1857,70 @@ class DockerBackend(HostPlacement, Backend):
         for name in kept:
             if not name.startswith(f"sp-{key}-"):
                 raise BackendError(f"{name} is not a volume of {key}", permanent=True)
-            self._remove_volume(client, name)
+            within = self._kept_within(client, name)
+            if within is None:
+                self._remove_volume(client, name)
+                continue
+            live, folder = within
+            try:
+                client.volumes.get(live)
+            except NotFound:
+                continue  # gone with its volume
+            users = list_containers(client, all=True, filters={"volume": live, "label": f"{LABEL}={key}"})
+            if not users:
+                raise BackendError(f"no container of {key} mounts {live} any more", permanent=True)
+            code, out = self._run_root(
+                client,
+                key,
+                f"{live}-drop",
+                users[0].image.id,
+                {live: "/live"},
+                'rm -rf -- "/live/$1"',
+                [folder],
+            )
+            if code != 0:
+                raise BackendError(f"removing the kept data in {live} failed: {out}", permanent=True)
+
+    def check_dump(
+        self, spec: StackSpec, state: dict[str, Any], component: str, method: str, chunks: Iterable[bytes]
+    ) -> None:
+        """``pg_restore --list`` of the upload, in a helper of the component's own image (the
+        same version: an older pg_restore cannot read a newer archive), with no network and
+        no volume: it reads the archive's header and table of contents, and touches nothing."""
+        comp = self._component(spec, component)
+        if method != "postgresql":
+            raise BackendError(f"no check for {method} files", permanent=True)
+        client = self.client(self.place(spec, state))
+        command = {"cmd": ["pg_restore", "--list", "-f", "/dev/null"], "env": {}}
+        try:
+            helper = self._backup_helper(
+                client, spec, state, comp, f"sp-{spec.key}-{comp.name}-check", command,
+                mounts={}, caps=[], user=comp.user, network=False, stdin=True, logs=True, unique=True,
+            )  # fmt: skip
+            try:
+                self._feed(client, helper, chunks, "reading the dump")
+            finally:
+                self._remove_container(helper)
+        except (APIError, DockerException, OSError) as exc:
+            raise _wrap(exc, f"checking a dump for {comp.name}") from exc
+
+    def remove_data(self, spec: StackSpec, state: dict[str, Any], component: str) -> None:
+        """Remove the component's volumes as ``spec`` names them (an older data generation,
+        kept after a dump-and-restore upgrade); refused while a container mounts one."""
+        comp = self._component(spec, component)
+        client = self.client(self.place(spec, state))
+        names = {volume_name(spec.key, comp, v.name) for v in comp.volumes}
+        try:
+            for container in self._containers(client, spec.key):
+                used = names & {m.get("Name") for m in container.attrs.get("Mounts") or []}
+                if used:
+                    raise BackendError(
+                        f"{container.name} still uses {', '.join(sorted(used))}", permanent=True
+                    )
+            for name in sorted(names):
+                self._remove_volume(client, name)
+        except (APIError, DockerException) as exc:
+            raise _wrap(exc, f"removing the old data of {comp.name}") from exc
 
     def place_of(self, state: dict[str, Any]) -> str:
         return str(state.get("host") or self.hosts[0].name)
@@ -1315,7 +1968,7 @@ class DockerBackend(HostPlacement, Backend):
                 "-d",
                 env["STACKPORT_DB_NAME"],
                 "-Fc",
-                "-Z0",  # uncompressed: restic deduplicates the rows and compresses itself
+                *pg_dump_compression(comp.version),
             ]
             return {"cmd": command, "env": {"PGPASSWORD": env["STACKPORT_DB_PASSWORD"]}}, [], comp.user
         if method == "mariadb":
@@ -1352,14 +2005,28 @@ class DockerBackend(HostPlacement, Backend):
         network: bool,
         stdin: bool = False,
         logs: bool = False,
+        unique: bool = False,
     ) -> Any:
         """A created (not started) helper of the component's image: hardened like a replica
         (no capabilities but ``caps``, read-only root, limits), no health check, not restarted,
-        on the stack's network only when it must reach the component."""
-        try:
-            self._remove_container(client.containers.get(name))
-        except NotFound:
-            pass
+        on the stack's network only when it must reach the component. A leftover of the same
+        name (an interrupted run) is removed first; ``unique``: helpers that may run at once
+        (two uploads checked, two dumps) get a random suffix instead, and only leftovers of
+        that name older than ``HELPER_LEFTOVER_SECONDS`` are removed."""
+        if unique:
+            oldest = time.time() - HELPER_LEFTOVER_SECONDS
+            filters = {"label": [f"{LABEL}={spec.key}", f"{HELPER}=backup"]}
+            for leftover in list_containers(client, all=True, filters=filters):
+                if (leftover.name == name or leftover.name.startswith(f"{name}-")) and _created(
+                    leftover.attrs.get("Created")
+                ) < oldest:
+                    self._remove_container(leftover)
+            name = f"{name}-{secrets.token_hex(4)}"
+        else:
+            try:
+                self._remove_container(client.containers.get(name))
+            except NotFound:
+                pass
         self._ensure_image(client, comp.image)
         options = self.run_options(spec, comp, COLORS[1], 0, name)
         options.update(
@@ -1381,7 +2048,7 @@ class DockerBackend(HostPlacement, Backend):
             options["network_disabled"] = True
         if stdin:
             options["stdin_open"] = True
-        created = client.containers.create(comp.image, **options)
+        created = client.containers.create(self._ensure_image(client, comp.image), **options)
         if network:
             try:
                 client.api.disconnect_container_from_network(created.id, "bridge")
@@ -1389,6 +2056,34 @@ class DockerBackend(HostPlacement, Backend):
                 pass
             self._ensure_network(self.place(spec, state), spec, state).connect(created)
         return created
+
+    def _start_on_restored(self, running: list[Any], comp: ComponentSpec, log: Any) -> None:
+        """Start the containers stopped for a restore again; BackendError unless they get ready."""
+        for container in running:
+            container.start()
+        if running:
+            problem = self._wait_ready(running, comp, log)
+            if problem:
+                raise BackendError(f"{comp.name} did not start on the restored data: {problem}")
+
+    def _wait_ready(self, containers: list[Any], comp: ComponentSpec, log: Any) -> str:
+        """'' once each of ``containers`` (started) answers the component's own health
+        check, run in it every ``READY_POLL`` seconds (the engine runs it every 2 s only),
+        else what is wrong: it stopped, or it did not answer within ``HEALTH_TIMEOUT``."""
+        deadline = time.monotonic() + HEALTH_TIMEOUT
+        for container in containers:
+            while True:
+                container.reload()
+                if container.status != "running":
+                    tail = container.logs(tail=8).decode(errors="replace").strip()
+                    return f"{container.name} stopped" + (f"; last log lines:\n{tail}" if tail else "")
+                if not comp.health or container.exec_run(list(comp.health)).exit_code == 0:
+                    log(f"{container.name} is ready")
+                    break
+                if time.monotonic() > deadline:
+                    return f"{container.name} did not answer its health check within {HEALTH_TIMEOUT}s"
+                time.sleep(READY_POLL)
+        return ""
 
     def _feed(self, client: docker.DockerClient, helper: Any, chunks: Iterable[bytes], what: str) -> None:
         """Start ``helper`` with ``chunks`` on its standard input; BackendError unless it exits 0."""
@@ -1399,8 +2094,8 @@ class DockerBackend(HostPlacement, Backend):
             for chunk in chunks:
                 raw.sendall(chunk)
             raw.shutdown(socket.SHUT_WR)
-        except BrokenPipeError:
-            pass  # it exited early: its exit code and log say why
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # it exited early (or read what it needed): its exit code and log say why
         finally:
             sock.close()
         code = int(helper.wait(timeout=3600).get("StatusCode", 1))
@@ -1419,11 +2114,16 @@ class DockerBackend(HostPlacement, Backend):
         scratch: list[str],
         chunks: Iterable[bytes],
         log: Any,
+        pgdata: str = "",
     ) -> None:
-        """Fill the ``scratch`` volumes from the backup."""
+        """Fill the ``scratch`` volumes from the backup (PostgreSQL with ``pgdata``: the
+        temporary server's data directory, a folder inside the mounted volume)."""
         mounts = {name: {"bind": v.path, "mode": "rw"} for name, v in zip(scratch, volumes, strict=True)}
         env = dict(comp.env)
         loader = f"sp-{spec.key}-{comp.name}-load"
+        # A stack made afresh on a host that never ran it (a move off a lost host) has
+        # nothing pulled there yet.
+        self._ensure_image(client, comp.image)
         if method in ("postgresql", "mariadb"):
             temp_name = f"sp-{spec.key}-{comp.name}-restore"
             try:
@@ -1434,7 +2134,14 @@ class DockerBackend(HostPlacement, Backend):
             options.update(
                 labels={LABEL: spec.key, HELPER: "restore"}, restart_policy={"Name": "no"}, volumes=mounts
             )
-            temp = client.containers.create(comp.image, **options)
+            if method == "postgresql":
+                # A throwaway server that only loads the dump: no WAL for the tables the
+                # load creates (-1 makes COPY into them skip it), no flushes. If it fails the
+                # scratch volumes go; the clean shutdown below writes everything out.
+                options["command"] = [arg for flag in TEMP_PG_SETTINGS for arg in ("-c", flag)]
+                if pgdata:
+                    options["environment"] = {**options["environment"], "PGDATA": pgdata}
+            temp = client.containers.create(self._ensure_image(client, comp.image), **options)
             try:
                 try:
                     client.api.disconnect_container_from_network(temp.id, "bridge")
@@ -1443,7 +2150,7 @@ class DockerBackend(HostPlacement, Backend):
                 address = self.slot_address(spec, state, comp, COLORS[1], 0)
                 self._ensure_network(self.place(spec, state), spec, state).connect(temp, ipv4_address=address)
                 temp.start()
-                problem = self._wait_healthy(client, spec.key, [temp_name], log)
+                problem = self._wait_ready([temp], comp, log)
                 if problem:
                     raise BackendError(f"a fresh {comp.name} did not start: {problem}", permanent=True)
                 if method == "postgresql":
@@ -1525,7 +2232,7 @@ class DockerBackend(HostPlacement, Backend):
             network_disabled=True,
             extra_hosts={},
         )
-        temp = client.containers.create(comp.image, **options)
+        temp = client.containers.create(self._ensure_image(client, comp.image), **options)
         try:
             temp.start()
             problem = self._wait_healthy(client, spec.key, [name], log)
@@ -1566,13 +2273,10 @@ class DockerBackend(HostPlacement, Backend):
         log: Any,
     ) -> bool:
         """Copy each live volume into its kept one, then the scratch one into it. If the
-        second copy fails the kept data is put back. True when there was data to keep."""
-        script = (
-            'set -u; if [ -z "$(ls -A /live)" ]; then had=0; else had=1; '
-            "cp -a /live/. /kept/ || exit 10; fi; "
-            "find /live -mindepth 1 -delete && cp -a /scratch/. /live/ && exit $((20 + had)); "
-            "find /live -mindepth 1 -delete; [ $had = 1 ] && cp -a /kept/. /live/; exit 11"
-        )
+        second copy fails the kept data is put back. True when there was data to keep.
+        When the live volume has room for both, its data is first moved aside inside it and
+        the two copies run at once; the old data goes once both are done (``SWAP_SCRIPT``)."""
+        script = SWAP_SCRIPT
         had = False
         for live_name, kept_name, scratch_name in zip(live, kept, scratch, strict=True):
             self._ensure_volume(client, spec.key, live_name)
@@ -1613,21 +2317,34 @@ class DockerBackend(HostPlacement, Backend):
         comp: ComponentSpec,
         mounts: dict[str, str],
         script: str,
+        args: list[str] | None = None,
     ) -> tuple[int, str]:
         """Run ``script`` as root (only the file capabilities, no network) in a container of
-        the component's image with ``mounts`` (volume -> path)."""
-        name = f"sp-{spec.key}-{comp.name}-copy"
+        the component's image with ``mounts`` (volume -> path); ``args`` are its $1, $2..."""
+        return self._run_root(
+            client, spec.key, f"sp-{spec.key}-{comp.name}-copy", comp.image, mounts, script, args
+        )
+
+    def _run_root(
+        self,
+        client: docker.DockerClient,
+        key: str,
+        name: str,
+        image: str,
+        mounts: dict[str, str],
+        script: str,
+        args: list[str] | None = None,
+    ) -> tuple[int, str]:
         try:
             self._remove_container(client.containers.get(name))
         except NotFound:
             pass
-        self._ensure_image(client, comp.image)
         helper = client.containers.create(
-            comp.image,
-            entrypoint=["sh", "-c", script],
+            self._ensure_image(client, image),
+            entrypoint=["sh", "-c", script, "sh", *(args or [])],
             name=name,
             user="0",
-            labels={LABEL: spec.key, HELPER: "copy"},
+            labels={LABEL: key, HELPER: "copy"},
             volumes={v: {"bind": path, "mode": "rw"} for v, path in mounts.items()},
             cap_drop=["ALL"],
             cap_add=["CHOWN", "DAC_OVERRIDE", "FOWNER", "FSETID"],
@@ -1674,7 +2391,9 @@ class DockerBackend(HostPlacement, Backend):
         buffer = io.BytesIO()
         with tarfile.open(fileobj=buffer, mode="w") as tar:
             info = tarfile.TarInfo(".stackport-definitions.json")
-            info.size, info.mode, info.mtime = len(data), 0o600, int(time.time())
+            # The engine writes what put_archive gets as root: readable by the broker's own
+            # user, in its own data folder, for the seconds until it is removed below.
+            info.size, info.mode, info.mtime = len(data), 0o644, int(time.time())
             tar.addfile(info, io.BytesIO(data))
         if not running[0].put_archive(path, buffer.getvalue()):
             raise BackendError("could not hand the definitions to the broker", permanent=True)
@@ -1687,14 +2406,53 @@ class DockerBackend(HostPlacement, Backend):
         log(f"{comp.name}: definitions imported")
 
 
-def describe_host(url: str, timeout: float = 10) -> HostFacts:
+def pg_dump_compression(version: str) -> list[str]:
+    """pg_dump's compression for a backup of PostgreSQL ``version``: LZ4 from 16 on (fast
+    enough that the dump is not slower than an uncompressed one, and restic then has a
+    tenth of the bytes to chunk, hash and encrypt), gzip's fastest level before."""
+    major = version.split(".", 1)[0]
+    return ["-Z", "lz4"] if major.isdigit() and int(major) >= 16 else ["-Z", "1"]
+
+
+def engine_client(url: str, *, timeout: float, tls: EngineTLS | None = None) -> docker.DockerClient:
+    """A client of the engine at ``url``. tcp:// is spoken only with mutual TLS: an engine
+    address on tcp without the portal's client certificate is refused here, never tried in
+    the clear (docs/security.md, "Docker engines over TCP")."""
+    options: dict[str, Any] = {}
+    if url.startswith("tcp://"):
+        if tls is None:
+            raise BackendError(
+                f"{url}: tcp engines are reached with TLS only, and no certificate is set", permanent=True
+            )
+        options["tls"] = docker.tls.TLSConfig(
+            client_cert=(tls.client_cert, tls.client_key),
+            ca_cert=tls.ca_cert if tls.verify else None,
+            verify=tls.ca_cert if tls.verify else False,
+        )
+    try:
+        if not options:
+            return docker.DockerClient(base_url=url, version="auto", timeout=timeout)
+        # The environment's CA bundle (REQUESTS_CA_BUNDLE) and proxies would replace the
+        # engine's CA and route (psf/requests#3829): ask the version without them first.
+        probe = docker.DockerClient(base_url=url, version="1.41", timeout=timeout, **options)
+        probe.api.trust_env = False
+        version = str(probe.version()["ApiVersion"])
+        probe.close()
+        client = docker.DockerClient(base_url=url, version=version, timeout=timeout, **options)
+        client.api.trust_env = False
+        return client
+    except (DockerException, OSError, requests.exceptions.RequestException) as exc:
+        raise _wrap(exc, f"the engine at {url} does not answer") from exc
+
+
+def describe_host(url: str, timeout: float = 10, tls: EngineTLS | None = None) -> HostFacts:
     """The engine's id, kernel, CPUs and memory: a ping, then the engine's info, each
     within ``timeout`` seconds (the host health probe, and registration). ``BackendError``
     when it does not answer."""
     if not ENGINE_URL_RE.fullmatch(url):
         raise BackendError("this is not an engine address Stackport uses", permanent=True)
     try:
-        client = docker.DockerClient(base_url=url, version="auto", timeout=timeout)
+        client = engine_client(url, timeout=timeout, tls=tls)
         try:
             client.ping()
             info = client.info()
@@ -1767,8 +2525,181 @@ def peers_hash(peers: dict[str, str]) -> str:
 
 
 def volume_name(key: str, comp: ComponentSpec, volume: str) -> str:
+    """The engine's name of ``comp``'s volume ``volume``. A shared (stack) volume is the
+    stack's, whichever component mounts it: ``sp-<key>--<volume>`` (component names never
+    start with "-", so it cannot meet a component's own volume)."""
+    if any(v.shared and v.name == volume for v in comp.volumes):
+        return f"sp-{key}--{volume}"
     suffix = f"-g{comp.data_generation}" if comp.data_generation else ""
     return f"sp-{key}-{comp.name}-{volume}{suffix}"
+
+
+def shares_volumes(comp: ComponentSpec) -> bool:
+    return any(v.shared for v in comp.volumes)
+
+
+BUILD_NAME_RE = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
+BUILD_NO_DNS = "127.0.0.1"  # no resolver listens there: a lookup fails at once
+BUILD_PROXY_SOURCE = Path(build_proxy.__file__).read_text(encoding="utf-8")  # run by python3 -c
+BUILD_PROXY_START_SECONDS = 20.0
+# What pip, npm, composer and git read for their proxy (the build's only way out).
+BUILD_PROXY_VARIABLES = (
+    "HTTP_PROXY",
+    "HTTPS_PROXY",
+    "http_proxy",
+    "https_proxy",
+    "npm_config_proxy",
+    "npm_config_https_proxy",
+)
+
+
+def _build_ranges(pool: ipaddress.IPv4Network | None) -> Iterator[ipaddress.IPv4Network]:
+    """The /24s the builds' internal networks take /28s of: on a host with an address pool
+    its last /24 (third octet 255, never a stack's); else the project supernet's /24s from
+    its top end (the build network took the first free one)."""
+    if pool is not None:
+        yield ipaddress.IPv4Network((int(pool.broadcast_address) & ~0xFF, 24))
+        return
+    count = 2 ** (24 - PROJECT_SUPERNET.prefixlen)
+    for i in range(count):
+        yield ipaddress.IPv4Network((int(PROJECT_SUPERNET.network_address) + ((count - 1 - i) << 8), 24))
+
+
+BUILD_LEFTOVER_MARGIN_SECONDS = 600  # past the build timeout: a build helper is a leftover
+HELPER_LEFTOVER_SECONDS = 86400  # a backup helper with a random suffix older than this is a leftover
+READY_POLL = 0.2  # seconds between health checks while a restore waits for a server
+# A restore puts its data in place (``_swap``): /live's data copied into /kept, /scratch's
+# into /live; exit 20 (/live was empty) or 21 on success, 10 (nothing kept) or 11 (the new
+# data not in place) with /live's data as it was. With room for both in /live, its data is
+# moved aside there (a rename) and both copies run at once; else one after the other.
+SWAP_SCRIPT = r"""set -u
+old=/live/.stackport-old
+back() {
+  find /live -mindepth 1 -maxdepth 1 ! -name .stackport-old -exec rm -rf -- {} +
+  find "$old" -mindepth 1 -maxdepth 1 -exec mv -t /live -- {} + && rmdir "$old"
+}
+if [ -z "$(ls -A /live)" ]; then had=0; else had=1; fi
+need=$(du -sk /scratch | cut -f1)
+free=$(df -Pk /live | awk 'NR == 2 { print $4 }')
+if [ $had = 1 ] && [ ! -e "$old" ] && [ "${free:-0}" -gt $((need + need / 10 + 65536)) ]; then
+  mkdir "$old" || exit 10
+  find /live -mindepth 1 -maxdepth 1 ! -name .stackport-old -exec mv -t "$old" -- {} + || { back; exit 10; }
+  cp -a "$old/." /kept/ & keeping=$!
+  cp -a /scratch/. /live/; put=$?
+  wait $keeping; kept=$?
+  if [ $kept = 0 ] && [ $put = 0 ]; then rm -rf "$old"; exit 21; fi
+  back
+  [ $kept = 0 ] && exit 11
+  exit 10
+fi
+if [ $had = 1 ]; then cp -a /live/. /kept/ || exit 10; fi
+find /live -mindepth 1 -delete && cp -a /scratch/. /live/ && exit $((20 + had))
+find /live -mindepth 1 -delete; [ $had = 1 ] && cp -a /kept/. /live/; exit 11
+"""
+# A PostgreSQL restore inside the live volume (``_restore_within``): the folders it loads
+# into and keeps the replaced data in, at the top of the volume (the data directory).
+WITHIN_RESTORE = ".stackport-restore-"
+WITHIN_KEPT = ".stackport-kept-"
+_WITHIN_OWN = (
+    "own() { find /live -mindepth 1 -maxdepth 1 ! -name '.stackport-restore-*' "
+    "! -name '.stackport-kept-*' ! -name .stackport-old \"$@\"; }\n"
+)
+# $1: the folder to load into. Leftovers of interrupted restores go; exit 3 when the volume
+# has no room for the restored data (about the size of its own) next to its data; else the
+# folder is made, owned like the data.
+WITHIN_PREPARE_SCRIPT = r"""set -u
+find /live -mindepth 1 -maxdepth 1 -name '.stackport-restore-*' -exec rm -rf -- {} +
+need=$(du -sk --exclude='.stackport-kept-*' /live | cut -f1)
+free=$(df -Pk /live | awk 'NR == 2 { print $4 }')
+[ "${free:-0}" -gt $((need + need / 10 + 65536)) ] || exit 3
+ref=/live; [ -e /live/PG_VERSION ] && ref=/live/PG_VERSION
+mkdir -m 700 "/live/$1" && chown "$(stat -c %u:%g "$ref")" "/live/$1"
+"""
+# $1: the loaded folder, $2: the kept folder. Renames only: the data into $2, $1's into
+# place. Exit 20 (there was no data) or 21 on success; 10 or 11 with the data as it was.
+WITHIN_SWAP_SCRIPT = (
+    "set -u\n"
+    + _WITHIN_OWN
+    + r"""new="/live/$1"; old="/live/$2"
+[ -s "$new/PG_VERSION" ] || exit 10
+back() { find "$old" -mindepth 1 -maxdepth 1 -exec mv -t /live -- {} + && rmdir "$old"; }
+if [ -z "$(own -print -quit)" ]; then had=0; else
+  had=1
+  mkdir -m 700 "$old" || exit 10
+  own -exec mv -t "$old" -- {} + || { back; exit 10; }
+fi
+find "$new" -mindepth 1 -maxdepth 1 -exec mv -t /live -- {} + && rmdir "$new" && exit $((20 + had))
+own -exec mv -t "$new" -- {} +
+[ $had = 1 ] && back
+exit 11
+"""
+)
+# $1: the kept folder: the data in place goes, the kept data is renamed back.
+WITHIN_UNDO_SCRIPT = (
+    "set -u\n"
+    + _WITHIN_OWN
+    + r"""old="/live/$1"
+[ -d "$old" ] || exit 10
+own -exec rm -rf -- {} + || exit 11
+find "$old" -mindepth 1 -maxdepth 1 -exec mv -t /live -- {} + && rmdir "$old"
+"""
+)
+# The temporary PostgreSQL server a restore loads the dump into (thrown away if it fails).
+TEMP_PG_SETTINGS = (
+    "wal_level=minimal",
+    "max_wal_senders=0",
+    "fsync=off",
+    "synchronous_commit=off",
+    "full_page_writes=off",
+)
+
+
+def _created(value: Any) -> float:
+    """The epoch seconds of an engine's "Created"/"CreatedAt" time (RFC 3339, nanoseconds);
+    the current time when missing or unreadable (so it is never taken for a leftover)."""
+    try:
+        return datetime.fromisoformat(re.sub(r"\.\d+", "", str(value))).timestamp()
+    except ValueError:
+        return time.time()
+
+
+def _image_uid(container: Any, user: str) -> int:
+    """The numeric uid of the image's user (``www-data`` in the runtime images), read from
+    the image's /etc/passwd through the engine; 0 when it is root or cannot be told."""
+    name = user.split(":", 1)[0]
+    if name.isdigit():
+        return int(name)
+    if name in ("", "root"):
+        return 0
+    try:
+        stream, _ = container.get_archive("/etc/passwd")
+        with tarfile.open(fileobj=io.BytesIO(b"".join(stream))) as tar:
+            member = tar.extractfile("passwd")
+            text = member.read().decode("utf-8", "replace") if member else ""
+    except (APIError, DockerException, tarfile.TarError, KeyError):
+        return 0
+    for line in text.splitlines():
+        fields = line.split(":")
+        if len(fields) > 2 and fields[0] == name and fields[2].isdigit():
+            return int(fields[2])
+    return 0
+
+
+def _build_skeleton(uid: int, files: Sequence[tuple[str, bytes]]) -> io.BytesIO:
+    """/build/app and /build/out owned by the build's user (the content lands in app/), and
+    the extra files (read-only to it)."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        for folder in ("app", "out"):
+            info = tarfile.TarInfo(folder)
+            info.type, info.mode, info.uid, info.gid = tarfile.DIRTYPE, 0o755, uid, uid
+            tar.addfile(info)
+        for path, data in files:
+            info = tarfile.TarInfo(path)
+            info.size, info.mode = len(data), 0o644
+            tar.addfile(info, io.BytesIO(data))
+    buffer.seek(0)
+    return buffer
 
 
 def content_volume(key: str, release: str) -> str:

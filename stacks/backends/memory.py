@@ -42,13 +42,14 @@ import ipaddress
 import re
 import tarfile
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, BinaryIO, ClassVar
 
 from stacks.backends.base import (
     Backend,
     BackendError,
+    BuildJob,
     ComponentSpec,
     HostFacts,
     HostRecord,
@@ -84,9 +85,11 @@ METHODS = frozenset(
         "samples",
         "put_content",
         "migrate_data",
+        "check_dump",
         "upstreams",
         "stacks",
         "prune_images",
+        "prune_content",
         "volume_usage",
         "dump",
         "restore",
@@ -242,7 +245,7 @@ class MemoryBackend(HostPlacement, Backend):
             DOWN.discard(host)
 
     @staticmethod
-    def describe_host(url: str, timeout: float = 10) -> HostFacts:
+    def describe_host(url: str, timeout: float = 10, tls: Any = None) -> HostFacts:
         """The host health probe (``stacks.backends.docker.describe_host``'s counterpart):
         ``memory://<name>`` answers unless it was taken down."""
         name = url.removeprefix("memory://")
@@ -392,6 +395,8 @@ class MemoryBackend(HostPlacement, Backend):
         for v, name in zip(comp.volumes, volumes, strict=True):
             if name not in stack.volumes.get(home, set()):  # made once, with the size it has then
                 stack.volume_sizes[name] = v.size_gb
+            elif v.size_gb and v.size_gb > (stack.volume_sizes.get(name) or v.size_gb):
+                stack.volume_sizes[name] = v.size_gb  # grown with a bigger plan, never shrunk
         stack.volumes.setdefault(home, set()).update(volumes)
         if spec.content_release and comp.content_path:
             volumes += (content_volume(spec.key, spec.content_release),)
@@ -473,8 +478,9 @@ class MemoryBackend(HostPlacement, Backend):
                 stack.networks.pop(host, None)
                 stack.volumes.pop(host, None)
                 stack.content.pop(host, None)
-            stack.data.clear()  # the volumes (and so the data) are gone
-            stack.kept.clear()
+            if not stack.containers:  # a copy on another host keeps its own data
+                stack.data.clear()  # the volumes (and so the data) are gone
+                stack.kept.clear()
             if stack.empty():
                 del STACKS[key]
 
@@ -518,6 +524,22 @@ class MemoryBackend(HostPlacement, Backend):
                     removed.append(f"{host}:{image}")
         return removed
 
+    def prune_content(self, keep: dict[str, set[str]]) -> list[str]:
+        self._enter("prune_content", {k: frozenset(v) for k, v in keep.items()})
+        removed = []
+        with LOCK:
+            for key, releases in keep.items():
+                if (stack := STACKS.get(key)) is None:
+                    continue
+                for host in self.names:
+                    mounted = {v for c in stack.containers.values() if c.host == host for v in c.volumes}
+                    for release in sorted(stack.content.get(host, {})):
+                        volume = content_volume(key, release)
+                        if release not in releases and volume not in mounted:
+                            del stack.content[host][release]
+                            removed.append(f"{host}:{volume}")
+        return removed
+
     def upstreams(self, spec: StackSpec, state: dict[str, Any]) -> list[str]:
         self._enter("upstreams", spec.key)
         public = [c for c in spec.components if c.public_port]
@@ -530,7 +552,13 @@ class MemoryBackend(HostPlacement, Backend):
 
     # --- content and data ----------------------------------------------------------------------
     def put_content(
-        self, key: str, state: dict[str, Any], release: str, archive: BinaryIO, image: str | None = None
+        self,
+        key: str,
+        state: dict[str, Any],
+        release: str,
+        archive: BinaryIO,
+        image: str | None = None,
+        extras: Sequence[BinaryIO] = (),
     ) -> None:
         """Keep the archive once per host (a second call for the release changes nothing)."""
         self._enter("put_content", key, release)
@@ -538,6 +566,9 @@ class MemoryBackend(HostPlacement, Backend):
             raise BackendError(f"invalid release id {release!r}", permanent=True)
         archive.seek(0)
         data = archive.read()  # kept whole: this backend is a test double
+        for extra in extras:  # the extras' members follow the content's (two tars concatenated)
+            extra.seek(0)
+            data = data.rstrip(b"\0") + extra.read()
         try:
             with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tar:
                 tar.getmembers()
@@ -549,6 +580,28 @@ class MemoryBackend(HostPlacement, Backend):
                 stack.content.setdefault(host, {}).setdefault(release, data)
                 if image:
                     IMAGES.setdefault(host, set()).add(image)
+
+    def build(self, job: BuildJob, archive: BinaryIO, out: BinaryIO, log: Any = print) -> int:
+        """A stand-in build: a requirement line naming ``nonexistent`` fails it the way pip
+        does; otherwise the artifact is the output folder with one file naming the job."""
+        self._enter("build", job.name, job.image)
+        archive.seek(0)
+        with tarfile.open(fileobj=archive, mode="r:") as tar:
+            member = next((m for m in tar.getmembers() if m.name == "requirements.txt"), None)
+            wanted = tar.extractfile(member).read().decode() if member else ""  # type: ignore[union-attr]
+        log(f"building {job.name} with {job.image}")
+        for line in wanted.splitlines():
+            if "nonexistent" in line:
+                log(f"ERROR: No matching distribution found for {line.strip()}")
+                return 1
+        folder = job.output.rstrip("/").rsplit("/", 1)[-1]
+        buffer = io.BytesIO()
+        with tarfile.open(fileobj=buffer, mode="w") as tar:
+            info = tarfile.TarInfo(f"{folder}/BUILT")
+            info.size = len(job.name)
+            tar.addfile(info, io.BytesIO(job.name.encode()))
+        out.write(buffer.getvalue())
+        return 0
 
     # --- backups -------------------------------------------------------------------------------
     @staticmethod
@@ -621,6 +674,18 @@ class MemoryBackend(HostPlacement, Backend):
                     if key is not None:
                         stack.data[key] = stack.kept.pop(name)
 
+    def check_dump(
+        self, spec: StackSpec, state: dict[str, Any], component: str, method: str, chunks: Iterable[bytes]
+    ) -> None:
+        """A PostgreSQL dump starts with pg_dump's custom-format mark; nothing else is read."""
+        self._enter("check_dump", spec.key, component, method)
+        self._data_component(spec, state, component)
+        data = b"".join(chunks)
+        if method != "postgresql" or not data.startswith(b"PGDMP"):
+            raise BackendError(
+                "pg_restore: error: input file does not appear to be a valid archive", permanent=True
+            )
+
     def drop_kept(self, key: str, state: dict[str, Any], kept: list[str]) -> None:
         self._enter("drop_kept", key, tuple(kept))
         with LOCK:
@@ -628,6 +693,18 @@ class MemoryBackend(HostPlacement, Backend):
             for name in kept:
                 if stack is not None:
                     stack.kept.pop(name, None)
+
+    def remove_data(self, spec: StackSpec, state: dict[str, Any], component: str) -> None:
+        self._enter("remove_data", spec.key, component)
+        comp = next((c for c in spec.components if c.name == component), None)
+        if comp is None:
+            raise BackendError(f"the stack has no component {component!r}", permanent=True)
+        names = {volume_name(spec.key, comp, v.name) for v in comp.volumes}
+        with LOCK:
+            home = self._require_host(self.place(spec, state))
+            stack = STACKS.get(spec.key)
+            if stack is not None:
+                stack.volumes.get(home, set()).difference_update(names)
 
     def migrate_data(
         self, spec: StackSpec, state: dict[str, Any], old: ComponentSpec, new: ComponentSpec, log: Any = print

@@ -12,6 +12,7 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import date
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +42,8 @@ CODE_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,39}$")
 NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,29}$")
 VERSION_RE = re.compile(r"^[0-9][0-9A-Za-z.+~-]{0,31}$")
 ENV_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+VOLUME_RE = re.compile(r"^[a-z][a-z0-9_-]{0,39}$")  # as stacks.runtime.spec, which checks again
+MOUNT_PATH_RE = re.compile(r"^(/[A-Za-z0-9_][A-Za-z0-9._-]{0,63}){1,8}$")
 DEBIAN_RELEASES = {"bookworm", "trixie"}
 BACKENDS = {"docker", "kubernetes"}
 PROBE_KINDS = {"exec", "http", "tcp"}
@@ -413,7 +416,7 @@ def _validate_template(
         _require(
             item,
             ["name", "component"],
-            ["track", "size", "replicas", "env", "public"],
+            ["track", "size", "replicas", "env", "public", "mounts"],
             "template component",
             "?",
         )
@@ -441,8 +444,24 @@ def _validate_template(
         for env_name in item.get("env") or {}:
             if not ENV_RE.match(str(env_name)):
                 raise CatalogError(f"{_at(item, 'env')}: template {code}: bad environment name {env_name!r}")
+        _validate_mounts(item, code, comp)
     if not names:
         raise CatalogError(f"{_at(t)}: template {code} has no components")
+
+
+def _validate_mounts(item: _Map, code: str, comp: _Map) -> None:
+    """A template component's stack volumes: ``[{volume: uploads, path: /srv/...}]``."""
+    mounts = item.get("mounts") or []
+    if not isinstance(mounts, list):
+        raise CatalogError(f"{_at(item, 'mounts')}: template {code}: mounts must be a list")
+    own = {str(v.get("name")) for v in comp.get("volumes") or [] if isinstance(v, dict)}
+    for mount in mounts:
+        if not isinstance(mount, dict) or set(mount) != {"volume", "path"}:
+            raise CatalogError(f"{_at(item, 'mounts')}: template {code}: a mount is {{volume, path}}")
+        if not VOLUME_RE.fullmatch(str(mount["volume"])) or mount["volume"] in own:
+            raise CatalogError(f"{_at(item, 'mounts')}: template {code}: bad volume name {mount['volume']!r}")
+        if not MOUNT_PATH_RE.fullmatch(str(mount["path"])) or ".." in str(mount["path"]).split("/"):
+            raise CatalogError(f"{_at(item, 'mounts')}: template {code}: bad mount path {mount['path']!r}")
 
 
 # --- applying ------------------------------------------------------------------------------------
@@ -551,8 +570,6 @@ def load_catalog(paths: list[Path] | None = None, **dirs: Path) -> LoadReport:
 
 
 def _decimal(value: Any) -> Any:
-    from decimal import Decimal
-
     return Decimal(str(value)).quantize(Decimal("0.01"))
 
 
@@ -637,12 +654,13 @@ def _apply_template(
                 "replicas": item.get("replicas", 1),
                 "env": _plain(item.get("env") or {}),
                 "public": bool(item.get("public", False)),
+                "mounts": _plain(item.get("mounts") or []),
                 "position": i,
             }
         )
     have = list(
         template.components.values(
-            "name", "component_id", "track", "size_id", "replicas", "env", "public", "position"
+            "name", "component_id", "track", "size_id", "replicas", "env", "public", "mounts", "position"
         )
     )
     if have != wanted:

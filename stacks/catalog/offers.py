@@ -9,7 +9,7 @@ component moves on to a version ``is_upgrade_target`` allows.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -166,7 +166,9 @@ class Problem:
     field: str | None = None
 
 
-def compatibility_problems(rows: list[dict[str, Any]], framework: Framework | None = None) -> list[Problem]:
+def compatibility_problems(
+    rows: Sequence[Mapping[str, Any]], framework: Framework | None = None
+) -> list[Problem]:
     """The catalog's rules applied to component rows (codes under ``component``):
 
     - ``requires``: a component needs at least one of the others in the same stack;

@@ -31,6 +31,10 @@ from stacks.models import VERSION_TRANSITIONS, ComponentVersion, VersionStatus
 HASH_LABEL = "org.stackport.recipe-hash"
 VERIFY_MEMORY = "512m"
 HEALTH_TIMEOUT = 180  # seconds; RabbitMQ takes its time on two cores
+# An exec probe is killed after this long (coreutils' timeout inside the image): the engine
+# API has no timeout for an exec, and a command stuck on a loaded machine must fail the probe
+# (and be tried again), never hang the pipeline.
+EXEC_PROBE_TIMEOUT = 60  # seconds
 Log = Callable[[str], None]
 
 
@@ -348,7 +352,8 @@ def _describe(probe: dict[str, Any]) -> str:
 def _probe_once(container: Any, ip: str, probe: dict[str, Any]) -> str:
     try:
         if "exec" in probe:
-            code, out = container.exec_run([str(a) for a in probe["exec"]])
+            command = ["timeout", "-k", "5", str(EXEC_PROBE_TIMEOUT), *map(str, probe["exec"])]
+            code, out = container.exec_run(command)
             text = out.decode(errors="replace")
             return text if code == 0 else f"exit {code}: {text}"
         if "http" in probe:

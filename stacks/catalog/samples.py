@@ -92,6 +92,7 @@ deb http://deb.debian.org/debian-security {debian}-security main\\n' \\
 #                     required, each a random secret of at least 32 characters, generated
 #                     per stack and kept like a password.
 #   optional: WP_HOME (fixed site URL; default: scheme, host and port of the request),
+#             WP_HTTP_EXTERNAL=allow (let WordPress call other sites; blocked by default),
 #             WP_TABLE_PREFIX (default wp_), WP_UPLOADS_DIR (uploads folder relative to
 #             /srv/app, default wp-content/uploads: mount a writable volume there in both
 #             nginx and php-fpm, the code volume itself is read-only).
@@ -202,6 +203,12 @@ define('DISALLOW_FILE_MODS', true);
 define('AUTOMATIC_UPDATER_DISABLED', true);
 define('WP_AUTO_UPDATE_CORE', false);
 define('WP_TEMP_DIR', sys_get_temp_dir());
+// No calls home: update checks, news feeds and plugin directories would each wait for their
+// time-out where the plan gives no internet egress, and make every admin page slow. Set
+// WP_HTTP_EXTERNAL=allow to let WordPress reach other sites (WP_ACCESSIBLE_HOSTS still applies).
+if (stackport_env('WP_HTTP_EXTERNAL') !== 'allow') {
+    define('WP_HTTP_BLOCK_EXTERNAL', true);
+}
 
 // Uploads: relative to the site root; a writable volume must be mounted there.
 $stackport_uploads = stackport_env('WP_UPLOADS_DIR');

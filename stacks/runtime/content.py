@@ -31,7 +31,7 @@ import time
 import zipfile
 import zlib
 from collections.abc import Collection, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from types import TracebackType
 from typing import IO, BinaryIO, Protocol, cast
@@ -53,9 +53,18 @@ _SCP_URL = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]*@(?P<host>[A-Za-z0-9][A-Za-z
 _PORTS = {"https": 443, "http": 80, "ssh": 22}
 # git check-ref-format: no leading "-" or "/", no trailing "/" or ".", not "@", no "..", "@{",
 # "//", no control characters, space or ~^:?*[\, no part starting with "." or ending in ".lock".
-_BAD_BRANCH = re.compile(r"^[-/]|[/.]$|^@$|\.\.|@\{|//|[\x00-\x20\x7f~^:?*\[\\]|(^|/)\.|\.lock(/|$)")
+_BAD_BRANCH = re.compile(r"^[-/]|[/.]$|^@$|^HEAD$|\.\.|@\{|//|[\x00-\x20\x7f~^:?*\[\\]|(^|/)\.|\.lock(/|$)")
 _ZIP_KINDS = {0: "file", stat.S_IFREG: "file", stat.S_IFDIR: "dir", stat.S_IFLNK: "link"}
+NO_DEPLOY_KEY = (
+    "ssh addresses are fetched with the project's deploy key, and this project has none yet: an "
+    "admin generates it on the project page. Add its public half to your git host, then deploy."
+)
 _PROXY_VARS = ("http_proxy", "https_proxy", "no_proxy", "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY")
+
+
+# Files the runtime images read line by line get Unix line ends (the images stay unchanged).
+PROCFILE = "Procfile"
+_MAX_NORMALIZED_BYTES = 1024 * 1024
 
 
 class ContentError(Exception):
@@ -80,6 +89,7 @@ class Content:
     size: int  # bytes of file data
     root_stripped: str | None = None
     commit: str | None = None
+    known_hosts: str = ""  # after a fetch over ssh: the host keys known (recorded on first use)
 
     def open(self) -> BinaryIO:
         return self.path.open("rb")
@@ -214,6 +224,24 @@ class _Tree:
             self.spool.write(chunk)
         self.files[path] = (start, self.spool.tell() - start, bool(mode & 0o111))
 
+    def _normalize_line_ends(self, path: str) -> None:
+        """Rewrite the file at ``path`` (if any) with Unix line ends: a ``Procfile`` saved on
+        Windows would otherwise give the runtime a start command ending in ``\r``."""
+        entry = self.files.get(path)
+        if entry is None or entry[1] > _MAX_NORMALIZED_BYTES:
+            return
+        offset, length, executable = entry
+        self.spool.seek(offset)
+        data = self.spool.read(length)
+        fixed = data.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+        if fixed == data:
+            return
+        self.spool.seek(0, os.SEEK_END)
+        start = self.spool.tell()
+        self.spool.write(fixed)
+        self.size += len(fixed) - length
+        self.files[path] = (start, len(fixed), executable)
+
     def build(self, *, strip: bool, commit: str | None = None) -> Content:
         if not self.files:
             raise self.refuse("is empty." if not self.dirs else "contains no files, only folders.")
@@ -224,6 +252,7 @@ class _Tree:
             root, cut = top, len(top) + 1
             dirs = {d[cut:] for d in dirs if d != top}
             self.files = {path[cut:]: entry for path, entry in self.files.items()}
+        self._normalize_line_ends(PROCFILE)
         fd, name = tempfile.mkstemp(dir=self.workdir, prefix=".tmp-content-", suffix=".tar")
         try:
             with os.fdopen(fd, "wb") as out:
@@ -373,6 +402,8 @@ def fetch_git(
     timeout: float = GIT_TIMEOUT,
     trusted_hosts: Collection[str] = (),
     workdir: str | None = None,
+    ssh_key: str | None = None,
+    known_hosts: str = "",
 ) -> Content:
     """Shallow-clone one branch (or tag) of a repository and return its files as a normalized tar
     (a file in ``workdir``, by default the system's temporary folder).
@@ -382,9 +413,16 @@ def fetch_git(
     bounded in time, in bytes on disk (no file git writes may pass ``max_download_bytes``, and
     the clone's folder is measured while it grows) and in files. Never the worker's own disk,
     keys or git setup; git runs in processes of its own, so the worker's memory stays small.
+
+    Over ssh only with ``ssh_key`` (the project's deploy key, OpenSSH format), written to a
+    file of mode 600 for the clone and removed right after, and with the project's own
+    ``known_hosts`` (a host seen for the first time is accepted and recorded: the returned
+    ``Content.known_hosts`` is the caller's to store; a changed host key is refused).
     """
     source = _check_url(url, trusted_hosts=trusted_hosts)
     _check_branch(branch)
+    if source.scheme == "ssh" and not ssh_key:
+        raise ContentError(NO_DEPLOY_KEY, "git_url")
     try:
         address = resolve_public(source.host, source.port, trusted=trusted_hosts)
     except AddressRefused as exc:
@@ -396,16 +434,23 @@ def fetch_git(
     ):
         # A clean environment: nothing from the worker's own git setup, only PATH and proxies.
         env = {name: os.environ[name] for name in ("PATH", *_PROXY_VARS) if name in os.environ}
-        env.update(_GIT_ENV, HOME=home, GIT_SSH_COMMAND=_ssh_command(source, address, home))
+        identity = _write_private(Path(home, "deploy_key"), ssh_key) if source.scheme == "ssh" else None
+        Path(home, "known_hosts").write_text(known_hosts if source.scheme == "ssh" else "")
+        env.update(_GIT_ENV, HOME=home, GIT_SSH_COMMAND=_ssh_command(source, address, home, identity))
         pin = [f"http.curloptResolve={source.host}:{source.port}:{_bracketed(address)}"]
         work = Path(home, "work")
         clone = ["clone", "--depth", "1", "--single-branch", "--no-tags", "--branch", branch, "--template="]
         args = [a for c in (*_GIT_CONFIG, *pin) for a in ("-c", c)] + clone + ["--", url, str(work)]
         # git's own files (refs, index, packs) come on top of the work tree's.
         watch = _Watch(work, max_download_bytes, max_files + _GIT_OWN_FILES)
-        code, _, err = _git(args, env, deadline, watch=watch)
+        try:
+            code, _, err = _git(args, env, deadline, watch=watch)
+        finally:
+            if identity is not None:
+                identity.unlink(missing_ok=True)  # the key is on disk only while git connects
         if code != 0:
-            raise _git_error(err, url, branch)
+            raise _git_error(err, url, branch, source)
+        hosts = Path(home, "known_hosts").read_text() if source.scheme == "ssh" else ""
         commit = _git(["rev-parse", "HEAD"], env, deadline, cwd=work)[1].strip() or None
         for entry in _git(["ls-files", "--stage", "-z"], env, deadline, cwd=work)[1].split("\0"):
             if entry.startswith("160000 "):
@@ -413,7 +458,7 @@ def fetch_git(
                 raise tree.refuse(f"uses a submodule ({_show(path)}). Submodules are not supported.")
         _read_worktree(work, tree)
         shutil.rmtree(work)  # the clone's disk is given back before the tar takes its own
-        return tree.build(strip=False, commit=commit)
+        return replace(tree.build(strip=False, commit=commit), known_hosts=hosts)
 
 
 @dataclass(frozen=True)
@@ -427,9 +472,18 @@ def _bracketed(address: str) -> str:
     return f"[{address}]" if ":" in address else address
 
 
-def _ssh_command(source: _Source, address: str, home: str) -> str:
+def _write_private(path: Path, key: str | None) -> Path:
+    """The deploy key in a file only its owner may read (ssh refuses any other mode)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(key or "")
+    return path
+
+
+def _ssh_command(source: _Source, address: str, home: str, identity: Path | None = None) -> str:
     """ssh pinned to the checked address, with nothing of the worker's: no config, agent,
-    identity or known hosts of its user (OpenSSH reads those from the real home, not $HOME)."""
+    identity or known hosts of its user (OpenSSH reads those from the real home, not $HOME).
+    Its only identity is the project's deploy key; its only known hosts the project's."""
     options = {
         "BatchMode": "yes",
         "HostName": address,
@@ -439,19 +493,21 @@ def _ssh_command(source: _Source, address: str, home: str) -> str:
         "StrictHostKeyChecking": "accept-new",
         "IdentitiesOnly": "yes",
         "IdentityAgent": "none",
-        "IdentityFile": f"{home}/no-identity",
         "ProxyCommand": "none",
         "ProxyJump": "none",
         "ConnectTimeout": "20",
     }
-    return shlex.join(["ssh", "-F", os.devnull, *(f"-o{k}={v}" for k, v in options.items())])
+    key = ["-i", str(identity)] if identity else ["-oIdentityFile=" + f"{home}/no-identity"]
+    return shlex.join(["ssh", "-F", os.devnull, *key, *(f"-o{k}={v}" for k, v in options.items())])
 
 
-def validate_git_source(url: str, branch: str, *, trusted_hosts: Collection[str] = ()) -> None:
+def validate_git_source(url: str, branch: str, *, trusted_hosts: Collection[str] = ()) -> str:
     """Check a repository address and branch without running anything or resolving names (for
-    the request: the worker resolves and checks the host again before it connects)."""
-    _check_url(url, trusted_hosts=trusted_hosts)
+    the request: the worker resolves and checks the host again before it connects). Returns
+    the transport: "https", "http" or "ssh" (which needs the project's deploy key)."""
+    source = _check_url(url, trusted_hosts=trusted_hosts)
     _check_branch(branch)
+    return source.scheme
 
 
 def redact_url(url: str) -> str:
@@ -507,10 +563,25 @@ def _redact(url: str) -> str:
     return re.sub(r"([?&#][^=&#]*=)[^&#]*", r"\1***", url)
 
 
-def _git_error(stderr: str, url: str, branch: str) -> ContentError:
+def _git_error(stderr: str, url: str, branch: str, source: _Source) -> ContentError:
     shown = _show(_redact(url))
     if re.search(r"Remote branch .* not found", stderr):
         return ContentError(f"The branch {_show(branch)} does not exist in {shown}.", "branch")
+    if source.scheme == "ssh" and re.search(
+        r"REMOTE HOST IDENTIFICATION HAS CHANGED|Host key verification failed", stderr
+    ):
+        return ContentError(
+            f"The ssh host key of {_show(source.host)} is not the one recorded at this project's first "
+            "fetch from it. If the server's key really changed, forget the recorded host keys on the "
+            "project page and deploy again.",
+            "git_url",
+        )
+    if source.scheme == "ssh" and re.search(r"Permission denied \(publickey", stderr):
+        return ContentError(
+            f"{shown} refused the project's deploy key. Add the public key shown on the project "
+            "page to the repository (read access is enough) and deploy again.",
+            "git_url",
+        )
     if _AUTH_FAILED.search(stderr):
         return ContentError(f"The repository {shown} asks for credentials or refused them.", "git_url")
     if re.search(r"returned error: 30[1278]|redirect", stderr, re.IGNORECASE):

@@ -22,12 +22,14 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, BinaryIO, cast
+from typing import IO, BinaryIO, cast
 
 from django.conf import settings
+from django.db.models import F, Q, Window
+from django.db.models.functions import RowNumber
 
-if TYPE_CHECKING:
-    from stacks.models import Release
+from projects.models import EnvironmentStatus
+from stacks.models import ACTIVE_OPERATION_STATUSES, Operation, Release
 
 SHA_RE = re.compile(r"[0-9a-f]{64}")
 TMP_PREFIX = ".tmp-"  # being written (here or by stacks.runtime.content), not content yet
@@ -127,6 +129,15 @@ def open_archive(sha: str) -> BinaryIO:
     return path(sha).open("rb")
 
 
+def build_path(key: str) -> Path:
+    """Where the dependencies built under ``key`` are kept (``stacks.runtime.builds``)."""
+    if not SHA_RE.fullmatch(key):
+        raise ValueError("invalid build key")
+    folder = directory() / "builds"
+    folder.mkdir(exist_ok=True)
+    return folder / f"{key}.tar"
+
+
 def exists(sha: str) -> bool:
     return bool(SHA_RE.fullmatch(sha)) and (directory() / f"{sha}.tar").exists()
 
@@ -138,11 +149,6 @@ def pruned(releases: Iterable[Release]) -> set[int]:
 
 def needed(keep_releases: int | None = None) -> set[str]:
     """The content hashes some release still needs (see the module docstring)."""
-    from django.db.models import F, Q, Window
-    from django.db.models.functions import RowNumber
-
-    from projects.models import EnvironmentStatus
-    from stacks.models import ACTIVE_OPERATION_STATUSES, Operation, Release
 
     keep = settings.STACKPORT_CONTENT_KEEP_RELEASES if keep_releases is None else keep_releases
     live = Release.objects.exclude(
@@ -186,4 +192,27 @@ def prune(keep_releases: int | None = None) -> list[str]:
         if entry.suffix == ".tar" and SHA_RE.fullmatch(sha) and sha not in keep and age > FRESH_SECONDS:
             entry.unlink(missing_ok=True)
             removed.append(sha)
+    _prune_builds(keep, now)
     return sorted(removed)
+
+
+def _prune_builds(keep: set[str], now: float) -> None:
+    """Built dependencies go with the last kept content that names them (a cache hit
+    refreshes an artifact's time, so one in use stays)."""
+
+    folder = directory() / "builds"
+    if not folder.exists():
+        return
+    kept = Release.objects.filter(content_sha256__in=keep).exclude(build_key="")
+    wanted = set(kept.values_list("build_key", flat=True))
+    for entry in folder.iterdir():
+        try:
+            age = now - entry.stat().st_mtime
+        except FileNotFoundError:
+            continue
+        key = entry.name.removesuffix(".tar")
+        if entry.name.startswith(TMP_PREFIX):
+            if age > STALE_TMP_SECONDS:
+                entry.unlink(missing_ok=True)
+        elif SHA_RE.fullmatch(key) and key not in wanted and age > FRESH_SECONDS:
+            entry.unlink(missing_ok=True)

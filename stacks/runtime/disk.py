@@ -19,8 +19,11 @@ from django.conf import settings
 from django.core.cache import cache
 from django.utils import timezone
 
-from projects.models import Environment, EnvironmentStatus
+from projects.models import Environment, EnvironmentStatus, Organization
+from projects.services import ServiceError
 from stacks.backends.base import BackendError
+from stacks.models import Operation, OperationKind
+from stacks.runtime import lifecycle, operations
 from stacks.runtime.spec import SpecError, build_spec
 
 log = structlog.get_logger(__name__)
@@ -57,7 +60,6 @@ def _key(environment_id: int) -> str:
 def measure(environment: Environment) -> list[VolumeUse]:
     """Measure the environment's volumes now and keep the result; ``BackendError`` or
     ``SpecError`` when the engine or the stack cannot say."""
-    from stacks.runtime.operations import backend_for
 
     release = environment.current_release
     if release is None:
@@ -66,7 +68,7 @@ def measure(environment: Environment) -> list[VolumeUse]:
     if not any(c.volumes for c in spec.components):
         cache.delete(_key(environment.pk))
         return []
-    measured = backend_for(environment).volume_usage(spec, environment.backend_state)
+    measured = operations.backend_for(environment).volume_usage(spec, environment.backend_state)
     now = timezone.now().isoformat()
     rows = [
         {"component": u.component, "volume": u.volume, "used": u.used_bytes, "size": u.size_bytes, "at": now}
@@ -110,6 +112,40 @@ def usage_by_environment(environment_ids: list[int]) -> dict[int, list[VolumeUse
     """``volume_usage`` of many environments in one cache round trip."""
     found = cache.get_many([_key(i) for i in environment_ids])
     return {i: [_use(row) for row in found.get(_key(i)) or []] for i in environment_ids}
+
+
+def grow_volumes(*, organization: Organization) -> list[Operation]:
+    """The organization's volume size grew (a bigger plan): queue a deploy of the running
+    release of each running environment that has volumes. Applying it grows their
+    filesystems online (``Backend.apply`` never shrinks one); the containers keep running, as
+    a volume's size is not part of what a container is made from. An environment busy with
+    another operation is left alone: that operation, or its next one, grows them. Stopped
+    environments grow when they start."""
+
+    queued = []
+    for env in Environment.objects.select_related(
+        "project__region", "project__organization", "kernel"
+    ).filter(
+        project__organization=organization,
+        status__in=[EnvironmentStatus.RUNNING, EnvironmentStatus.DEGRADED],
+        current_release__isnull=False,
+    ):
+        assert env.current_release is not None
+        try:
+            if not any(c.volumes for c in build_spec(env, env.current_release).components):
+                continue
+            queued.append(
+                lifecycle.queue_operation(
+                    env,
+                    OperationKind.DEPLOY,
+                    None,
+                    release=env.current_release,
+                    params={"reason": "volume size"},
+                )
+            )
+        except (ServiceError, SpecError) as exc:
+            log.info("grow_volumes_skipped", environment=env.pk, reason=str(getattr(exc, "message", exc)))
+    return queued
 
 
 def nearly_full(environment_id: int) -> list[VolumeUse]:

@@ -7,6 +7,7 @@ import ipaddress
 import re
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import structlog
 from django.conf import settings
@@ -15,9 +16,11 @@ from django.utils import timezone
 from django.utils.module_loading import import_string
 
 from projects.services import ServiceError
-from stacks.backends.base import BackendError, HostFacts
+from stacks.backends.base import BackendError, EngineTLS, HostFacts, HostRecord, RegistryPull
 from stacks.backends.docker import ENGINE_URL_RE, describe_host
 from stacks.models import DockerHost, KernelVersion, Region
+from stacks.runtime import reconcile
+from stacks.runtime.engine_ca import client_tls
 
 log = structlog.get_logger(__name__)
 
@@ -38,10 +41,40 @@ def kernel_line_of(release: str) -> KernelVersion | None:
     return None
 
 
+def engine_tls(host: DockerHost) -> EngineTLS | None:
+    """tcp:// engines are reached with mutual TLS: the portal's client certificate from its
+    CA (``STACKPORT_ENGINE_CA_DIR``, made on first use), the engine's certificate checked
+    against it unless the row's ``tls_verify`` is off."""
+    if not host.url.startswith("tcp://"):
+        return None
+    return client_tls(Path(settings.STACKPORT_ENGINE_CA_DIR), verify=host.tls_verify)
+
+
+def registry_pull() -> RegistryPull | None:
+    """Where hosts pull the catalog's images from (``STACKPORT_REGISTRY_PULL_URL``, with
+    credentials); None: the references as they are."""
+    address = str(settings.STACKPORT_REGISTRY_PULL_URL).removeprefix("https://").rstrip("/")
+    if not address:
+        return None
+    return RegistryPull(
+        prefix=str(settings.STACKPORT_REGISTRY),
+        address=address,
+        username=str(settings.STACKPORT_REGISTRY_USERNAME),
+        password=str(settings.STACKPORT_REGISTRY_PASSWORD),
+    )
+
+
+def host_record(host: DockerHost, *, drain: bool = False) -> HostRecord:
+    """The host as a backend takes it."""
+    return HostRecord(
+        host.name, host.url, host.address_pool, drain=drain, tls=engine_tls(host), registry=registry_pull()
+    )
+
+
 def refresh_host(host: DockerHost) -> DockerHost:
     """Read the engine's id, kernel, CPUs and memory; mark the host down when it does not answer."""
     try:
-        facts = describe_host(host.url)
+        facts = describe_host(host.url, tls=engine_tls(host))
     except BackendError as exc:
         DockerHost.objects.filter(pk=host.pk).update(last_error=exc.message[:300])
         host.last_error = exc.message[:300]
@@ -114,7 +147,7 @@ def prober(host: DockerHost) -> Callable[..., HostFacts]:
 def probe_engine(host: DockerHost) -> HostFacts | BackendError:
     """One probe: the engine's ping and info, within STACKPORT_HOST_PROBE_TIMEOUT each."""
     try:
-        return prober(host)(host.url, timeout=settings.STACKPORT_HOST_PROBE_TIMEOUT)
+        return prober(host)(host.url, timeout=settings.STACKPORT_HOST_PROBE_TIMEOUT, tls=engine_tls(host))
     except BackendError as exc:
         return exc
 
@@ -135,10 +168,11 @@ def record_probe(host: DockerHost, outcome: HostFacts | BackendError) -> str:
     waiting at once). An answer: suspect -> active; a host that was down becomes active
     only once the stale copies on it are removed (stacks moved away while it was down),
     so nothing is served twice. Every answer refreshes CPUs and memory (placement reads
-    them). Returns the new state."""
-    from stacks.runtime.reconcile import evacuate_host, remove_stale_copies
+    them). An answer with another engine ID than the stored one is a reinstalled engine:
+    a new, empty host under the old name (``engine_reinstalled``). Returns the new state."""
 
     now = timezone.now()
+    reinstalled, previous = False, ""
     with transaction.atomic():
         host = DockerHost.objects.select_for_update().select_related("region").get(pk=host.pk)
         before = host.state
@@ -154,6 +188,12 @@ def record_probe(host: DockerHost, outcome: HostFacts | BackendError) -> str:
             ):
                 host.state, host.down_since = DockerHost.State.DOWN, now
         else:
+            # Another engine ID than at first contact: the engine was reinstalled (same name,
+            # nothing of what it held). Handled below, once this is saved.
+            reinstalled = bool(host.engine_id and outcome.engine_id and outcome.engine_id != host.engine_id)
+            if reinstalled:
+                previous = host.engine_id
+                host.reinstalled_at = now
             host.engine_id, host.kernel_release = (
                 outcome.engine_id or host.engine_id,
                 (outcome.kernel_release or host.kernel_release),
@@ -164,7 +204,7 @@ def record_probe(host: DockerHost, outcome: HostFacts | BackendError) -> str:
                 host.state = DockerHost.State.ACTIVE
             elif host.state == DockerHost.State.DOWN:
                 try:
-                    problems = remove_stale_copies(host)
+                    problems = reconcile.remove_stale_copies(host)
                 except BackendError as exc:
                     problems = [exc.message]
                 if problems:
@@ -185,10 +225,14 @@ def record_probe(host: DockerHost, outcome: HostFacts | BackendError) -> str:
                 "kernel_release",
                 "cpus",
                 "memory_mb",
+                "reinstalled_at",
             ]
         )
+    if reinstalled:
+        log.warning("host_engine_reinstalled", host=host.name, was=previous, now=host.engine_id)
+        reconcile.engine_reinstalled(host)
     if host.state != before:
         log.warning("host_state", host=host.name, was=before, now=host.state, error=host.last_error)
     if host.state == DockerHost.State.DOWN and before != DockerHost.State.DOWN:
-        evacuate_host(host)
+        reconcile.evacuate_host(host)
     return str(host.state)

@@ -15,14 +15,18 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
+from django.utils import timezone
 
 from projects.crypto import encrypt
 from projects.models import Environment, EnvironmentStatus, Organization, Project, Role
-from projects.services import Origin, ServiceError, record_audit_event, require_role
+from projects.services import Origin, ServiceError, issue_deploy_key, record_audit_event, require_role
+from stacks import tasks
+from stacks.backends.edge import EdgeError, normalize_host, normalize_path_prefix
 from stacks.catalog import offers
 from stacks.models import (
     ACTIVE_OPERATION_STATUSES,
     ComponentVersion,
+    Domain,
     KernelVersion,
     Operation,
     OperationKind,
@@ -30,14 +34,27 @@ from stacks.models import (
     Region,
     Release,
     StackTemplate,
+    Variable,
 )
-from stacks.runtime import content_store
+from stacks.runtime import content_store, domains, old_data
+from stacks.runtime.content import (
+    NO_DEPLOY_KEY,
+    ContentError,
+    normalize_archive,
+    redact_url,
+    validate_git_source,
+)
 from stacks.runtime.policy import stack_policy
 from stacks.runtime.spec import (
+    ComponentRow,
+    Mount,
     SpecError,
     ensure_generated_credentials,
     set_component_rows,
     validate_component_row,
+    validate_env_name,
+    validate_env_value,
+    variables_fingerprint,
 )
 
 if TYPE_CHECKING:
@@ -60,8 +77,13 @@ def offered_version(component_code: str, track: str = "") -> ComponentVersion | 
     return qs.first()
 
 
-def template_rows(template: StackTemplate) -> list[dict[str, Any]]:
-    rows = []
+def mount_rows(mounts: list[dict[str, Any]]) -> list[Mount]:
+    """A template component's stack volumes as a release row carries them."""
+    return [{"volume": str(m.get("volume", "")), "path": str(m.get("path", ""))} for m in mounts]
+
+
+def template_rows(template: StackTemplate) -> list[ComponentRow]:
+    rows: list[ComponentRow] = []
     for position, tc in enumerate(template.components.select_related("component", "size")):
         version = offered_version(tc.component.code, tc.track)
         if version is None:
@@ -81,6 +103,8 @@ def template_rows(template: StackTemplate) -> list[dict[str, Any]]:
                 "position": position,
             }
         )
+        if tc.mounts:  # stack volumes (WordPress's uploads): kept on every later release's rows
+            rows[-1]["mounts"] = mount_rows(tc.mounts)
     return rows
 
 
@@ -112,7 +136,7 @@ def create_project(
     name: str,
     region: str,
     template: str | None = None,
-    components: list[dict[str, Any]] | None = None,
+    components: list[ComponentRow] | None = None,
     kernel: str | None = None,
     environment: str = "production",
     origin: Origin | None = None,
@@ -152,7 +176,7 @@ def create_project(
             raise ServiceError("Choose one of the pre-built stacks.", field="template")
         rows = template_rows(template_obj)
     elif components:
-        rows = [dict(r, position=i) for i, r in enumerate(components)]
+        rows = [{**r, "position": i} for i, r in enumerate(components)]
     else:
         raise ServiceError("Choose a pre-built stack or at least one component.", field="template")
     if Project.objects.filter(organization=organization, name=name).exists():
@@ -164,6 +188,7 @@ def create_project(
     project = Project.objects.create(
         organization=organization, name=name, region=region_obj, created_by=actor
     )
+    issue_deploy_key(project=project)  # git over ssh: only with this project's own key
     environment_obj = Environment.objects.create(
         project=project,
         name=environment_name,
@@ -190,7 +215,7 @@ def create_project(
     return environment_obj
 
 
-def _check_rows(rows: list[dict[str, Any]]) -> None:
+def _check_rows(rows: list[ComponentRow]) -> None:
     names = set()
     for row in rows:
         try:
@@ -204,7 +229,7 @@ def _check_rows(rows: list[dict[str, Any]]) -> None:
         raise ServiceError("Only one component can receive the public route.", field="public")
 
 
-def _check_new_stack(rows: list[dict[str, Any]], *, assembled: bool) -> None:
+def _check_new_stack(rows: list[ComponentRow], *, assembled: bool) -> None:
     """What only a new stack must pass (rows already checked by ``_check_rows``): offered
     versions only (running stacks keep their deprecated ones), and for an assembled stack
     the catalog's compatibility rules, the first problem refused with its field."""
@@ -221,9 +246,28 @@ def _check_new_stack(rows: list[dict[str, Any]], *, assembled: bool) -> None:
             raise ServiceError(problems[0].message, field=problems[0].field)
 
 
+def with_template_mounts(environment: Environment, rows: list[ComponentRow]) -> list[ComponentRow]:
+    """``rows`` with the stack volumes their template gives its components (WordPress's
+    uploads) where a row has none: environments made before the template had them get them
+    with their next release (nothing was written there before: the folder was read-only)."""
+    template = environment.template
+    if template is None:
+        return rows
+    wanted = {tc.name: tc.mounts for tc in template.components.all() if tc.mounts}
+    if not wanted or all(row.get("mounts") or row["name"] not in wanted for row in rows):
+        return rows
+    completed: list[ComponentRow] = []
+    for row in rows:
+        mounts = wanted.get(row["name"])
+        if mounts and not row.get("mounts"):
+            row = {**row, "mounts": mount_rows(mounts)}
+        completed.append(row)
+    return completed
+
+
 def _new_release(
     environment: Environment,
-    rows: list[dict[str, Any]],
+    rows: list[ComponentRow],
     actor: User | None,
     *,
     source: str | None = None,
@@ -238,7 +282,7 @@ def _new_release(
     release = Release(
         environment=environment,
         number=(previous.number + 1) if previous else 1,
-        spec={"components": rows},
+        spec={"components": with_template_mounts(environment, rows)},
         created_by=actor,
         note=note,
     )
@@ -255,6 +299,7 @@ def _new_release(
         release.source, release.source_detail = base.source, base.source_detail
         release.content_sha256, release.content_files = base.content_sha256, base.content_files
         release.content_bytes, release.commit = base.content_bytes, base.commit
+        release.build_key = base.build_key  # checked again (and rebuilt if the image changed) when it runs
     elif source is not None:  # content comes later (a git fetch by the operation)
         release.source, release.source_detail = source, (detail or "")[:300]
     release.save()
@@ -271,7 +316,6 @@ def queue_operation(
     origin: Origin | None = None,
 ) -> Operation:
     """Create the operation (one active per environment) and run it after commit."""
-    from stacks.tasks import run_operation_task
 
     organization = environment.project.organization
     if actor is not None:  # the hoster's own repairs, clean-ups and support actions are not limited
@@ -312,7 +356,7 @@ def queue_operation(
         },
         origin=origin,
     )
-    transaction.on_commit(lambda: run_operation_task.delay(operation.pk))
+    transaction.on_commit(lambda: tasks.run_operation_task.delay(operation.pk))
     return operation
 
 
@@ -336,14 +380,14 @@ def _editable(environment: Environment, actor: User | None, role: str = Role.DEV
         raise ServiceError("This environment has been destroyed.", status=409)
 
 
-def _current_rows(environment: Environment) -> list[dict[str, Any]]:
+def _current_rows(environment: Environment) -> list[ComponentRow]:
     release = environment.current_release or environment.releases.order_by("-number").first()
     if release is None:
         raise ServiceError("This environment has nothing deployed yet.", status=409)
     return copy.deepcopy(release.spec.get("components", []))
 
 
-def _row(rows: list[dict[str, Any]], component: str) -> dict[str, Any]:
+def _row(rows: list[ComponentRow], component: str) -> ComponentRow:
     for row in rows:
         if row["name"] == component:
             return row
@@ -458,6 +502,18 @@ def rollback(
             "back to. Choose a release that ran.",
             field="release",
         )
+    gone = old_data.deleted_generations(environment)
+    deleted = [
+        row["name"]
+        for row in target.spec.get("components", [])
+        if (row.get("name"), int(row.get("data_generation", 0))) in gone
+    ]
+    if deleted:
+        raise ServiceError(
+            f"Release {target.number} ran on data that was deleted after an upgrade "
+            f"({', '.join(deleted)}), so it cannot be rolled back to. Choose a newer release.",
+            field="release",
+        )
     if target.content_sha256 and not content_store.exists(target.content_sha256):
         raise ServiceError(
             f"The content of release {target.number} was removed to save space (only the last "
@@ -500,8 +556,6 @@ def deploy_content(
     _editable(environment, actor)
     rows = _current_rows(environment)
     if archive is not None:
-        from stacks.runtime.content import ContentError, normalize_archive
-
         try:
             content = normalize_archive(
                 archive,
@@ -519,12 +573,12 @@ def deploy_content(
         )
         return queue_operation(environment, OperationKind.DEPLOY, actor, release=release, origin=origin)
     if git_url:
-        from stacks.runtime.content import ContentError, redact_url, validate_git_source
-
         try:
-            validate_git_source(git_url, branch, trusted_hosts=settings.STACKPORT_GIT_TRUSTED_HOSTS)
+            scheme = validate_git_source(git_url, branch, trusted_hosts=settings.STACKPORT_GIT_TRUSTED_HOSTS)
         except ContentError as exc:
             raise ServiceError(exc.message, field=exc.field) from exc
+        if scheme == "ssh" and not environment.project.deploy_key_public:
+            raise ServiceError(NO_DEPLOY_KEY, field="git_url")
         # No content yet: the operation fetches it (and a resumed one knows it has).
         release = _new_release(
             environment,
@@ -580,6 +634,9 @@ def redeploy(*, environment: Environment, actor: User | None, origin: Origin | N
         raise ServiceError("This environment has nothing deployed yet.", status=409)
     if not environment.desired_running:
         raise ServiceError("This environment is stopped; start it to apply the changes.", status=409)
+    rows = release.spec.get("components", [])
+    if with_template_mounts(environment, rows) != rows:  # an older stack: its volumes come now
+        release = _new_release(environment, rows, actor, note="the template's stack volumes")
     return queue_operation(
         environment,
         OperationKind.DEPLOY,
@@ -593,7 +650,6 @@ def redeploy(*, environment: Environment, actor: User | None, origin: Origin | N
 def pending_variables(environment: Environment) -> bool:
     """Have the variables changed since what runs was applied? (They reach the containers
     with the next deploy; the page offers a redeploy.)"""
-    from stacks.runtime.spec import variables_fingerprint
 
     if environment.current_release_id is None:
         return False
@@ -647,10 +703,9 @@ def destroy_unconfirmed(
 
 def requeue(operation: Operation) -> None:
     """Run an operation again (a lost worker); the operation itself is idempotent."""
-    from stacks.tasks import run_operation_task
 
     if operation.status in (OperationStatus.QUEUED, OperationStatus.RUNNING):
-        run_operation_task.delay(operation.pk)
+        tasks.run_operation_task.delay(operation.pk)
 
 
 def active_operations(environments: Iterable[Environment]) -> dict[int, Operation]:
@@ -678,11 +733,6 @@ def set_variable(
 ) -> None:
     """Create or change a variable; it reaches the containers with the next deploy.
     Secrets are stored encrypted and never shown again (the audit row has no value)."""
-    from django.utils import timezone
-
-    from projects.crypto import encrypt
-    from stacks.models import Variable
-    from stacks.runtime.spec import validate_env_name, validate_env_value
 
     _editable(environment, actor)
     try:
@@ -723,8 +773,6 @@ def delete_variable(
     component: str = "",
     origin: Origin | None = None,
 ) -> None:
-    from stacks.models import Variable
-
     _editable(environment, actor)
     deleted, _ = Variable.objects.filter(
         environment=environment, component=component, name=name, generated=False
@@ -748,14 +796,13 @@ def add_domain(
     actor: User | None,
     hostname: str,
     path_prefix: str = "",
+    strip_prefix: bool = False,
     origin: Origin | None = None,
 ) -> Any:
     """A customer domain (and optional path prefix) for the environment. The host name belongs
     to one organization, which proves control (``stacks.runtime.domains``): until then the
-    domain is pending; once verified, the edge gets it right after commit."""
-    from stacks.backends.edge import EdgeError, normalize_host, normalize_path_prefix
-    from stacks.models import Domain
-    from stacks.runtime import domains
+    domain is pending; once verified, the edge gets it right after commit. ``strip_prefix``:
+    the app gets the path without the prefix (refused without a prefix)."""
 
     _editable(environment, actor)
     domains.refuse_unclaimable(hostname)
@@ -775,19 +822,32 @@ def add_domain(
             "A path prefix starts with / and holds letters, digits, -, _, . and / only (for example /shop).",
             field="path_prefix",
         ) from exc
+    if strip_prefix and not prefix:
+        raise ServiceError("Only a route with a path prefix can strip it.", field="strip_prefix")
     domains.refuse_unclaimable(hostname, host)
     organization = environment.project.organization
     claim = domains.claim_for(organization=organization, hostname=host)
     if Domain.objects.filter(claim=claim, path_prefix=prefix).exists():
         raise ServiceError("This domain is already in use.", field="hostname", status=409)
     stack_policy().check_stack(organization=organization, rows=None, environment=environment, extra_domains=1)
-    domain = Domain.objects.create(environment=environment, claim=claim, hostname=host, path_prefix=prefix)
+    domain = Domain.objects.create(
+        environment=environment,
+        claim=claim,
+        hostname=host,
+        path_prefix=prefix,
+        strip_prefix=bool(strip_prefix),
+    )
     record_audit_event(
         action="domain.add",
         actor=actor,
         organization=environment.project.organization,
         target=f"environment {environment.pk}",
-        data={"hostname": host, "path_prefix": prefix, "verified": claim.verified_at is not None},
+        data={
+            "hostname": host,
+            "path_prefix": prefix,
+            "strip_prefix": bool(strip_prefix),
+            "verified": claim.verified_at is not None,
+        },
         origin=origin,
     )
     if claim.verified_at is not None:
@@ -799,7 +859,6 @@ def add_domain(
 def remove_domain(*, domain: Any, actor: User | None, origin: Origin | None = None) -> None:
     environment = domain.environment
     _editable(environment, actor)
-    from stacks.runtime import domains
 
     data = {"hostname": domain.hostname, "path_prefix": domain.path_prefix}
     domain.delete()
@@ -816,6 +875,4 @@ def remove_domain(*, domain: Any, actor: User | None, origin: Origin | None = No
 
 
 def _routes_later(environment_id: int) -> None:
-    from stacks.tasks import sync_routes_task
-
-    sync_routes_task.delay(environment_id)
+    tasks.sync_routes_task.delay(environment_id)

@@ -10,22 +10,38 @@ stopped serving; anything replaced in place is rolled back automatically.
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import dataclasses
 import threading
 from collections.abc import Callable, Iterable
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
+import requests
 import structlog
 from django.conf import settings
-from django.db import close_old_connections, connection, transaction
-from django.db.models import QuerySet
+from django.db import (
+    DatabaseError,
+    InterfaceError,
+    OperationalError,
+    close_old_connections,
+    connection,
+    transaction,
+)
+from django.db.models import F, QuerySet, Sum
+from django.template.loader import render_to_string
 from django.utils import timezone
+from kombu.exceptions import KombuError
 
 from projects.crypto import decrypt
 from projects.models import Environment, EnvironmentStatus
+from projects.services import ServiceError, deploy_key_of, record_audit_event, record_ssh_host_keys
+from stacks import tasks
 from stacks.backends.base import Backend, BackendError, HostRecord, StackSpec, get_backend
 from stacks.backends.edge import NOT_FOUND_BODY, EdgeError, EdgeRouter, Route
+from stacks.backends.edge_tls import TlsSettings
+from stacks.catalog.samples import SampleError, sample_archive
 from stacks.models import (
     DockerHost,
     Domain,
@@ -37,7 +53,8 @@ from stacks.models import (
     StackComponent,
     home_host,
 )
-from stacks.runtime import content_store
+from stacks.runtime import backups, builds, content_store, hosts
+from stacks.runtime.content import ContentError, fetch_git
 from stacks.runtime.spec import SpecError, build_spec, set_component_rows, variables_fingerprint
 
 log = structlog.get_logger(__name__)
@@ -45,6 +62,8 @@ HEARTBEAT_SECONDS = 5
 CHECK_SITE_SECONDS = 30  # the public page must answer through the edge within this
 LOG_MAX_CHARS = 200_000
 RESUME_ALLOWANCE = 3  # claims beyond the retry cap (killed workers) before an operation gives up
+DATABASE_WAIT_SECONDS = 60  # a database that went away mid-operation (a restart): waited for this long
+EDGE_RESYNC_SECONDS = 5  # the site check writes the routes again at most this often (a restarted edge)
 
 
 class OperationFailed(Exception):
@@ -54,7 +73,6 @@ class OperationFailed(Exception):
 # --- backend and edge -----------------------------------------------------------------------------
 def free_memory_mb(hosts: list[DockerHost]) -> dict[str, int]:
     """Memory not yet promised to the stacks living on each host (their sizes x replicas)."""
-    from django.db.models import F, Sum
 
     promised = dict.fromkeys((h.name for h in hosts), 0)
     rows = (
@@ -76,9 +94,9 @@ def hosts_for(environment: Environment) -> list[HostRecord]:
     there, but the backend still sees (and removes) what of the stack runs on them. A
     stack whose home is a draining host keeps it as its home (its volumes are there)."""
     in_region = DockerHost.objects.filter(region=environment.project.region, kernel=environment.kernel)
-    hosts = list(in_region.filter(state=DockerHost.State.ACTIVE))
-    free = free_memory_mb(hosts)
-    listed = [HostRecord(h.name, h.url, h.address_pool) for h in hosts]
+    active = list(in_region.filter(state=DockerHost.State.ACTIVE))
+    free = free_memory_mb(active)
+    listed = [hosts.host_record(h) for h in active]
     own = home_host(environment)
     listed.sort(key=lambda h: (h.name != own, -free[h.name], h.name))
     if not own and listed:
@@ -92,10 +110,10 @@ def hosts_for(environment: Environment) -> list[HostRecord]:
         # Its network and volumes are there: keep using it while it is draining.
         host = DockerHost.objects.filter(name=own).exclude(state=DockerHost.State.DOWN).first()
         if host:
-            listed.insert(0, HostRecord(host.name, host.url, host.address_pool))
+            listed.insert(0, hosts.host_record(host))
     named = {h.name for h in listed}
     for host in in_region.filter(state=DockerHost.State.DRAINING).exclude(name__in=named).order_by("name"):
-        listed.append(HostRecord(host.name, host.url, host.address_pool, drain=True))
+        listed.append(hosts.host_record(host, drain=True))
     return listed
 
 
@@ -121,7 +139,22 @@ def component_logs(environment: Environment, component: str, tail: int) -> list[
 
 
 def edge() -> EdgeRouter:
-    return EdgeRouter(settings.STACKPORT_EDGE_ADMIN_URL, listen=[settings.STACKPORT_EDGE_LISTEN])
+    return EdgeRouter(
+        settings.STACKPORT_EDGE_ADMIN_URL, listen=[settings.STACKPORT_EDGE_LISTEN], tls=tls_settings()
+    )
+
+
+def tls_settings() -> TlsSettings | None:
+    """How the edge gets certificates (docs/domains.md); None: plain HTTP only."""
+    if not settings.STACKPORT_ACME_DIRECTORY:
+        return None
+    return TlsSettings(
+        directory=settings.STACKPORT_ACME_DIRECTORY,
+        https_listen=[settings.STACKPORT_EDGE_HTTPS_LISTEN],
+        public_https_port=settings.STACKPORT_EDGE_HTTPS_PUBLIC_PORT,
+        ca_root=settings.STACKPORT_ACME_CA_ROOT,
+        email=settings.STACKPORT_ACME_EMAIL,
+    )
 
 
 def routed_domains(environment: Environment) -> QuerySet[Domain]:
@@ -139,20 +172,39 @@ def route_ids(environment: Environment) -> list[str]:
     return ids
 
 
+def site_page(environment: Environment) -> str:
+    """The page the edge answers (503) for a site that does not run: "temporarily
+    unavailable" while its project is suspended, "stopped" otherwise. No customer data in
+    it: the same page for every site in that state."""
+    suspended = environment.project.suspended_at is not None
+    return render_to_string(
+        "stacks/site_unavailable.html", {"suspended": suspended, "site_name": settings.STACKPORT_SITE_NAME}
+    )
+
+
 def route_changes(
-    environment: Environment, upstreams: list[str], present: Iterable[str]
+    environment: Environment, upstreams: list[str], present: Iterable[str], *, running: bool = True
 ) -> tuple[list[Route], list[str]]:
     """The environment's routes (its default host name and plain domains in one route, each
     path-prefix domain in its own; none without upstreams) and, of the route ids
-    ``present`` on the edge, those of the environment to remove."""
+    ``present`` on the edge, those of the environment to remove. A site that is not
+    ``running`` keeps its routes, answering its stopped page (``site_page``)."""
     on_edge = set(present)
     if not upstreams:
         return [], [r for r in route_ids(environment) if r in on_edge]
+    page = None if running else site_page(environment)
     plain = [d.hostname for d in routed_domains(environment).filter(path_prefix="")]
-    routes = [Route(environment.key, [environment.hostname, *plain], upstreams)]
+    routes = [Route(environment.key, [environment.hostname, *plain], upstreams, page=page)]
     for domain in routed_domains(environment).exclude(path_prefix=""):
         routes.append(
-            Route(f"{environment.key}-d{domain.pk}", [domain.hostname], upstreams, domain.path_prefix)
+            Route(
+                f"{environment.key}-d{domain.pk}",
+                [domain.hostname],
+                upstreams,
+                domain.path_prefix,
+                strip_prefix=domain.strip_prefix,
+                page=page,
+            )
         )
     wanted = {route.route_id for route in routes}
     stray = [r for r in on_edge if r.startswith(f"{environment.key}-d") and r not in wanted]
@@ -160,15 +212,24 @@ def route_changes(
 
 
 def sync_routes(environment: Environment, backend: Backend, spec: StackSpec) -> bool:
-    """The environment's routes on the edge (``route_changes``). Writes only what changed
+    """The environment's routes on the edge (``route_changes``): proxied while ``spec``
+    runs, the stopped page otherwise. Writes only what changed
     (a route at a time: one domain change is one route; the reconciler writes in bulk)."""
     upstreams = backend.upstreams(spec, environment.backend_state)
     changed = False
     with edge() as router:
-        routes, remove = route_changes(environment, upstreams, router.routes())
+        changed = router.ensure_https()  # a write only the first time (docs/domains.md)
+        running = spec.running and environment.project.suspended_at is None
+        routes, remove = route_changes(environment, upstreams, router.routes(), running=running)
         for route in routes:
-            prefix = {} if route.path_prefix is None else {"path_prefix": route.path_prefix}
-            changed |= router.set_route(route.route_id, list(route.hosts), list(route.upstreams), **prefix)
+            # Only what a route uses, so a plain route is the plain set_route call.
+            options: dict[str, Any] = {
+                "path_prefix": route.path_prefix,
+                "strip_prefix": route.strip_prefix,
+                "page": route.page,
+            }
+            given = {name: value for name, value in options.items() if value}
+            changed |= router.set_route(route.route_id, list(route.hosts), list(route.upstreams), **given)
         for route_id in remove:
             changed |= router.remove_route(route_id)
     return changed
@@ -231,15 +292,45 @@ def _claim(operation_id: int) -> Operation | None:
 def _heartbeat(operation_id: int, stop: threading.Event) -> None:
     try:
         while not stop.wait(HEARTBEAT_SECONDS):
-            Operation.objects.filter(pk=operation_id, status=OperationStatus.RUNNING).update(
-                heartbeat_at=timezone.now()
-            )
+            try:
+                Operation.objects.filter(pk=operation_id, status=OperationStatus.RUNNING).update(
+                    heartbeat_at=timezone.now()
+                )
+            except DatabaseError:  # a database restart: the next beat reconnects
+                _drop_connection()
     finally:
         connection.close()
 
 
+def _drop_connection() -> None:
+    """Forget this thread's database connection (broken by a restart); the next query
+    opens a new one."""
+    with contextlib.suppress(DatabaseError):
+        connection.close()
+    connection.connection = None
+
+
+def wait_for_database(seconds: float = DATABASE_WAIT_SECONDS) -> bool:
+    """Reconnect to a database that went away (restarted); False when it did not come back
+    within ``seconds``."""
+    deadline = timezone.now() + timedelta(seconds=seconds)
+    while True:
+        _drop_connection()
+        try:
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT 1")
+            return True
+        except DatabaseError:
+            if timezone.now() >= deadline:
+                return False
+        threading.Event().wait(1)
+
+
 def run_operation(operation_id: int) -> str | None:
     """Run (or resume) one operation; returns its final status, None when not claimed."""
+    if Operation.objects.filter(pk=operation_id, kind=OperationKind.RESTORE).exists():
+        # Restores have their own runner; one whose worker died is failed, never redeployed.
+        return backups.resume_restore(operation_id)
     op = _claim(operation_id)
     if op is None:
         return None
@@ -251,12 +342,48 @@ def run_operation(operation_id: int) -> str | None:
         recorder.line(f"resuming (attempt {op.attempts})")
     environment = Environment.objects.select_related("project__region", "kernel").get(pk=op.environment_id)
     try:
+        _run(op, environment, recorder)
+    except (OperationalError, InterfaceError) as exc:
+        _database_lost(op, recorder, exc)
+    finally:
+        stop.set()
+        beat.join(timeout=HEARTBEAT_SECONDS + 1)
+    return op.status
+
+
+def _database_lost(op: Operation, recorder: Recorder, exc: Exception) -> None:
+    """The database went away mid-operation (a restart): what the engines did stays, what
+    the database knows may lag a step behind. Every step is idempotent, so once it is back
+    the operation is queued again and resumes; when it does not come back in time, its
+    heartbeat goes stale and the reconciler resumes it."""
+    log.warning("operation_database_lost", operation=op.pk, kind=op.kind, error=str(exc)[:300])
+    if not wait_for_database():
+        log.warning("operation_database_gone", operation=op.pk)
+        return
+    try:
+        recorder.line(f"the database connection was lost ({str(exc).strip()[:120]}); resuming")
+        _retry_later(op, retry_delay(1))
+    except (
+        DatabaseError,
+        OSError,
+        KombuError,
+    ) as again:  # lost again, or the broker: the reconciler resumes it
+        log.warning("operation_requeue_failed", operation=op.pk, error=str(again)[:300])
+
+
+def _run(op: Operation, environment: Environment, recorder: Recorder) -> None:
+    try:
         if op.attempts > settings.STACKPORT_OPERATION_MAX_ATTEMPTS + RESUME_ALLOWANCE:
             # Claimed again and again without ever finishing (a worker killed every time):
             # stop here rather than loop.
             raise OperationFailed(f"interrupted {op.attempts - 1} times without finishing")
         if op.kind == OperationKind.DESTROY:
             _destroy(op, environment, recorder)
+        elif op.params.get("move_data"):
+            failure = _move_with_data(op, environment, recorder)
+            if failure:  # put back on its old host, which serves as before
+                _finish(op, OperationStatus.FAILED, failure)
+                return
         else:
             _converge(op, environment, recorder)
         _finish(op, OperationStatus.SUCCEEDED)
@@ -271,13 +398,11 @@ def run_operation(operation_id: int) -> str | None:
             if is_transient(exc):
                 message = f"{message}\nGave up after {op.attempts} attempts."
             _give_up(op, environment, recorder, message)
+    except (OperationalError, InterfaceError):
+        raise  # the database itself: run_operation waits for it and resumes
     except Exception as exc:  # a bug: never an operation that loops or an environment left deploying
         log.exception("operation_crashed", operation=op.pk, kind=op.kind)
         _give_up(op, environment, recorder, f"internal error ({type(exc).__name__}); support has been told")
-    finally:
-        stop.set()
-        beat.join(timeout=HEARTBEAT_SECONDS + 1)
-    return op.status
 
 
 def is_transient(exc: BaseException) -> bool:
@@ -296,14 +421,13 @@ def retry_delay(attempt: int) -> int:
 def _retry_later(op: Operation, delay: int) -> None:
     """Back to the queue; the task runs it again after ``delay`` (the reconciler would too,
     once it looks stale: claiming is exclusive, so it runs once)."""
-    from stacks.tasks import run_operation_task
 
     op.status = OperationStatus.QUEUED
     # heartbeat_at in the future: the reconciler leaves it alone until the retry is due.
     Operation.objects.filter(pk=op.pk, status=OperationStatus.RUNNING).update(
         status=OperationStatus.QUEUED, heartbeat_at=timezone.now() + timedelta(seconds=delay)
     )
-    run_operation_task.apply_async((op.pk,), countdown=delay)
+    tasks.run_operation_task.apply_async((op.pk,), countdown=delay)
 
 
 def _give_up(op: Operation, environment: Environment, rec: Recorder, message: str) -> None:
@@ -442,7 +566,13 @@ def _converge(op: Operation, environment: Environment, rec: Recorder) -> None:
     )
     if sample:
         steps.append("Make the sample application")
-    if release.content_sha256 or op.params.get("git_url") or sample:
+    has_content = bool(release.content_sha256 or op.params.get("git_url") or sample)
+    # Customer content only (the template samples install nothing).
+    customer = release.source in (Release.Source.UPLOAD, Release.Source.GIT)
+    build = has_content and running and customer and builds.wants_build(release)
+    if build:
+        steps.append(builds.STEP)
+    if has_content:
         steps.append("Prepare the content")
     if op.params.get("migrate"):
         steps.append("Copy the data to the new version")
@@ -456,6 +586,11 @@ def _converge(op: Operation, environment: Environment, rec: Recorder) -> None:
         rec.step("Fetch the repository", lambda: _fetch_git(op, release))
     if "Make the sample application" in steps:
         rec.step("Make the sample application", lambda: _make_sample(release))
+    # Built before the environment says "deploying", like the fetch: a build that fails
+    # leaves the running release serving and the status as it was.
+    if build:
+        builder = backend_for(environment)
+        rec.step(builds.STEP, lambda: _build(op, environment, release, builder, running, rec))
     if op.kind != OperationKind.STOP:
         _set_env(environment, status=EnvironmentStatus.DEPLOYING, status_detail=op.get_kind_display())
     backend = backend_for(environment)
@@ -478,6 +613,8 @@ def _converge(op: Operation, environment: Environment, rec: Recorder) -> None:
     if running:
         rec.step("Check the site", lambda: _check_site(environment, backend, spec, rec))
         _mark_ran(release, spec)
+    if op.params.get("migrate") == "dump-restore":
+        _measure_kept_data(op, environment, backend)
     # The variables the containers now have (the page says when they changed since).
     op.params = {**op.params, "variables": variables_fingerprint(environment)}
     Operation.objects.filter(pk=op.pk).update(params=op.params)
@@ -487,6 +624,240 @@ def _converge(op: Operation, environment: Environment, rec: Recorder) -> None:
         status=EnvironmentStatus.RUNNING if running else EnvironmentStatus.STOPPED,
         status_detail="",
     )
+
+
+# --- moving a stateful environment to another host ----------------------------------------------
+def _move_failures() -> tuple[type[Exception], ...]:
+    """What ends a stateful move's steps (read at run time: ``backups`` imports this module)."""
+    return (
+        BackendError,
+        EdgeError,
+        SpecError,
+        OperationFailed,
+        OSError,
+        ValueError,
+        ServiceError,
+        DockerHost.DoesNotExist,
+        backups.BackupFailed,
+    )
+
+
+def _move_with_data(op: Operation, environment: Environment, rec: Recorder) -> str:
+    """A support move of an environment that keeps data (docs/backends.md, "Moving a stateful
+    environment"): the writers (every stateless component) stop on the old host, a last
+    backup of every piece of data is taken (``backups.take_now``), the stack is made on the
+    new host and the backup restored into it (``backups.rebuild_on``, the path of a restore
+    after a host loss), it starts there, the edge routes to it, and once it answers through
+    the edge the old copy (containers, network, volumes) is removed from the old host.
+
+    The new copy is built by a backend that sees the new host only, so nothing of the old
+    copy is touched until the new one answers. A failure before that puts the environment
+    back on its old host, running as before on its own volumes, and returns the operation's
+    error; "" when it moved. Progress is kept in ``params["move"]`` (for this operation's
+    id: a retry starts afresh, with a new backup), so a worker that died is resumed by the
+    reconciler where it was: the same backup is restored, and after the switch only the
+    old copy is left to remove. The downtime, from the writers' stop to the new copy's
+    first answer through the edge, is ``params["downtime_seconds"]``."""
+    release = environment.current_release
+    if release is None:
+        raise OperationFailed("nothing is deployed, so there is nothing to move")
+    source, target = str(op.params["from_host"]), str(op.params["to_host"])
+    progress = op.params.get("move") or {}
+    if progress.get("operation") != op.pk:
+        progress = {"operation": op.pk, "state_before": environment.backend_state}
+        _move_progress(op, progress)
+    before: dict[str, Any] = progress["state_before"]
+    rec.plan(
+        [
+            f"Stop the writers on {source}",
+            "Back up the data",
+            f"Restore it on {target}",
+            f"Start the stack on {target}",
+            "Route traffic",
+            "Check the site",
+            f"Remove the old copy from {source}",
+        ]
+    )
+    spec = build_spec(environment, release)
+    if not progress.get("answered_at"):
+        _set_env(environment, status=EnvironmentStatus.DEPLOYING, status_detail=f"Moving to {target}")
+        try:
+            _move_to(op, environment, rec, spec, before, progress)
+        except _move_failures() as exc:
+            message = getattr(exc, "message", None) or str(exc)
+            return _move_back(op, environment, rec, spec, before, message)
+    rec.step(f"Remove the old copy from {source}", lambda: _remove_old_copy(environment, source, before, rec))
+    _set_env(environment, status=EnvironmentStatus.RUNNING, status_detail="")
+    return ""
+
+
+def _move_progress(op: Operation, progress: dict[str, Any], **params: Any) -> None:
+    op.params = {**op.params, **params, "move": progress}
+    Operation.objects.filter(pk=op.pk).update(params=op.params)
+
+
+def _backend_on(environment: Environment, host: str) -> Backend:
+    """A backend of the environment that sees ``host`` only."""
+    record = hosts.host_record(DockerHost.objects.get(name=host))
+    return get_backend(settings.STACKPORT_BACKENDS[environment.project.region.backend], hosts=[record])
+
+
+def _move_to(
+    op: Operation,
+    environment: Environment,
+    rec: Recorder,
+    spec: StackSpec,
+    before: dict[str, Any],
+    progress: dict[str, Any],
+) -> None:
+    source, target = str(op.params["from_host"]), str(op.params["to_host"])
+    release = environment.current_release
+    assert release is not None
+    there = _backend_on(environment, target)
+
+    def stop_writers() -> None:
+        quiet = dataclasses.replace(
+            spec,
+            components=tuple(
+                c if c.stateful else dataclasses.replace(c, replicas=0) for c in spec.components
+            ),
+        )
+        stopping = timezone.now().isoformat()
+        backend_for(environment).apply(quiet, before, rec.line)  # the old copy's state, unchanged
+        if not progress.get("writes_stopped_at"):
+            progress["writes_stopped_at"] = stopping
+            _move_progress(op, progress)
+        rec.line("the writers are stopped: the site is down from here until it answers on " + target)
+
+    def back_up() -> None:
+        progress["batch"] = backups.take_now(
+            environment, rec.line, batch=progress.get("batch", ""), actor=op.requested_by
+        )
+        _move_progress(op, progress)
+
+    def restore() -> None:
+        pieces = backups.rebuild_on(environment, before, target, progress["batch"], rec.line, backend=there)
+        for piece in pieces:
+            rec.line(f"restoring {piece.component} on {target}")
+            kept = backups.restore(piece, environment, log_line=rec.line)
+            if kept:  # a resumed move's earlier, partial restore there: nothing to keep
+                there.drop_kept(environment.key, environment.backend_state, kept)
+
+    if progress.get("routed"):
+        # Resumed after the edge switched: the new copy may have taken writes; it stays.
+        rec.line(f"resuming after the switch: the copy on {target} is the one kept")
+    else:
+        # Until the new copy answers, the environment lives where it was (a resumed move too).
+        save_state(environment, backend_for(environment), before)
+        rec.step(f"Stop the writers on {source}", stop_writers)
+        rec.step("Back up the data", back_up)
+        rec.step(f"Restore it on {target}", restore)
+
+    def start() -> None:
+        if release.content_sha256:
+            image = next((c.image for c in spec.components if c.content_path), None)
+            _put_content(there, environment, release, image)
+        save_state(environment, there, there.apply(spec, environment.backend_state, rec.line))
+
+    rec.step(f"Start the stack on {target}", start)
+
+    def route() -> None:
+        sync_routes(environment, there, spec)
+        progress["routed"] = True
+        _move_progress(op, progress)
+
+    rec.step("Route traffic", route)
+    rec.step("Check the site", lambda: _check_site(environment, there, spec, rec))
+    answered = timezone.now()
+    stopped = datetime.fromisoformat(progress.get("writes_stopped_at") or answered.isoformat())
+    downtime = round((answered - stopped).total_seconds(), 1)
+    progress["answered_at"] = answered.isoformat()
+    _move_progress(op, progress, downtime_seconds=downtime)
+    rec.line(f"{environment.hostname} answers from {target}: {downtime} s without service")
+    record_audit_event(
+        action="environment.moved",
+        actor=op.requested_by,
+        organization=environment.project.organization,
+        target=f"environment {environment.pk}",
+        data={
+            "operation": op.pk,
+            "from_host": source,
+            "to_host": target,
+            "batch": progress["batch"],
+            "downtime_seconds": downtime,
+        },
+    )
+
+
+def _move_back(
+    op: Operation, environment: Environment, rec: Recorder, spec: StackSpec, before: dict[str, Any], why: str
+) -> str:
+    """A stateful move that failed before the new copy answered: what was made on the new
+    host goes (the reconciler removes what could not be), the old copy starts again on its
+    own volumes, untouched, and the edge routes to it. The operation's error."""
+    source, target = str(op.params["from_host"]), str(op.params["to_host"])
+    release = environment.current_release
+    assert release is not None
+    rec.line(f"the move failed: {why}; putting it back on {source}")
+    try:
+        _backend_on(environment, target).destroy(environment.key, environment.backend_state)
+    except (BackendError, OSError, DockerHost.DoesNotExist) as exc:
+        rec.line(f"what was made on {target} stays for the reconciler: {getattr(exc, 'message', exc)}")
+    try:
+        save_state(environment, backend_for(environment), before)
+        backend = backend_for(environment)
+        if release.content_sha256:
+            image = next((c.image for c in spec.components if c.content_path), None)
+            _put_content(backend, environment, release, image)
+        save_state(environment, backend, backend.apply(spec, before, rec.line))
+        sync_routes(environment, backend, spec)
+    except _move_failures() as exc:
+        detail = getattr(exc, "message", None) or str(exc)
+        rec.line(f"starting it again on {source} failed too: {detail}")
+        _set_env(
+            environment,
+            status=EnvironmentStatus.FAILED,
+            status_detail=f"The move to {target} failed and it did not start again on {source} "
+            f"(its data is there, untouched): {detail}"[:300],
+        )
+        return f"The move to {target} failed: {why}\nStarting it again on {source} failed too: {detail}"
+    _set_env(
+        environment,
+        status=EnvironmentStatus.RUNNING,
+        status_detail=f"The move to {target} failed; it runs on {source} as before."[:300],
+    )
+    rec.line(f"it runs on {source} again, on its own data")
+    return f"The move to {target} failed: {why}\nNothing was lost: it runs on {source} as before."
+
+
+def _remove_old_copy(environment: Environment, source: str, before: dict[str, Any], rec: Recorder) -> None:
+    """The old copy's containers, network and volumes off ``source`` (the new copy answers).
+    Best effort: what stays is removed by the reconciler (a copy on a host its placement
+    does not name)."""
+    try:
+        _backend_on(environment, source).destroy(environment.key, before)
+    except (BackendError, OSError, DockerHost.DoesNotExist) as exc:
+        rec.line(f"the old copy on {source} stays for the reconciler: {getattr(exc, 'message', exc)}")
+        return
+    rec.line(f"removed the old copy (containers, network and volumes) from {source}")
+
+
+def _measure_kept_data(op: Operation, environment: Environment, backend: Backend) -> None:
+    """The size of the data a dump-and-restore upgrade kept (``stacks.runtime.old_data``),
+    measured once: nothing runs on it any more. Best effort: unmeasured, it is listed
+    without a size."""
+    component = op.params.get("component", "")
+    if op.previous_release is None:
+        return
+    try:
+        old = build_spec(environment, op.previous_release)
+        only = dataclasses.replace(old, components=tuple(c for c in old.components if c.name == component))
+        used = backend.volume_usage(only, environment.backend_state)
+    except (BackendError, SpecError) as exc:
+        log.warning("old_data_not_measured", operation=op.pk, error=getattr(exc, "message", str(exc)))
+        return
+    op.params = {**op.params, "old_data_bytes": sum(u.used_bytes for u in used)}
+    Operation.objects.filter(pk=op.pk).update(params=op.params)
 
 
 def _mark_ran(release: Release, spec: StackSpec) -> None:
@@ -501,8 +872,7 @@ def _mark_ran(release: Release, spec: StackSpec) -> None:
 
 
 def _fetch_git(op: Operation, release: Release) -> None:
-    from stacks.runtime.content import ContentError, fetch_git
-
+    project = op.environment.project
     try:
         content = fetch_git(
             decrypt(op.params["git_url_encrypted"].encode()),
@@ -513,9 +883,13 @@ def _fetch_git(op: Operation, release: Release) -> None:
             max_download_bytes=settings.STACKPORT_GIT_MAX_DOWNLOAD_BYTES,
             trusted_hosts=settings.STACKPORT_GIT_TRUSTED_HOSTS,
             workdir=content_store.workdir(),
+            ssh_key=deploy_key_of(project),
+            known_hosts=project.ssh_known_hosts,
         )
     except ContentError as exc:
         raise OperationFailed(exc.message) from exc
+    if content.known_hosts:
+        record_ssh_host_keys(project_id=project.pk, known_hosts=content.known_hosts)
     stored = content_store.save(content.path)
     release.content_sha256, release.content_files, release.content_bytes = (
         stored.sha256,
@@ -535,15 +909,40 @@ def _put_content(backend: Backend, environment: Environment, release: Release, i
             f"The content of release {release.number} is no longer stored (the content of old "
             "releases is removed to save space). Deploy the content again."
         ) from None
-    with archive:
-        backend.put_content(environment.key, environment.backend_state, release.content_id, archive, image)
+    with contextlib.ExitStack() as opened:
+        opened.enter_context(archive)
+        extras = []
+        if release.build_key:
+            try:
+                extras.append(opened.enter_context(builds.open_artifact(release.build_key)))
+            except FileNotFoundError:
+                raise OperationFailed(
+                    f"The dependencies built for release {release.number} are no longer stored; deploy again."
+                ) from None
+        backend.put_content(
+            environment.key, environment.backend_state, release.content_id, archive, image, extras
+        )
+
+
+def _build(
+    op: Operation, environment: Environment, release: Release, backend: Backend, running: bool, rec: Recorder
+) -> None:
+    """The release's dependencies (stacks.runtime.builds); the outcome on the operation
+    (the log, and ``params["build"]``: metered build time)."""
+    spec = build_spec(environment, release, running=running)
+    try:
+        outcome = builds.build(release, spec, backend, rec.line)
+    except builds.BuildFailed as exc:
+        raise OperationFailed(exc.message) from exc
+    if outcome is not None:
+        op.params = {**op.params, "build": outcome.as_params()}
+        Operation.objects.filter(pk=op.pk).update(params=op.params)
 
 
 def _make_sample(release: Release) -> None:
     """The release's content from its template's sample application (WordPress is built
     by the Docker engine: in the worker, never in a web request). The same name gives the
     same bytes, so doing it again stores nothing new."""
-    from stacks.catalog.samples import SampleError, sample_archive
 
     try:
         stored = content_store.save(sample_archive(release.source_detail))
@@ -582,29 +981,41 @@ def _check_site(environment: Environment, backend: Backend, spec: StackSpec, rec
         raise OperationFailed("not running: " + ", ".join(bad))
     if not any(c.public_port for c in spec.components):
         return
-    import requests
 
     host, _, port = settings.STACKPORT_EDGE_LISTEN.rpartition(":")
     url = f"http://{host}:{port}/"
     deadline = timezone.now() + timedelta(seconds=CHECK_SITE_SECONDS)
     answer = "nothing"
+    resynced = timezone.now()
     while timezone.now() < deadline:
         try:
             response = requests.get(
                 url, headers={"Host": environment.hostname}, timeout=10, allow_redirects=False
             )
-        except requests.RequestException as exc:
+            status, text = response.status_code, response.text
+            if status == 308 and response.headers.get("Location", "").startswith("https://"):
+                # The name has its certificate: the edge sends HTTP on to HTTPS, checked there.
+                with edge() as router:
+                    status, text = router.get_over_https(environment.hostname)
+        except (requests.RequestException, EdgeError) as exc:
             answer = "nothing"
             rec.line(f"edge not answering yet: {type(exc).__name__}")
         else:
             # The edge's own "no site here" (no route for the name) is not the site answering.
-            if response.status_code == 404 and response.text == NOT_FOUND_BODY:
+            if status == 404 and text == NOT_FOUND_BODY:
                 answer = "the edge's not-found page (no route)"
-            elif response.status_code < 500:
-                rec.line(f"{environment.hostname} answers {response.status_code} through the edge")
+                if timezone.now() - resynced >= timedelta(seconds=EDGE_RESYNC_SECONDS):
+                    # The route was written a step ago: the edge lost it (restarted without
+                    # its saved config). Writing it again is idempotent.
+                    resynced = timezone.now()
+                    rec.line("the edge has no route for the site (restarted?): writing it again")
+                    with contextlib.suppress(EdgeError, OSError):
+                        sync_routes(environment, backend, spec)
+            elif status < 500:
+                rec.line(f"{environment.hostname} answers {status} through the edge")
                 return
             else:
-                answer = str(response.status_code)
+                answer = str(status)
         threading.Event().wait(1)
     raise OperationFailed(f"{environment.hostname} answers {answer} through the edge")
 

@@ -10,12 +10,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from django.conf import settings
 from django.utils.module_loading import import_string
 
 from projects.models import Environment, Organization
+from stacks.backends.base import EgressPolicy
+
+if TYPE_CHECKING:  # spec asks the policy, so the row type is only named here
+    from stacks.runtime.spec import ComponentRow
 
 
 @dataclass(frozen=True)
@@ -35,7 +39,7 @@ class StackPolicy:
         self,
         *,
         organization: Organization,
-        rows: list[dict[str, Any]] | None,
+        rows: list[ComponentRow] | None,
         environment: Environment | None = None,
         extra_domains: int = 0,
     ) -> None:
@@ -47,13 +51,13 @@ class StackPolicy:
         self,
         *,
         organization: Organization,
-        rows: list[dict[str, Any]] | None,
+        rows: list[ComponentRow] | None,
         environment: Environment | None = None,
     ) -> list[str]:
         """The messages ``check_stack`` would raise, to show before the customer confirms."""
         return []
 
-    def estimate_monthly(self, *, organization: Organization, region: Any, rows: list[dict[str, Any]]) -> Any:
+    def estimate_monthly(self, *, organization: Organization, region: Any, rows: list[ComponentRow]) -> Any:
         """A month of running ``rows`` in ``region`` at list prices (shown in the wizard), or None."""
         return None
 
@@ -64,6 +68,11 @@ class StackPolicy:
     def check_backup(self, *, organization: Organization, stored_bytes: int) -> None:
         """Raise ``ServiceError`` (402) when the organization may not store another backup
         (``stored_bytes``: what its backups hold now)."""
+
+    def egress_policy(self, *, organization: Organization) -> EgressPolicy:
+        """Where the organization's containers may connect to (docs/security.md, "Network
+        egress"); the default, a portal without plans, lets them reach the internet."""
+        return EgressPolicy(internet=True)
 
     def volume_size_gb(self, *, organization: Organization, volume: dict[str, Any]) -> int | None:
         """The size a new volume of the organization's stack is made with and held to (the

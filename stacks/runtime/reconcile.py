@@ -13,7 +13,11 @@ constraint is the lock. One pass:
   it no longer lives on (stale copies) are removed, by the backend of that host;
 - an environment living on a host that is down (``stacks.runtime.hosts``) is moved off it
   when it is stateless (``support.evacuate_environment``), or marked degraded "waiting for
-  host" when its data is there (``restore_from_backup`` is the hook for backups);
+  host" when its data is there, and restored from its latest backup onto another host once
+  the host has been down for ``STACKPORT_RESTORE_AFTER_HOST_DOWN_SECONDS``
+  (``restore_from_backup``); a host whose engine was reinstalled is handled the same way,
+  at once (``engine_reinstalled``), and in every pass for an environment built on it
+  before the reinstall (``reinstalled_home``: never rebuilt onto its empty volumes);
 - a running environment that misses a replica gets its current release applied again by a
   queued repair; one whose automatic repair failed is marked ``degraded`` (with why) and
   tried again after ``STACKPORT_RECONCILE_RETRY_SECONDS``, doubling; a ``failed`` one is
@@ -26,39 +30,34 @@ constraint is the lock. One pass:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import structlog
 from django.conf import settings
 from django.core.cache import cache
 from django.db import transaction
-from django.db.models import Q
+from django.db.models import Max, Q
+from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from projects.models import Environment, EnvironmentStatus
 from projects.services import ServiceError
 from stacks.backends.base import Backend, BackendError, HostRecord, ReplicaState, StackSpec, get_backend
-from stacks.backends.edge import EdgeError, Route, normalize_host, normalize_upstream, route_config
+from stacks.backends.edge import EdgeError, Route, route_config
 from stacks.models import (
     ACTIVE_OPERATION_STATUSES,
+    ComponentVersion,
     DockerHost,
     Operation,
     OperationKind,
     OperationStatus,
+    Release,
     ResourceSampleRow,
     home_host,
     placed_hosts,
 )
-from stacks.runtime import lifecycle
-from stacks.runtime.operations import (
-    OperationFailed,
-    backend_for,
-    edge,
-    route_changes,
-    route_ids,
-    routed_domains,
-)
+from stacks.runtime import backups, content_store, hosts, lifecycle, operations, support
 from stacks.runtime.spec import SpecError, build_spec
 
 log = structlog.get_logger(__name__)
@@ -71,7 +70,18 @@ MISSING_PREFIX = "Replicas missing"
 HOST_DOWN_PREFIX = "Host down"
 BULK_WRITE_TIMEOUT = 120.0  # seconds for the pass's one route write (see write_routes)
 # Details the reconciler writes: it clears them itself once the stack runs as it should.
-OWN_DETAILS = (WAITING_PREFIX, MISSING_PREFIX, HOST_DOWN_PREFIX)
+DATA_LOST_PREFIX = "Data lost"
+RESTORE_PENDING_PREFIX = "Restore pending"
+# Operations that (re)build a stack on its host: one started after a reinstall built it anew.
+BUILDING_KINDS = (
+    OperationKind.DEPLOY,
+    OperationKind.SCALE,
+    OperationKind.UPGRADE,
+    OperationKind.ROLLBACK,
+    OperationKind.START,
+    OperationKind.RESTORE,
+)
+OWN_DETAILS = (WAITING_PREFIX, MISSING_PREFIX, HOST_DOWN_PREFIX, RESTORE_PENDING_PREFIX)
 MAX_BACKOFF_DOUBLINGS = 4  # the slowest retry: 16 x STACKPORT_RECONCILE_RETRY_SECONDS
 SETTLED = (
     EnvironmentStatus.RUNNING,
@@ -81,19 +91,137 @@ SETTLED = (
 )
 
 
-def waiting_detail(host: str) -> str:
-    """What the customer and support read on a stateful stack whose host is down."""
-    return (
+def waiting_detail(host: str, restore_at: datetime | None = None) -> str:
+    """What the customer and support read on a stateful stack whose host is down (and when
+    it is restored from its backup elsewhere if the host is not back by then)."""
+    detail = (
         f"{WAITING_PREFIX} {host} to come back: it does not answer, and this stack's data is "
         "on it. Nothing is lost; it runs again as soon as the host is back."
     )
+    if restore_at is not None:
+        detail += (
+            f" If it is not back by {restore_at:%H:%M} UTC, it is restored from its latest backup "
+            "on another host."
+        )
+    return detail
 
 
-def restore_from_backup(environment: Environment, lost_host: str) -> Operation | None:
-    """Hook: restore a stateful environment whose host is down from its latest backup onto
-    another host, returning the queued operation. There are no backups yet, so it restores
-    nothing (None) and the environment waits for its host."""
-    return None
+def _restore_at(environment: Environment, lost_host: str) -> datetime | None:
+    """When ``restore_from_backup`` will restore it (None: it will not)."""
+    delay = settings.STACKPORT_RESTORE_AFTER_HOST_DOWN_SECONDS
+    host = DockerHost.objects.filter(name=lost_host).first()
+    if delay <= 0 or host is None or host.down_since is None:
+        return None
+    if not backups.latest_complete_batch(environment):
+        return None
+    return host.down_since + timedelta(seconds=delay)
+
+
+def restore_from_backup(environment: Environment, lost_host: str, *, wait: bool = True) -> Operation | None:
+    """Restore a stateful environment whose host is down from its latest complete backup
+    onto another host of its region and kernel line (``backups.restore_on_another_host``);
+    the queued restore. Only once the host has been down for
+    ``STACKPORT_RESTORE_AFTER_HOST_DOWN_SECONDS`` (0: never, it waits for its host) unless
+    ``wait`` is False (an engine that was reinstalled holds nothing to wait for), and after
+    a failed attempt on the reconciler's slower schedule. None: nothing queued (too early,
+    disabled, no backup, no room elsewhere, an operation runs): it waits for its host."""
+    if wait:
+        delay = settings.STACKPORT_RESTORE_AFTER_HOST_DOWN_SECONDS
+        host = DockerHost.objects.filter(name=lost_host).first()
+        if delay <= 0 or host is None or host.down_since is None:
+            return None
+        if host.down_since > timezone.now() - timedelta(seconds=delay):
+            return None
+    if not _due(environment, failed_status=False)[0]:
+        return None
+    try:
+        with transaction.atomic():
+            operation = backups.restore_on_another_host(environment=environment, lost_host=lost_host)
+    except ServiceError as exc:
+        log.info("reconcile_restore_skipped", environment=environment.pk, host=lost_host, reason=exc.message)
+        return None
+    log.info(
+        "reconcile_restore_from_backup", environment=environment.pk, host=lost_host, operation=operation.pk
+    )
+    return operation
+
+
+def data_lost_detail(host: str) -> str:
+    """A stateful stack whose host's engine was reinstalled and that has no backup."""
+    return (
+        f"{DATA_LOST_PREFIX}: the engine of host {host} was reinstalled, and this stack's data was "
+        "on it. There is no backup to restore it from: deploy again to start with empty data, "
+        "or ask support."
+    )
+
+
+def restore_pending_detail(host: str) -> str:
+    """A stateful stack whose host's engine was reinstalled, with a backup not restored yet."""
+    return (
+        f"{RESTORE_PENDING_PREFIX}: the engine of host {host} was reinstalled, and this stack's data "
+        "was on it. It is restored from its latest backup on another host as soon as one has room."
+    )
+
+
+def engine_reinstalled(host: DockerHost) -> dict[str, int]:
+    """``host`` answers with another engine ID than the one stored: a new, empty engine
+    under the old name. Nothing placed on it is there any more, so every environment living
+    on it is handled as after a host loss (``on_reinstalled_host``), each on its own: one's
+    failure never stops the others. Environments busy now are left to the reconciler's
+    passes, which handle the same way any environment whose home host was reinstalled since
+    its last successful operation (``reinstalled_home``)."""
+
+    report = {"moved": 0, "restored": 0, "lost": 0, "waiting": 0}
+    for env in _placed_on_host(host).exclude(pk__in=_busy()):
+        try:
+            on_reinstalled_host(env, host.name, report)
+        except (BackendError, EdgeError, SpecError, operations.OperationFailed, ServiceError) as exc:
+            log.warning(
+                "host_reinstalled_failed", environment=env.pk, error=getattr(exc, "message", str(exc))
+            )
+    log.warning("host_reinstalled_handled", host=host.name, **report)
+    return report
+
+
+def on_reinstalled_host(env: Environment, host: str, report: dict[str, int]) -> None:
+    """``env`` lives on ``host``, whose engine was reinstalled (empty). Stateless (or its
+    data elsewhere): moved, or with no room elsewhere deployed again where it was (the host
+    works). Stateful: restored from its latest backup at once (there is nothing to wait
+    for); with a backup it cannot restore yet (no room, a failed restore's backoff), marked
+    so and tried again; without one, marked failed with its data lost. Never deployed onto
+    the empty volumes by the reconciler."""
+    if home_host(env) == host and support.stateful_components(env):
+        if restore_from_backup(env, host, wait=False) is not None:
+            report["restored"] += 1
+        elif backups.latest_complete_batch(env):
+            if env.status != EnvironmentStatus.FAILED:  # a failed restore keeps its own reason
+                _set_status(env, EnvironmentStatus.DEGRADED, restore_pending_detail(host))
+            report["waiting"] += 1
+        else:
+            _set_status(env, EnvironmentStatus.FAILED, data_lost_detail(host))
+            report["lost"] += 1
+        return
+    if not _due(env, failed_status=False)[0]:
+        return  # a failed automatic move: on the slower schedule
+    try:
+        with transaction.atomic():
+            support.evacuate_environment(environment=env, lost_host=host)
+    except ServiceError:  # no room elsewhere: the host works, build it there again
+        _queue(env, OperationKind.DEPLOY, reason="host.down", from_host=host)
+    report["moved"] += 1
+
+
+def reinstalled_home(env: Environment, reinstalled: dict[str, datetime]) -> str:
+    """The environment's home host when its engine was reinstalled (``reinstalled``: host
+    name -> when) after the start of the environment's last successful operation that built
+    its stack, so what it had there is gone; "" otherwise, and for one never built."""
+    home = home_host(env)
+    if home not in reinstalled:
+        return ""
+    built = Operation.objects.filter(
+        environment=env, status=OperationStatus.SUCCEEDED, kind__in=BUILDING_KINDS
+    ).aggregate(last=Max(Coalesce("started_at", "created_at")))["last"]
+    return home if built is not None and built < reinstalled[home] else ""
 
 
 def inventory_backends(exclude_url: str = "") -> list[Backend]:
@@ -101,12 +229,10 @@ def inventory_backends(exclude_url: str = "") -> list[Backend]:
     the regions using it that is not down; an engine listed under several inventory names
     (make run's local one) once."""
     engines: dict[str, dict[str, HostRecord]] = {}
-    hosts = DockerHost.objects.exclude(state=DockerHost.State.DOWN).select_related("region").order_by("name")
-    for h in hosts:
+    live = DockerHost.objects.exclude(state=DockerHost.State.DOWN).select_related("region").order_by("name")
+    for h in live:
         if h.url != exclude_url:
-            engines.setdefault(h.region.backend, {}).setdefault(
-                h.url, HostRecord(h.name, h.url, h.address_pool)
-            )
+            engines.setdefault(h.region.backend, {}).setdefault(h.url, hosts.host_record(h))
     return [
         get_backend(settings.STACKPORT_BACKENDS[kind], hosts=list(by_url.values()))
         for kind, by_url in engines.items()
@@ -132,7 +258,7 @@ def host_backend(host: DockerHost) -> Backend:
     """A backend that sees ``host`` alone (its region's kind)."""
     return get_backend(
         settings.STACKPORT_BACKENDS[host.region.backend],
-        hosts=[HostRecord(host.name, host.url, host.address_pool)],
+        hosts=[hosts.host_record(host)],
     )
 
 
@@ -211,6 +337,7 @@ class Pass:
     route_writes: list[Route] = field(default_factory=list)
     route_removals: list[str] = field(default_factory=list)
     routes_differ: int = 0
+    reinstalled: dict[str, datetime] = field(default_factory=dict)  # host name -> reinstalled_at
 
     def routes(self) -> dict[str, dict[str, Any]] | None:
         """The edge's routes, read once per pass; None when the edge does not answer."""
@@ -222,7 +349,7 @@ class Pass:
 
 def edge_routes() -> dict[str, dict[str, Any]] | None:
     try:
-        with edge() as router:
+        with operations.edge() as router:
             return router.routes()
     except (EdgeError, OSError) as exc:
         log.warning("reconcile_edge_unreadable", error=getattr(exc, "message", str(exc)))
@@ -243,15 +370,24 @@ def _reconcile() -> dict[str, int]:
             "recovered",
             "unknown",
             "stopped",
+            "backups_failed",
+            "restored",
+            "lost",
         ),
         0,
     )
     report["resumed"] = resume_lost_operations()
+    report["backups_failed"] = backups.fail_stale_backups()
     if not DockerHost.objects.exists():
         return report
     busy = _busy()  # read before the engines: an operation started since is caught by the lock
     listing = list_hosts()
     run = Pass(listing, busy, report)
+    run.reinstalled = {
+        name: at
+        for name, at in DockerHost.objects.exclude(reinstalled_at=None).values_list("name", "reinstalled_at")
+        if at is not None
+    }
     prefix = f"{settings.STACKPORT_STACK_PREFIX}-"
     ours = {
         k: v for k, v in listing.replicas.items() if k.startswith(prefix)
@@ -280,7 +416,7 @@ def _reconcile() -> dict[str, int]:
     for env in environments:
         try:
             _converge_environment(env, run)
-        except (BackendError, EdgeError, SpecError, OperationFailed, ServiceError) as exc:
+        except (BackendError, EdgeError, SpecError, operations.OperationFailed, ServiceError) as exc:
             # One environment's trouble: the others are still looked at.
             log.warning(
                 "reconcile_environment_failed", environment=env.pk, error=getattr(exc, "message", str(exc))
@@ -320,11 +456,21 @@ def _converge_environment(env: Environment, run: Pass) -> None:
     if any(listing.name(h) in listing.unreachable for h in placed):
         run.report["unknown"] += 1  # its host did not answer this pass: nothing is known of it
         return
+    if env.status == EnvironmentStatus.FAILED and env.status_detail.startswith(DATA_LOST_PREFIX):
+        return  # a repair would start it on empty volumes: the customer decides
+    if reinstalled := reinstalled_home(env, run.reinstalled):
+        # Busy when the reinstall was found, or its handling failed: handled now, the same
+        # way. Never repaired below: that would start a stateful stack on empty volumes.
+        on_reinstalled_host(env, reinstalled, run.report)
+        return
     replicas = listing.replicas.get(env.key, [])
     if env.status == EnvironmentStatus.STOPPED or not env.desired_running or env.project.suspended_at:
         if env.status == EnvironmentStatus.STOPPED and any(r.status in ALIVE for r in replicas):
             if _due(env, failed_status=False)[0] and _queue(env, OperationKind.STOP):
                 run.report["stopped"] += 1
+        elif env.status == EnvironmentStatus.STOPPED and env.current_release is not None:
+            # Its routes answer the stopped page (written by the stop; kept so here).
+            _sync_route(env, build_spec(env, env.current_release, running=False), run)
         return
     assert env.current_release is not None
     spec = build_spec(env, env.current_release)
@@ -413,13 +559,12 @@ def _sync_route(env: Environment, spec: StackSpec, run: Pass) -> None:
     routes = run.routes()
     if routes is None:
         return
-    backend = backend_for(env)
+    backend = operations.backend_for(env)
     upstreams = backend.upstreams(spec, env.backend_state)
-    if _routes_match(env, upstreams, routes):
+    running = spec.running and env.project.suspended_at is None
+    writes, removals = operations.route_changes(env, upstreams, routes, running=running)
+    if _routes_match(writes, removals, routes):
         return
-    writes, removals = route_changes(env, upstreams, routes)
-    for route in writes:
-        route_config(route)  # an invalid route fails this environment, not the whole write
     run.route_writes += writes
     run.route_removals += removals
     run.routes_differ += 1
@@ -440,61 +585,33 @@ def _write_routes(run: Pass) -> None:
 
 def write_routes(routes: list[Route], remove: list[str]) -> bool:
     """Set ``routes`` and remove the route ids ``remove`` on the edge: one config write."""
-    with edge() as router:
+    with operations.edge() as router:
         # Caddy answers a write once it has reloaded: measured 12 s for 1,000 new routes
         # on a loaded 2-CPU machine, more than the default read timeout.
         router.timeout = max(router.timeout, BULK_WRITE_TIMEOUT)
         return router.set_routes(routes, remove=remove)
 
 
-def _routes_match(env: Environment, upstreams: list[str], routes: dict[str, dict[str, Any]]) -> bool:
-    ids = route_ids(env)
-    if not upstreams:
-        return not any(i in routes for i in ids)
-    stray = [r for r in routes if r.startswith(f"{env.key}-d") and r not in ids]
-    if stray:
-        return False
-    want = {normalize_upstream(u) for u in upstreams}
-    hosts = sorted(
-        {
-            normalize_host(h)
-            for h in [
-                env.hostname,
-                *routed_domains(env).filter(path_prefix="").values_list("hostname", flat=True),
-            ]
-        }
-    )
-    for route_id in ids:
-        route = routes.get(route_id)
-        if route is None:
-            return False
-        dials = {
-            u.get("dial")
-            for handler in route.get("handle") or []
-            for u in handler.get("upstreams") or []
-            if isinstance(u, dict)
-        }
-        if dials != want:
-            return False
-        if route_id == env.key and ((route.get("match") or [{}])[0].get("host") or []) != hosts:
-            return False
-    return True
+def _routes_match(writes: list[Route], removals: list[str], routes: dict[str, dict[str, Any]]) -> bool:
+    """The edge holds exactly the routes ``writes`` (validated here: an invalid one fails
+    this environment, not the pass's whole write) and none of ``removals``."""
+    return not removals and all(routes.get(route.route_id) == route_config(route) for route in writes)
 
 
 # --- a host that is down ---------------------------------------------------------------------------
 def on_lost_host(env: Environment, lost: str, report: dict[str, int]) -> None:
     """``env`` lives (at least partly) on ``lost``, which is down. Stateless: moved off it
     (a new home and a deploy there, or a redeploy where its home is). Its data is there:
-    restored from a backup (the hook), else marked degraded, waiting for the host."""
-    from stacks.runtime.support import evacuate_environment, stateful_components
+    restored from its latest backup once the host has been down long enough
+    (``restore_from_backup``), else marked degraded, waiting for the host."""
 
     runs = env.desired_running and env.project.suspended_at is None
-    if home_host(env) == lost and stateful_components(env):
+    if home_host(env) == lost and support.stateful_components(env):
         if restore_from_backup(env, lost) is not None:
             report["moved"] += 1
             return
         if runs and env.status != EnvironmentStatus.STOPPED:
-            detail = waiting_detail(lost)
+            detail = waiting_detail(lost, _restore_at(env, lost))
             if env.status != EnvironmentStatus.DEGRADED or env.status_detail != detail:
                 log.info("reconcile_waiting_for_host", environment=env.pk, host=lost)
                 _set_status(env, EnvironmentStatus.DEGRADED, detail)
@@ -504,7 +621,7 @@ def on_lost_host(env: Environment, lost: str, report: dict[str, int]) -> None:
         return
     try:
         with transaction.atomic():
-            operation = evacuate_environment(environment=env, lost_host=lost)
+            operation = support.evacuate_environment(environment=env, lost_host=lost)
     except ServiceError as exc:
         if exc.status == 409 and "operation" in exc.message.lower():
             return  # busy: the next pass
@@ -526,23 +643,25 @@ def evacuate_host(host: DockerHost) -> dict[str, int]:
     """Right when ``host`` is found down: every environment living on it is moved or marked
     waiting (the reconciler's passes do the same for any it could not do now)."""
     report = {"moved": 0, "waiting": 0, "degraded": 0}
-    busy = _busy()
-    environments = (
+    for env in _placed_on_host(host).exclude(pk__in=_busy()):
+        try:
+            on_lost_host(env, host.name, report)
+        except (BackendError, EdgeError, SpecError, operations.OperationFailed) as exc:
+            log.warning("evacuate_failed", environment=env.pk, error=getattr(exc, "message", str(exc)))
+    return report
+
+
+def _placed_on_host(host: DockerHost) -> Any:
+    """The live environments whose placement names ``host``."""
+    return (
         Environment.objects.select_related("project__region", "kernel", "current_release", "placement")
         .filter(Q(placement__hosts__contains=[host.name]) | Q(placement__host=host))
         .exclude(
             status__in=[EnvironmentStatus.DESTROYED, EnvironmentStatus.DESTROYING, EnvironmentStatus.NEW]
         )
-        .exclude(pk__in=busy)
         .distinct()
         .order_by("pk")
     )
-    for env in environments:
-        try:
-            on_lost_host(env, host.name, report)
-        except (BackendError, EdgeError, SpecError, OperationFailed) as exc:
-            log.warning("evacuate_failed", environment=env.pk, error=getattr(exc, "message", str(exc)))
-    return report
 
 
 def remove_stale_copies(host: DockerHost) -> list[str]:
@@ -611,8 +730,11 @@ def record_samples() -> int:
         status__in=[EnvironmentStatus.RUNNING, EnvironmentStatus.DEGRADED]
     ):
         try:
-            samples = backend_for(env).samples(env.key, env.backend_state)
-        except (BackendError, OperationFailed) as exc:  # one stack's engine: the others are sampled
+            samples = operations.backend_for(env).samples(env.key, env.backend_state)
+        except (
+            BackendError,
+            operations.OperationFailed,
+        ) as exc:  # one stack's engine: the others are sampled
             log.warning("samples_failed", environment=env.pk, error=str(getattr(exc, "message", exc)))
             continue
         ResourceSampleRow.objects.bulk_create(
@@ -630,11 +752,36 @@ def record_samples() -> int:
     return count
 
 
+def prune_content_volumes() -> list[str]:
+    """Remove from the hosts the content volumes of releases whose content the store no
+    longer keeps (``content_store.needed``: they can be rolled back to no more), after the
+    store's own prune. Environments being destroyed or destroyed are left to ``destroy``."""
+    needed = content_store.needed()
+    keep: dict[str, set[str]] = {}
+    live = Environment.objects.exclude(status__in=[EnvironmentStatus.DESTROYING, EnvironmentStatus.DESTROYED])
+    for environment in live.only("pk", "current_release_id"):
+        keep[environment.key] = set()
+    releases = Release.objects.filter(environment__in=live).exclude(content_sha256="")
+    for release in releases.select_related("environment").only(
+        "content_sha256", "build_key", "environment__id", "environment__current_release_id"
+    ):
+        if release.content_sha256 in needed or release.environment.current_release_id == release.pk:
+            keep[release.environment.key].add(release.content_id)
+    removed = []
+    for backend in inventory_backends(exclude_url=settings.STACKPORT_BUILD_DOCKER_URL):
+        try:
+            removed += backend.prune_content(keep)
+        except BackendError as exc:
+            log.warning("prune_content_failed", error=exc.message)
+    if removed:
+        log.info("pruned_content_volumes", volumes=removed)
+    return removed
+
+
 def prune_images() -> list[str]:
     """Remove catalog images from the customer hosts that no container runs and no
     release of a live environment names (rollback needs those). The build engine keeps
     its images: they are the pipeline's cache."""
-    from stacks.models import ComponentVersion, Release
 
     keep = set()
     pairs = set()

@@ -17,12 +17,12 @@ import hashlib
 import re
 import secrets
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, NotRequired, TypedDict
 
 from django.conf import settings
 
 from projects.crypto import decrypt, encrypt
-from stacks.backends.base import ComponentSpec, StackSpec, VolumeSpec
+from stacks.backends.base import ComponentSpec, EgressPolicy, StackSpec, VolumeSpec
 from stacks.models import (
     Component,
     ComponentKind,
@@ -31,6 +31,7 @@ from stacks.models import (
     StackComponent,
     Variable,
 )
+from stacks.runtime.policy import stack_policy
 
 if TYPE_CHECKING:
     from projects.models import Environment
@@ -43,6 +44,30 @@ CONTENT_VOLUME = "app"  # a stateless component's volume of this name holds the 
 APP_KINDS = (ComponentKind.WEB, ComponentKind.RUNTIME)
 GENERATE = "@generate"  # a template setting whose value is a random secret, made once per stack
 PUBLIC_URL = "{public_url}"  # replaced in template settings by the environment's address
+
+
+class Mount(TypedDict):
+    """A stack volume a component mounts (a template's ``mounts``), shared by name."""
+
+    volume: str
+    path: str
+
+
+class ComponentRow(TypedDict):
+    """One component of a stack as the customer asked for it: an entry of
+    ``Release.spec["components"]``, a request's target and the source of a ``StackComponent``.
+    Rows from a request are checked by ``validate_component_row`` before anything is stored."""
+
+    name: str  # the service name, unique in the stack
+    component: str  # Component.code
+    version: str  # ComponentVersion.version
+    size: str  # Size.code
+    replicas: int
+    public: NotRequired[bool]  # receives the public route (at most one)
+    env: NotRequired[dict[str, str]]
+    position: NotRequired[int]
+    mounts: NotRequired[list[Mount]]  # stack volumes (WordPress's uploads)
+    data_generation: NotRequired[int]  # bumped by a dump-and-restore upgrade: fresh volumes
 
 
 class SpecError(Exception):
@@ -146,7 +171,7 @@ def check_component_allowlist(component: Component) -> None:
 
 
 def validate_component_row(
-    row: dict[str, Any], *, pinned: str = ""
+    row: ComponentRow, *, pinned: str = ""
 ) -> tuple[Component, ComponentVersion, Size]:
     """Check one component entry of a release spec against the catalog; the single gate for
     images, sizes and replica counts. ``pinned``: the image a release already ran it with."""
@@ -180,7 +205,7 @@ def validate_component_row(
     return component, version, size
 
 
-def set_component_rows(environment: Environment, rows: list[dict[str, Any]]) -> None:
+def set_component_rows(environment: Environment, rows: list[ComponentRow]) -> None:
     """Make the StackComponent rows (the desired state the customer edits and sees) match
     ``rows``: a request's target, or the applied release's rows again after a change failed."""
 
@@ -205,7 +230,7 @@ def set_component_rows(environment: Environment, rows: list[dict[str, Any]]) -> 
 
 
 # --- credentials ---------------------------------------------------------------------------------
-def ensure_generated_credentials(environment: Environment, rows: list[dict[str, Any]]) -> None:
+def ensure_generated_credentials(environment: Environment, rows: list[ComponentRow]) -> None:
     """Every empty ``*_PASSWORD`` setting of a component gets a random value, stored
     encrypted once and kept across releases (a database keeps its password)."""
     existing = set(
@@ -267,7 +292,7 @@ def _provided(template: str, name: str, values: dict[str, str]) -> str:
 
 # --- the spec --------------------------------------------------------------------------------------
 def build_spec(environment: Environment, release: Release, *, running: bool | None = None) -> StackSpec:
-    rows = sorted(release.spec.get("components", []), key=lambda r: r.get("position", 0))
+    rows: list[ComponentRow] = sorted(release.spec.get("components", []), key=lambda r: r.get("position", 0))
     if not rows:
         raise SpecError("The stack has no components.")
     names = [r.get("name") for r in rows]
@@ -312,14 +337,18 @@ def build_spec(environment: Environment, release: Release, *, running: bool | No
         components=tuple(specs),
         content_release=release.content_id or None,
         running=environment.desired_running if running is None else running,
+        egress=_egress(environment),
     )
+
+
+def _egress(environment: Environment) -> EgressPolicy:
+    return stack_policy().egress_policy(organization=environment.project.organization)
 
 
 def _with_volume_sizes(spec: ComponentSpec, component: Component, environment: Environment) -> ComponentSpec:
     """Each volume gets the size the policy (the plan) gives it; None: no limit."""
     if not spec.volumes:
         return spec
-    from stacks.runtime.policy import stack_policy
 
     policy, organization = stack_policy(), environment.project.organization
     entries = {str(v.get("name")): v for v in component.volumes if isinstance(v, dict)}
@@ -330,8 +359,30 @@ def _with_volume_sizes(spec: ComponentSpec, component: Component, environment: E
     return replace(spec, volumes=sized)
 
 
+def _stack_volumes(row: ComponentRow, component: Component, taken: list[str]) -> list[VolumeSpec]:
+    """The stack volumes a component row mounts (``mounts``: the template's
+    ``[{"volume": "uploads", "path": "/srv/app/wp-content/uploads"}]``), each shared by every
+    component that names it. Names and paths pass the same allowlist as the catalog's."""
+    mounts = row.get("mounts") or []
+    if not isinstance(mounts, list):
+        raise SpecError(f"Invalid volume mounts for {row['name']}.", "mounts")
+    own = {str(v.get("name")) for v in component.volumes if isinstance(v, dict)}
+    found: list[VolumeSpec] = []
+    for mount in mounts:
+        name = str(mount.get("volume", "")) if isinstance(mount, dict) else ""
+        path = str(mount.get("path", "")) if isinstance(mount, dict) else ""
+        forbidden = any(path == p or path.startswith(p + "/") for p in FORBIDDEN_MOUNTS)
+        if not VOLUME_NAME_RE.fullmatch(name) or name in own or any(v.name == name for v in found):
+            raise SpecError(f"Invalid volume name {name[:40]!r} for {row['name']}.", "mounts")
+        if not MOUNT_PATH_RE.fullmatch(path) or forbidden or ".." in path.split("/") or path in taken:
+            raise SpecError(f"{row['name']} cannot mount a volume at {path[:60]!r}.", "mounts")
+        taken = [*taken, path]
+        found.append(VolumeSpec(name, path, shared=True))
+    return found
+
+
 def _component_spec(
-    row: dict[str, Any], component: Component, version: ComponentVersion, size: Size, env: dict[str, str]
+    row: ComponentRow, component: Component, version: ComponentVersion, size: Size, env: dict[str, str]
 ) -> ComponentSpec:
     check_component_allowlist(component)
     content_path = None
@@ -341,6 +392,7 @@ def _component_spec(
             content_path = volume["path"]
         else:
             volumes.append(VolumeSpec(volume["name"], volume["path"]))
+    volumes += _stack_volumes(row, component, [v.path for v in volumes] + [content_path or ""])
     ports = tuple(int(p["port"]) for p in component.ports)
     move = version.migration if (version.migration or {}).get("method") == "dump-restore" else {}
     return ComponentSpec(

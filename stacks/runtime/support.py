@@ -7,28 +7,28 @@ looks, runs and is recorded like anything else. The actor is not a member of the
 customer's organization: the role checks of ``stacks.runtime.lifecycle`` are for customers, and
 these functions check the staff permission instead (``projects.operate_stacks``).
 
-The Docker backend cannot copy volumes between engines: an environment with data
-(stateful components) stays on its host; moving and draining say so instead of losing it.
+An environment with data (stateful components) moves with it: the move stops its writers,
+takes a last backup, restores it on the new host and switches the edge there before the old
+copy goes (``stacks.runtime.operations``, docs/backends.md "Moving a stateful environment").
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from projects.models import Environment, EnvironmentStatus, Project
+from projects.models import Environment, EnvironmentStatus, Project, User
 from projects.services import Origin, ServiceError, record_audit_event
+from stacks import tasks
 from stacks.models import DockerHost, Operation, OperationKind, OperationStatus, home_host, placed_hosts
-from stacks.runtime import lifecycle
+from stacks.runtime import lifecycle, operations
 from stacks.runtime.spec import CONTENT_VOLUME
 
-if TYPE_CHECKING:
-    from projects.models import User
-
 OPERATE_PERMISSION = "projects.operate_stacks"
+ACTIVE_STATUSES = (OperationStatus.QUEUED, OperationStatus.RUNNING)
 GONE = (EnvironmentStatus.DESTROYING, EnvironmentStatus.DESTROYED)
 
 
@@ -92,11 +92,11 @@ def suspend_project(
         raise ServiceError("This project is suspended already.", status=409)
     project.suspended_at, project.suspended_reason = timezone.now(), reason
     project.save(update_fields=["suspended_at", "suspended_reason"])
-    operations = []
+    queued = []
     for environment in _live_environments(project):
         if environment.current_release_id is None and not placed_hosts(environment):
             continue  # nothing ever ran
-        operations.append(
+        queued.append(
             lifecycle.queue_operation(
                 environment,
                 OperationKind.STOP,
@@ -107,7 +107,7 @@ def suspend_project(
             )
         )
     _audit("project.suspend", actor, project, f"project {project.pk}", origin, reason=reason)
-    return operations
+    return queued
 
 
 @transaction.atomic
@@ -122,10 +122,10 @@ def resume_project(*, project: Project, actor: User, origin: Origin | None = Non
     reason = project.suspended_reason
     project.suspended_at, project.suspended_reason = None, ""
     project.save(update_fields=["suspended_at", "suspended_reason"])
-    operations = []
+    queued = []
     for environment in _live_environments(project):
         if environment.desired_running and environment.current_release_id is not None:
-            operations.append(
+            queued.append(
                 lifecycle.queue_operation(
                     environment,
                     OperationKind.START,
@@ -136,7 +136,7 @@ def resume_project(*, project: Project, actor: User, origin: Origin | None = Non
                 )
             )
     _audit("project.resume", actor, project, f"project {project.pk}", origin, was=reason)
-    return operations
+    return queued
 
 
 # --- redeploy, reconcile, retry ----------------------------------------------------------------
@@ -175,12 +175,11 @@ def redeploy_environment(*, environment: Environment, actor: User, origin: Origi
 def reconcile_environment(*, environment: Environment, actor: User, origin: Origin | None = None) -> None:
     """Run a reconciler pass now (rather than in up to 30 s): missing replicas of this
     environment come back, lost routes are rewritten, lost operations resume."""
-    from stacks.tasks import reconcile_task
 
     _require_staff(actor)
     environment = _lock(environment)
     _audit("environment.reconcile", actor, environment.project, f"environment {environment.pk}", origin)
-    transaction.on_commit(lambda: reconcile_task.delay())
+    transaction.on_commit(lambda: tasks.reconcile_task.delay())
 
 
 @transaction.atomic
@@ -226,16 +225,38 @@ def retry_operation(*, operation: Operation, actor: User, origin: Origin | None 
 def stateful_components(environment: Environment) -> list[str]:
     """Components whose data lives in volumes on the environment's host."""
     names = []
+    release = environment.current_release
+    # Stack volumes (WordPress's uploads) ride on the release's rows, not on the catalog entry.
+    mounting = {
+        r.get("name") for r in (release.spec.get("components", []) if release else []) if r.get("mounts")
+    }
     for sc in environment.components.select_related("component"):
         volumes = [v for v in sc.component.volumes if v.get("name") != CONTENT_VOLUME]
-        if sc.component.stateful or volumes:
+        if sc.component.stateful or volumes or sc.name in mounting:
             names.append(sc.name)
     return names
 
 
-def _target_host(environment: Environment, exclude: str) -> DockerHost | None:
-    from stacks.runtime.operations import free_memory_mb
+def moves_with_data(environment: Environment, limit: int = 5) -> list[Operation]:
+    """The environment's latest moves with its data (``_move``), newest first."""
+    return list(
+        Operation.objects.filter(environment=environment, params__has_key="move_data").order_by(
+            "-created_at", "-id"
+        )[:limit]
+    )
 
+
+def describe_move(operation: Operation) -> str:
+    """One line for support: where from and to, how it ended, the downtime measured."""
+    params = operation.params
+    text = f"#{operation.pk} {params.get('from_host')} → {params.get('to_host')}"
+    text += f", {operation.get_status_display().lower()}"
+    if params.get("downtime_seconds") is not None:
+        text += f", downtime {params['downtime_seconds']} s"
+    return text
+
+
+def _target_host(environment: Environment, exclude: str) -> DockerHost | None:
     hosts = list(
         DockerHost.objects.filter(
             region=environment.project.region, kernel=environment.kernel, state=DockerHost.State.ACTIVE
@@ -243,26 +264,40 @@ def _target_host(environment: Environment, exclude: str) -> DockerHost | None:
     )
     if not hosts:
         return None
-    free = free_memory_mb(hosts)
+    free = operations.free_memory_mb(hosts)
     return max(hosts, key=lambda h: (free[h.name], h.name))
 
 
 def _move(
     environment: Environment, host: DockerHost, actor: User | None, origin: Origin | None, reason: str
 ) -> Operation:
-    """Point the environment's placement at ``host`` and converge there with a normal
-    deploy: the backend starts the new replicas on it, then retires those elsewhere."""
-    data = stateful_components(environment)
-    if data:
-        raise ServiceError(
-            f"{environment} keeps data in volumes ({', '.join(data)}); the Docker backend cannot copy "
-            "volumes between hosts, so it stays where it is.",
-            status=409,
-        )
+    """A stateless environment: point its placement at ``host`` and converge there with a
+    normal deploy (the backend starts the new replicas on it, then retires those elsewhere).
+    One with data: a deploy operation that moves it with its data (``move_data``: backed up
+    with the writers stopped, restored on ``host``, switched, then the old copy removed;
+    ``stacks.runtime.operations``); its placement changes only once it answers there."""
     release = environment.current_release
     if release is None:
         raise ServiceError(f"{environment} has nothing deployed yet.", status=409)
     old = home_host(environment)
+    data = stateful_components(environment)
+    if data:
+        if environment.project.suspended_at is not None or not environment.desired_running:
+            raise ServiceError(
+                f"{environment} keeps data ({', '.join(data)}) and is stopped: its data is backed "
+                "up from the running databases, so start it before moving it.",
+                status=409,
+            )
+        if not old:
+            raise ServiceError(f"{environment} has no host yet: nothing to move.", status=409)
+        return lifecycle.queue_operation(
+            environment,
+            OperationKind.DEPLOY,
+            actor,
+            release=release,
+            params={"reason": reason, "from_host": old, "to_host": host.name, "move_data": data},
+            origin=origin,
+        )
     _rehome(environment, host)
     return lifecycle.queue_operation(
         environment,
@@ -278,7 +313,10 @@ def _move(
 def move_environment(
     *, environment: Environment, host: DockerHost, actor: User, origin: Origin | None = None
 ) -> Operation:
-    """Move a stateless environment to another active host of its region and kernel line."""
+    """Move an environment to another active host of its region and kernel line: a stateless
+    one with a deploy there, one with data (databases, volumes) with its data (``_move``;
+    the site is down from the writers' stop until it answers on the new host, measured as
+    the operation's ``downtime_seconds``)."""
     _require_staff(actor)
     environment = (
         Environment.objects.select_for_update(of=("self",))
@@ -306,6 +344,7 @@ def move_environment(
         from_host=old,
         to_host=host.name,
         operation=operation.pk,
+        with_data=operation.params.get("move_data", []),
     )
     return operation
 
@@ -317,16 +356,19 @@ def drain_host(*, host: DockerHost, actor: User, origin: Origin | None = None) -
     on another active host; on routed hosts (address pools) the stacks living elsewhere
     whose public replicas spread onto it are redeployed where they are, which takes those
     replicas off it. The backend still sees the draining host, so each deploy removes what
-    ran there. Environments with data stay (the backend cannot copy volumes between hosts)
-    and are listed in the result; "busy" ones had an operation running: drain them again."""
+    ran there. Running environments with data ("with_data") move with it, the way
+    ``move_environment`` moves them, one after another once the stateless moves have ended
+    (``finish_host_drain`` starts each). Stopped or suspended ones with data, and any with
+    no other host, stay and are listed; "busy" ones had an operation running: drain again."""
     _require_staff(actor)
     host = DockerHost.objects.select_for_update(of=("self",)).get(pk=host.pk)
     if host.state == DockerHost.State.DOWN:
         raise ServiceError(f"{host} is down: nothing of it can be moved.", status=409)
     # Draining again (after "busy" ones) moves what is still there.
     DockerHost.objects.filter(pk=host.pk).update(state=DockerHost.State.DRAINING)
-    result: dict[str, list[str]] = {"moved": [], "stays": [], "respread": [], "busy": []}
-    operations = []
+    result: dict[str, list[str]] = {"moved": [], "stays": [], "respread": [], "busy": [], "with_data": []}
+    waiting: list[int] = []
+    queued = []
     environments = (
         Environment.objects.select_for_update(of=("self",))
         .select_related("project__organization", "project__region", "kernel", "current_release")
@@ -342,15 +384,24 @@ def drain_host(*, host: DockerHost, actor: User, origin: Origin | None = None) -
                 continue  # nothing runs: it converges off the host when started again
             try:
                 with transaction.atomic():
-                    operations.append(_redeploy(environment, actor, origin).pk)
+                    queued.append(_redeploy(environment, actor, origin).pk)
             except ServiceError:
                 result["busy"].append(environment.key)
                 continue
             result["respread"].append(environment.key)
             continue
         target = _target_host(environment, exclude=host.name)
-        if target is None or stateful_components(environment) or environment.current_release is None:
+        if target is None or environment.current_release is None:
             result["stays"].append(environment.key)
+            continue
+        if stateful_components(environment):
+            if environment.project.suspended_at is not None or not environment.desired_running:
+                result["stays"].append(environment.key)  # its data is dumped from running databases
+            elif environment.operations.filter(status__in=ACTIVE_STATUSES).exists():
+                result["busy"].append(environment.key)
+            else:
+                waiting.append(environment.pk)  # moved one after another: finish_host_drain
+                result["with_data"].append(environment.key)
             continue
         if environment.project.suspended_at is not None:
             # Stopped by support: nothing runs; it converges on its new home when resumed.
@@ -359,27 +410,27 @@ def drain_host(*, host: DockerHost, actor: User, origin: Origin | None = None) -
             continue
         try:
             with transaction.atomic():
-                operations.append(_move(environment, target, actor, origin, "support.drain").pk)
+                queued.append(_move(environment, target, actor, origin, "support.drain").pk)
         except ServiceError:
             result["busy"].append(environment.key)  # an operation runs: drain again later
             continue
         result["moved"].append(environment.key)
     labels = dict(host.labels)
-    labels["drain_operations"] = operations
+    labels["drain_operations"] = queued
+    labels["drain_with_data"] = waiting
+    labels["drain_actor"] = actor.pk
     DockerHost.objects.filter(pk=host.pk).update(labels=labels)
     record_audit_event(
         action="support.host.drain",
         actor=actor,
         target=f"host {host.name}",
-        data={"host": host.name, **result, "operations": operations},
+        data={"host": host.name, **result, "operations": queued},
         origin=origin,
     )
-    if not operations:
+    if not queued and not waiting:
         finish_host_drain(host_id=host.pk)
     else:
-        from stacks.tasks import finish_host_drain_task
-
-        transaction.on_commit(lambda: finish_host_drain_task.apply_async((host.pk,), countdown=5))
+        transaction.on_commit(lambda: tasks.finish_host_drain_task.apply_async((host.pk,), countdown=5))
     return result
 
 
@@ -394,10 +445,14 @@ def _redeploy(environment: Environment, actor: User, origin: Origin | None) -> O
     )
 
 
+@transaction.atomic
 def finish_host_drain(*, host_id: int) -> bool:
     """Once the moves ``drain_host`` queued have ended (whatever their outcome: a failed
-    move is retried by support), forget them; True when nothing is pending any more."""
-    host = DockerHost.objects.filter(pk=host_id).first()
+    move is retried by support), start the next move of an environment with data (one at
+    a time), else forget them; True when nothing is pending any more. An environment with
+    data that no longer lives there, or is gone or stopped, is skipped; one busy with
+    another operation is left for draining again (audited as ``support.host.drain_skip``)."""
+    host = DockerHost.objects.select_for_update(of=("self",)).filter(pk=host_id).first()
     if host is None:
         return True
     pending = host.labels.get("drain_operations", [])
@@ -405,7 +460,38 @@ def finish_host_drain(*, host_id: int) -> bool:
         Q(pk__in=pending) & Q(status__in=[OperationStatus.QUEUED, OperationStatus.RUNNING])
     ).exists():
         return False
-    labels = {k: v for k, v in host.labels.items() if k != "drain_operations"}
+    waiting = list(host.labels.get("drain_with_data", []))
+    actor = User.objects.filter(pk=host.labels.get("drain_actor") or 0).first()
+    while waiting:
+        environment = (
+            Environment.objects.select_for_update(of=("self",))
+            .select_related("project__organization", "project__region", "kernel", "current_release")
+            .filter(pk=waiting.pop(0))
+            .exclude(status__in=GONE)
+            .first()
+        )
+        if environment is None or home_host(environment) != host.name:
+            continue
+        target = _target_host(environment, exclude=host.name)
+        try:
+            if target is None:
+                raise ServiceError("no other active host", status=409)
+            with transaction.atomic():
+                operation = _move(environment, target, actor, None, "support.drain")
+        except ServiceError as exc:
+            record_audit_event(
+                action="support.host.drain_skip",
+                actor=actor,
+                organization=environment.project.organization,
+                target=f"environment {environment.pk}",
+                data={"host": host.name, "reason": exc.message},
+            )
+            continue
+        labels = {**host.labels, "drain_operations": [operation.pk], "drain_with_data": waiting}
+        DockerHost.objects.filter(pk=host.pk).update(labels=labels)
+        return False
+    drain_keys = ("drain_operations", "drain_with_data", "drain_actor")
+    labels = {k: v for k, v in host.labels.items() if k not in drain_keys}
     DockerHost.objects.filter(pk=host.pk).update(labels=labels)
     return True
 
@@ -418,7 +504,6 @@ def evacuate_environment(*, environment: Environment, lost_host: str) -> Operati
     replicas off the lost host. A stopped one is only re-homed (it starts there). Returns
     the queued operation (None when nothing needs to run). ``ServiceError``: it keeps data
     on the lost host (409), no host has room (409), or an operation runs (409)."""
-    from stacks.runtime.operations import free_memory_mb
 
     environment = (
         Environment.objects.select_for_update(of=("self",))
@@ -450,7 +535,7 @@ def evacuate_environment(*, environment: Environment, lost_host: str) -> Operati
         ).exclude(name=lost_host)
     )
     needed = sum(c.size.memory_mb * c.replicas for c in environment.components.select_related("size"))
-    free = free_memory_mb(hosts)
+    free = operations.free_memory_mb(hosts)
     roomy = [h for h in hosts if free[h.name] >= needed]
     if not roomy:
         raise ServiceError(
@@ -467,7 +552,6 @@ def evacuate_environment(*, environment: Environment, lost_host: str) -> Operati
 
 def _rehome(environment: Environment, host: DockerHost) -> None:
     """The stack's next apply builds it on ``host`` (the backend says how, in its own state)."""
-    from stacks.runtime.operations import backend_for, save_state
 
-    backend = backend_for(environment)
-    save_state(environment, backend, backend.rehome(environment.backend_state, host.name))
+    backend = operations.backend_for(environment)
+    operations.save_state(environment, backend, backend.rehome(environment.backend_state, host.name))

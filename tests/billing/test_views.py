@@ -43,6 +43,20 @@ def test_overview_shows_plan_usage_chart_estimate_and_invoices(team: Any, billed
     assert "<svg" in page and "<rect" in page and 'style="' not in page.split("<main", 1)[-1]
     assert billed.number in page
     assert "nearly used" not in page
+    # On phones the quota, estimate and invoice tables stack, each cell named by data-label.
+    for table in ("quotas", "estimate-lines", "invoices"):
+        assert f'table-stack" id="{table}"' in page
+    for label in (
+        "Resource",
+        "Used now",
+        "Plan allows",
+        "Estimated line",
+        "Amount",
+        "Number",
+        "Period",
+        "Total",
+    ):
+        assert f'data-label="{label}"' in page
     estimate = response.context["estimate"]
     # 0.25 CPU for 31 days (744 h) at 0.01, 0.25 GB at 0.004: 1.86 + 0.74 (6 hours of it metered).
     assert str(estimate.total_money) == "2.60 EUR"

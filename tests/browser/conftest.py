@@ -41,3 +41,15 @@ def console_errors(page: Any) -> list[str]:
     page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
     page.on("pageerror", lambda exc: errors.append(str(exc)))
     return errors
+
+
+def sign_in_as(page: Any, site: str, user: Any) -> None:
+    """``user``'s session cookie in the browser for ``site`` (a signed-in page without the
+    sign-in form, which the onboarding tests click through)."""
+    from django.conf import settings
+    from django.test import Client
+
+    client = Client()
+    client.force_login(user, backend="django.contrib.auth.backends.ModelBackend")
+    cookie = client.cookies[settings.SESSION_COOKIE_NAME].value
+    page.context.add_cookies([{"name": settings.SESSION_COOKIE_NAME, "value": cookie, "url": site}])

@@ -8,14 +8,13 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
-from django.conf import settings as django_settings
-from django.test import Client
 from django.utils import timezone
 
 from projects.models import Environment, EnvironmentStatus
 from stacks.backends.memory import MemoryBackend
 from stacks.models import Operation, OperationStatus, ResourceSampleRow
 from stacks.runtime import lifecycle
+from tests.browser.conftest import sign_in_as
 from tests.conftest import Team, add_memory_host
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
@@ -23,12 +22,7 @@ pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 @pytest.fixture
 def signed_in(page: Any, live_server: Any, team: Team) -> str:
-    client = Client()
-    client.force_login(team.owner, backend="django.contrib.auth.backends.ModelBackend")
-    cookie = client.cookies[django_settings.SESSION_COOKIE_NAME].value
-    page.context.add_cookies(
-        [{"name": django_settings.SESSION_COOKIE_NAME, "value": cookie, "url": live_server.url}]
-    )
+    sign_in_as(page, live_server.url, team.owner)
     return str(live_server.url)
 
 

@@ -67,3 +67,18 @@ def test_error_pages_are_styled_and_navigation_shows_only_what_the_role_may_do(t
     assert missing.status_code == 404 and 'id="error-404"' in missing.content.decode()
     developer = client_for(team.developer).get("/").content.decode()
     assert 'href="/projects/new/"' in developer.split("</nav>")[0]
+
+
+@pytest.mark.django_db
+def test_metrics_behind_a_trusted_proxy_judge_the_client_not_the_proxy(settings) -> None:
+    """The proxy on loopback forwards everyone: its own address must not open /metrics, the
+    client's (the last address the proxy added) decides; without a trusted proxy a client's
+    own X-Forwarded-For is not believed."""
+    settings.TRUSTED_PROXY_COUNT = 1
+    proxy = Client(REMOTE_ADDR="127.0.0.1")
+    assert proxy.get("/metrics", HTTP_X_FORWARDED_FOR="203.0.113.9").status_code == 404
+    assert proxy.get("/metrics", HTTP_X_FORWARDED_FOR="127.0.0.1, 203.0.113.9").status_code == 404
+    assert proxy.get("/metrics", HTTP_X_FORWARDED_FOR="203.0.113.9, 127.0.0.1").status_code == 200
+    settings.TRUSTED_PROXY_COUNT = 0
+    spoofing = Client(REMOTE_ADDR="203.0.113.9")
+    assert spoofing.get("/metrics", HTTP_X_FORWARDED_FOR="127.0.0.1").status_code == 404

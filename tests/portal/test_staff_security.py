@@ -207,6 +207,23 @@ def test_an_existing_install_loses_the_trimmed_permissions(team: Team) -> None:
     assert not group.permissions.filter(codename__endswith="_dockerhost").exclude(codename="view_dockerhost")
 
 
+@pytest.mark.django_db(transaction=True)
+def test_the_staff_groups_survive_a_flush() -> None:
+    """Transactional tests (and ``manage.py flush``) empty every table and send post_migrate
+    without the migration state; the groups and their permissions must come back."""
+    from django.core.management import call_command
+
+    call_command("flush", interactive=False, verbosity=0)
+    assert set(Group.objects.values_list("name", flat=True)) >= {
+        "Support",
+        "Catalog managers",
+        "Billing",
+        "Sales",
+    }
+    assert Group.objects.get(name="Sales").permissions.filter(codename="start_demo").exists()
+    assert Group.objects.get(name="Support").permissions.filter(codename="view_as_customer").exists()
+
+
 def test_catalog_managers_cannot_edit_what_a_container_may_do(team: Team, offered_catalog: None) -> None:
     client = client_for(staff("Catalog managers"))
     nginx = Component.objects.get(code="nginx")

@@ -99,6 +99,20 @@ def test_a_taken_email_is_not_revealed_at_sign_up_or_password_reset(mailoutbox) 
     assert (known.status_code, known["Location"]) == (unknown.status_code, unknown["Location"])
 
 
+def test_login_answers_alike_for_unknown_and_known_addresses() -> None:
+    """A wrong password for a customer's address and any password for an address nobody
+    uses get the same status and the same words: login tells no one who is a customer."""
+    existing = UserFactory()
+
+    def failed(email: str) -> tuple[int, dict[str, list[str]]]:
+        response = _client().post("/accounts/login/", {"login": email, "password": "wrong-password"})
+        return response.status_code, dict(response.context["form"].errors)
+
+    unknown = failed(f"nobody-{uuid.uuid4().hex[:6]}@example.test")
+    assert failed(existing.email) == unknown
+    assert unknown[0] == 400 and "not correct" in str(unknown[1])
+
+
 def test_signup_with_a_weak_password_is_refused() -> None:
     response = _signup(_client(), f"weak-{uuid.uuid4().hex[:6]}@example.test", password="12345")
     assert response.status_code == 400

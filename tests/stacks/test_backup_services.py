@@ -4,6 +4,7 @@ engine's part (dumps, restores, byte for byte) is in test_backups.py."""
 
 from __future__ import annotations
 
+import os
 from datetime import timedelta
 from typing import Any
 
@@ -110,6 +111,10 @@ def test_roles_and_other_organizations(env: Environment, team: Team, queued: lis
     backup = Backup.objects.filter(environment=env, component="db").get()
     page = developer.get(f"/environments/{env.pk}/backups/")
     assert page.status_code == 200 and b"succeeded" in page.content
+    # On phones each cell names its column (the table stacks below 576 px).
+    assert b'table-stack" id="backups-table"' in page.content
+    for label in (b"When (UTC)", b"Component", b"What", b"Status", b"Size", b"New data", b"Took"):
+        assert b'data-label="' + label + b'"' in page.content
     # Restore and download are for admins; another organization gets 404 for the id.
     assert developer.get(f"/backups/{backup.pk}/restore/").status_code == 403
     assert developer.get(f"/backups/{backup.pk}/download/").status_code == 403
@@ -219,6 +224,127 @@ def test_a_backup_whose_worker_died_is_marked_failed(env: Environment, team: Tea
     assert rows[0].status == Backup.Status.FAILED and "nothing of it was kept" in rows[0].error
 
 
+def _uploaded(env: Environment, team: Team, batch: str, **fields: Any) -> tuple[Backup, Any]:
+    path = backups._upload_path(batch)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"PGDMP")
+    row = Backup.objects.create(
+        environment=env,
+        batch=batch,
+        component="db",
+        kind="postgresql",
+        trigger=Backup.Trigger.UPLOAD,
+        requested_by=team.developer,
+    )
+    Backup.objects.filter(pk=row.pk).update(**fields)
+    return row, path
+
+
+def test_an_upload_failed_as_stale_loses_its_file(env: Environment, team: Team) -> None:
+    long_ago = timezone.now() - timedelta(minutes=10)
+    died, died_file = _uploaded(env, team, "died1", status="running", heartbeat_at=long_ago)
+    lost, lost_file = _uploaded(env, team, "lost1", created_at=timezone.now() - timedelta(days=2))
+    waiting, waiting_file = _uploaded(env, team, "wait1")  # queued a moment ago: its task may come
+    assert backups.fail_stale_backups() == 2
+    died.refresh_from_db()
+    lost.refresh_from_db()
+    waiting.refresh_from_db()
+    assert died.status == Backup.Status.FAILED and not died_file.exists()
+    assert lost.status == Backup.Status.FAILED and "upload it again" in lost.error and not lost_file.exists()
+    assert waiting.status == Backup.Status.QUEUED and waiting_file.exists()
+
+
+def test_stray_upload_files_are_swept_after_a_day(env: Environment, team: Team) -> None:
+    folder = backups._upload_path("x").parent
+    folder.mkdir(parents=True, exist_ok=True)
+    old = timezone.now().timestamp() - 2 * 86400
+    stray, fresh = folder / "stray1.dump", folder / "fresh1.dump"
+    stray.write_bytes(b"PGDMP")
+    fresh.write_bytes(b"PGDMP")
+    os.utime(stray, (old, old))
+    _, named = _uploaded(env, team, "named1")  # an old file a queued backup still names stays
+    os.utime(named, (old, old))
+    assert backups.fail_stale_backups() == 0
+    assert not stray.exists() and fresh.exists() and named.exists()
+
+
+def test_a_restore_whose_worker_died_is_failed_not_redeployed(
+    env: Environment, team: Team, queued: list[tuple[str, Any]], memory_backend: type[MemoryBackend]
+) -> None:
+    """The reconciler resumes operations whose worker died through the operation runner: a
+    restore is failed there with why, the environment says what to do, nothing is deployed."""
+    from stacks.runtime.operations import run_operation
+    from stacks.runtime.reconcile import resume_lost_operations
+
+    backups.request_backup(environment=env, actor=team.developer)
+    run_queued(queued)
+    backup = Backup.objects.get(environment=env, component="db")
+    op = backups.request_restore(backup=backup, actor=team.admin, confirmation="db")
+    queued.clear()
+    long_ago = timezone.now() - timedelta(minutes=10)
+    Operation.objects.filter(pk=op.pk).update(status="running", heartbeat_at=long_ago, created_at=long_ago)
+    assert resume_lost_operations() == 1
+    assert queued == [("run_operation_task", (op.pk,))]
+    calls = len(memory_backend.calls())
+    assert run_operation(op.pk) == OperationStatus.FAILED
+    op.refresh_from_db()
+    env.refresh_from_db()
+    assert op.status == OperationStatus.FAILED and "worker stopped during the restore" in op.error
+    assert env.status == EnvironmentStatus.DEGRADED
+    assert env.status_detail.startswith("Restore interrupted: the worker stopped while restoring db")
+    assert "Restore the backup again" in env.status_detail
+    assert not memory_backend.calls()[calls:], "a dead restore must not be redeployed"
+    assert not env.operations.filter(status__in=["queued", "running"]).exists()
+    assert run_operation(op.pk) is None  # finished: nothing more
+
+
+def test_a_restore_of_a_copy_whose_worker_died_fails_the_copy(
+    env: Environment, team: Team, queued: list[tuple[str, Any]]
+) -> None:
+    backups.request_backup(environment=env, actor=team.developer)
+    run_queued(queued)
+    backup = Backup.objects.get(environment=env, component="db")
+    op = backups.request_restore(backup=backup, actor=team.admin, new_environment="staging")
+    Operation.objects.filter(pk=op.pk).update(
+        status="running", heartbeat_at=timezone.now() - timedelta(minutes=10)
+    )
+    assert backups.resume_restore(op.pk) == OperationStatus.FAILED
+    staging = Environment.objects.get(pk=op.environment_id)
+    assert staging.status == EnvironmentStatus.FAILED
+    assert "Destroy this environment and restore the backup again" in staging.status_detail
+
+
+def test_a_queued_restore_handed_to_the_operation_runner_runs_as_a_restore(
+    env: Environment, team: Team, queued: list[tuple[str, Any]], memory_backend: type[MemoryBackend]
+) -> None:
+    from stacks.runtime.operations import run_operation
+
+    backups.request_backup(environment=env, actor=team.developer)
+    run_queued(queued)
+    backup = Backup.objects.get(environment=env, component="db")
+    memory_backend.seed_data(env.key, "db", "postgresql", b"changed since")
+    op = backups.request_restore(backup=backup, actor=team.admin, confirmation="db")
+    queued.clear()  # the message was lost (a broker restart): the reconciler requeues it
+    assert run_operation(op.pk) == OperationStatus.SUCCEEDED
+    assert memory_backend.stack(env.key).data[("db", "postgresql", "")] == b"PGDMP rows " * 5000
+
+
+def test_the_reconcile_pass_fails_backups_whose_worker_died(
+    env: Environment, team: Team, queued: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from stacks.runtime import reconcile
+
+    monkeypatch.setattr(reconcile, "edge_routes", lambda: {})
+    monkeypatch.setattr(reconcile, "write_routes", lambda routes, remove: True)
+    rows = backups.request_backup(environment=env, actor=team.developer)
+    Backup.objects.filter(pk=rows[0].pk).update(
+        status="running", heartbeat_at=timezone.now() - timedelta(minutes=10)
+    )
+    assert reconcile.reconcile()["backups_failed"] == 1
+    rows[0].refresh_from_db()
+    assert rows[0].status == Backup.Status.FAILED
+
+
 def api_client(user: Any) -> Any:
     from django.test import Client
 
@@ -291,3 +417,14 @@ def test_retention_keeps_what_the_plan_says(
     assert sorted(kept.values_list("component", flat=True)) == ["cache", "db"]
     _name, stream = backups.download(backup=kept.get(component="db"), actor=None)
     assert b"".join(stream) == b"PGDMP rows " * 5000
+
+
+def test_postgresql_is_dumped_compressed_in_a_format_its_own_pg_restore_reads() -> None:
+    """LZ4 from PostgreSQL 16 on (pg_dump learned it then); gzip's fastest level before,
+    and for a version it cannot tell."""
+    from stacks.backends.docker import pg_dump_compression
+
+    assert pg_dump_compression("17") == ["-Z", "lz4"]
+    assert pg_dump_compression("16.4") == ["-Z", "lz4"]
+    assert pg_dump_compression("15") == ["-Z", "1"]
+    assert pg_dump_compression("") == ["-Z", "1"]

@@ -304,3 +304,77 @@ def test_backup_destroy_restore_copy_and_download(
 # The real-engine fixtures of test_lifecycle (an engine client; environments destroyed at the end).
 engine_client = test_lifecycle.engine_client
 cleanup = test_lifecycle.cleanup
+
+
+def data_folder(client: docker.DockerClient, env: Environment) -> list[str]:
+    """The names at the top of the db's data volume (its data directory)."""
+    mount = next(m for m in running(client, env, "db").attrs["Mounts"] if m.get("Name"))
+    out = client.containers.run(
+        running(client, env, "db").image.id,
+        entrypoint=["ls", "-A", "/v"],
+        user="0",
+        volumes={mount["Name"]: {"bind": "/v", "mode": "ro"}},
+        remove=True,
+    )
+    return sorted(out.decode().split())
+
+
+def test_postgresql_restore_within_its_volume_keeps_undoes_and_drops(
+    team: Any,
+    stackport: Caddy,
+    s3: S3Server,
+    cleanup: list[Environment],
+    engine_client: docker.DockerClient,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A PostgreSQL volume with room is restored within itself (renames, no copy): the
+    replaced data is kept in a folder of the volume until the customer undoes the restore
+    (that data runs again) or keeps it (the folder goes); a load that fails leaves the data
+    and nothing else behind."""
+    env = lifecycle.create_project(
+        organization=team.org, actor=team.developer, name="Within", region="eu-central", components=ROWS[:1]
+    )
+    cleanup.append(env)
+    env.refresh_from_db()
+    assert env.status == "running", env.status_detail
+    psql(engine_client, env, "create table notes (id int primary key, body text)")
+    psql(engine_client, env, "insert into notes select g, 'row ' || g from generate_series(1, 300) g")
+    (row,) = backups.request_backup(environment=env, actor=team.developer)
+    row.refresh_from_db()
+    assert row.status == Backup.Status.SUCCEEDED, row.error
+    psql(engine_client, env, "delete from notes where id > 100")
+    before = data_folder(engine_client, env)
+
+    op = backups.request_restore(backup=row, actor=team.admin, confirmation="db")
+    op.refresh_from_db()
+    assert op.status == OperationStatus.SUCCEEDED, f"{op.error}\n{op.log}"
+    assert psql(engine_client, env, "select count(*) from notes") == "300"
+    (kept,) = op.params["kept"]["db"]
+    with pytest.raises(docker.errors.NotFound):
+        engine_client.volumes.get(kept)  # a folder of the live volume, not a copy
+    folders = [n for n in data_folder(engine_client, env) if n.startswith(".stackport-")]
+    assert ".stackport-initialised" in folders and any(n.startswith(".stackport-kept-") for n in folders)
+
+    backups.settle_restore(operation=Operation.objects.get(pk=op.pk), actor=team.admin, undo=True)
+    assert psql(engine_client, env, "select count(*) from notes") == "100"
+    assert data_folder(engine_client, env) == before
+
+    op = backups.request_restore(backup=row, actor=team.admin, confirmation="db")
+    op.refresh_from_db()
+    assert op.status == OperationStatus.SUCCEEDED, f"{op.error}\n{op.log}"
+    backups.settle_restore(operation=Operation.objects.get(pk=op.pk), actor=team.admin, undo=False)
+    assert psql(engine_client, env, "select count(*) from notes") == "300"
+    assert not [
+        n for n in data_folder(engine_client, env) if n.startswith((".stackport-kept", ".stackport-restore"))
+    ]
+
+    # A backup that does not load: the data as it was, no folder left behind.
+    psql(engine_client, env, "delete from notes where id > 200")
+    monkeypatch.setattr(backups, "read_snapshot", lambda *args: iter([b"PGDMP not a dump at all"]))
+    op = backups.request_restore(backup=row, actor=team.admin, confirmation="db")
+    op.refresh_from_db()
+    assert op.status == OperationStatus.FAILED, op.log
+    assert psql(engine_client, env, "select count(*) from notes") == "200"
+    assert not [
+        n for n in data_folder(engine_client, env) if n.startswith((".stackport-kept", ".stackport-restore"))
+    ]

@@ -16,7 +16,7 @@ from dataclasses import FrozenInstanceError
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from stacks.runtime import addresses
@@ -217,6 +217,26 @@ def test_a_single_top_folder_is_stripped(names, stripped, expected):
     )
     assert content.root_stripped == stripped
     assert [name for name, *_ in listing(content)] == expected
+
+
+def test_a_procfile_saved_on_windows_gets_unix_line_ends():
+    """The runtime images read the Procfile with sed: a ``\\r`` would end the start command."""
+    procfile = b"web: gunicorn app:app\r\nworker: python jobs.py\r\n"
+    other = b"line one\r\nline two\r\n"
+    content = normalize(
+        make_zip([("app-main/Procfile", procfile, 0o644), ("app-main/notes.txt", other, 0o644)])
+    )
+    files = {name: data for name, kind, _, data in listing(content)}
+    assert files["Procfile"] == b"web: gunicorn app:app\nworker: python jobs.py\n"
+    assert files["notes.txt"] == other  # only the Procfile is touched
+    assert content.size == len(files["Procfile"]) + len(other)
+    unix = normalize(make_zip([("Procfile", files["Procfile"], 0o644), ("notes.txt", other, 0o644)]))
+    assert unix.sha256 == content.sha256  # the same app hashes the same whatever its line ends
+
+
+def test_a_procfile_in_a_subfolder_is_left_alone():
+    content = normalize(make_tar([member("docs/Procfile", b"web: x\r\n"), member("app.py")]))
+    assert dict((n, d) for n, _, _, d in listing(content))["docs/Procfile"] == b"web: x\r\n"
 
 
 # --- refusals ----------------------------------------------------------------------------------
@@ -521,9 +541,12 @@ def test_credentials_never_reach_messages(fake_git, public_dns):
 
 def test_git_gets_a_safe_argument_list_and_environment(fake_git, tmp_path, public_dns):
     log = tmp_path / "log"
-    fake_git(f'for a in "$@"; do echo "$a" >> {log}; done; env >> {log}; exit 1')
+    fake_git(
+        f'for a in "$@"; do echo "$a" >> {log}; done; env >> {log}; stat -c "key=%a %s" "$HOME/deploy_key" >> {log}'
+        "; exit 1"
+    )
     with pytest.raises(ContentError):
-        fetch_git("git@git.example.test:acme/app.git", "release/1.0", timeout=5)
+        fetch_git("git@git.example.test:acme/app.git", "release/1.0", timeout=5, ssh_key="KEY\n")
     lines = log.read_text().splitlines()
     clone = lines.index("clone")
     assert lines[clone:clone + 11] == [
@@ -546,7 +569,9 @@ def test_git_gets_a_safe_argument_list_and_environment(fake_git, tmp_path, publi
         "-oIdentitiesOnly=yes",
     ):
         assert option in ssh
-    assert f"-oUserKnownHostsFile={home}/known_hosts" in ssh and f"-oIdentityFile={home}/no-identity" in ssh
+    # Only the project's deploy key, from a file of mode 600 removed once git is done.
+    assert f"-oUserKnownHostsFile={home}/known_hosts" in ssh and f"-i {home}/deploy_key" in ssh
+    assert "IdentityFile" not in ssh and "key=600 4" in lines and not home.exists()
     assert {
         "GIT_TERMINAL_PROMPT=0",
         "GIT_CONFIG_NOSYSTEM=1",
@@ -625,11 +650,12 @@ def test_injection_is_refused_before_any_process_runs(monkeypatch, url, branch):
 def test_ordinary_urls_are_accepted(fake_git, url, public_dns):
     fake_git("exit 1")
     with pytest.raises(ContentError, match="could not be fetched"):
-        fetch_git(url, "main")
+        fetch_git(url, "main", ssh_key="KEY\n")
 
 
 @settings(max_examples=200, deadline=None)
 @given(branch=st.text(st.characters(codec="utf-8"), min_size=1, max_size=12))
+@example(branch="HEAD")  # found by this test in CI: git refuses it as a branch name
 def test_branch_rules_are_never_looser_than_git(branch):
     try:
         _check_branch(branch)

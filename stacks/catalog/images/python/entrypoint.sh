@@ -7,6 +7,10 @@
 # Values are checked against strict patterns and passed as separate arguments, never
 # through a shell; an invalid value stops the container with a message (value not echoed).
 # While /srv/app is empty, the built-in sample app (or sample worker) runs instead.
+# Dependencies built by Stackport live in /srv/app/.deps (put on PYTHONPATH and PATH). A
+# Procfile line named like the process (web: or worker:) is the start command when present:
+# it is the customer's own command, run by /bin/sh -c in the customer's own container
+# (PORT=8000 is set for it).
 set -eu
 
 die() {
@@ -32,7 +36,22 @@ if [ -z "$(ls -A /srv/app 2>/dev/null)" ]; then
     app_dir=$sample_dir
 fi
 
+if [ -d /srv/app/.deps ]; then
+    export PYTHONPATH="/srv/app/.deps${PYTHONPATH:+:$PYTHONPATH}"
+    export PATH="/srv/app/.deps/bin:$PATH"
+fi
+
 process=${STACKPORT_PROCESS:-web}
+case $process in web | worker) ;; *) die "STACKPORT_PROCESS must be web or worker; refusing to start" ;; esac
+if [ "$sample" = no ] && [ -f /srv/app/Procfile ]; then
+    command=$(sed -n "s/^$process:[[:space:]]*//p" /srv/app/Procfile | head -n 1)
+    if [ -n "$command" ]; then
+        echo "stackport-python: starting the Procfile's $process command" >&2
+        export PORT=8000
+        cd /srv/app
+        exec /bin/sh -c "$command"
+    fi
+fi
 case $process in
 web)
     wsgi=${STACKPORT_WSGI_APP:-app:application}

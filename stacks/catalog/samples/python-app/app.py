@@ -11,7 +11,9 @@ def _db_status():
     try:
         import psycopg2
 
-        with psycopg2.connect(url) as conn, conn.cursor() as cur:
+        # Bounded waits: a page must answer (with an error) while a database restarts, not hang
+        # the gunicorn worker (and every request queued behind it).
+        with psycopg2.connect(url, connect_timeout=3, options="-c statement_timeout=3000") as conn, conn.cursor() as cur:
             cur.execute(
                 "CREATE TABLE IF NOT EXISTS visits (id serial PRIMARY KEY, at timestamptz DEFAULT now())"
             )
@@ -29,7 +31,8 @@ def _cache_status():
     try:
         import redis
 
-        return f"connected, {redis.Redis.from_url(url).incr('hits')} hits"
+        client = redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=2)
+        return f"connected, {client.incr('hits')} hits"
     except Exception as exc:
         return f"error: {type(exc).__name__}"
 
