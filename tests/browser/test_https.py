@@ -16,7 +16,7 @@ from playwright.sync_api import expect
 
 from projects.models import Environment
 from stacks.runtime.hosts import ensure_local_hosts
-from tests.browser.conftest import CHROMIUM, sign_in_as
+from tests.browser.conftest import CHROMIUM, chromium_args, sign_in_as
 from tests.conftest import Team
 from tests.stacks import conftest as stacks_conftest
 from tests.stacks import test_https
@@ -84,18 +84,7 @@ def test_a_customer_adds_a_domain_and_opens_it_over_https(
     accepted = ",".join(spki_hash(pem) for pem in (intermediate.text, https_edge.pebble_root.read_text()))
     browser = playwright.chromium.launch(
         executable_path=CHROMIUM,
-        args=[
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-quic",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            f"--host-resolver-rules=MAP {HOST} 127.0.0.1",
-            f"--ignore-certificate-errors-spki-list={accepted}",
-        ],
+        args=[*chromium_args(HOST), f"--ignore-certificate-errors-spki-list={accepted}"],
     )
     try:
         visitor = browser.new_page()

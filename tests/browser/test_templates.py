@@ -21,7 +21,7 @@ from projects.models import Environment
 from stacks.runtime import lifecycle
 from stacks.runtime.hosts import ensure_local_hosts
 from stacks.runtime.operations import sync_routes_for
-from tests.browser.conftest import CHROMIUM
+from tests.browser.conftest import CHROMIUM, chromium_args
 from tests.conftest import verified
 from tests.stacks import conftest as stacks_conftest
 from tests.stacks import test_lifecycle
@@ -63,20 +63,8 @@ def edge(settings: Any, caddy: Caddy, catalog: None) -> Caddy:
 @pytest.fixture
 def visitor(playwright: Any, edge: Caddy) -> Iterator[Any]:
     """A Chromium page that resolves the apps domain and the custom domain to the edge's host."""
-    rules = f"MAP *.{django_settings.STACKPORT_APPS_DOMAIN} 127.0.0.1, MAP {DOMAIN} 127.0.0.1"
     browser = playwright.chromium.launch(
-        executable_path=CHROMIUM,
-        args=[
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-quic",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            f"--host-resolver-rules={rules}",
-        ],
+        executable_path=CHROMIUM, args=chromium_args(f"*.{django_settings.STACKPORT_APPS_DOMAIN}", DOMAIN)
     )
     context = browser.new_context()
     # WordPress's admin on a loaded machine: generous, not a timing assertion.
