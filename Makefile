@@ -49,12 +49,12 @@ services:
 	./scripts/services.sh
 
 # A real Docker Engine, the local registry, the Debian base images (each cached) and the
-# edge router.
+# edge router (HAProxy; scripts/caddy.sh starts Caddy for STACKPORT_EDGE_ROUTER=...caddy).
 engine:
 	./scripts/docker-engine.sh
 	./scripts/registry.sh
 	./scripts/base-images.sh
-	./scripts/caddy.sh
+	./scripts/haproxy.sh
 
 # Python packages pinned by constraints.txt (regenerate with `make lock`).
 $(VENV)/.installed: pyproject.toml constraints.txt

@@ -1,14 +1,15 @@
 """Shared setup of the benchmarks: a Stackport of their own, and its cleanup.
 
-``stackport(versions)`` is a context manager that starts a Caddy on free loopback ports
-(scripts/caddy.sh), sets up Django against a database of its own (created, migrated and
-dropped at the end), loads the catalog, builds/verifies/publishes the catalog versions the
-benchmark needs (each step cached by recipe hash; verification reruns in the fresh
-database, ~5 s a version) and registers the local engine. It yields a ``Bench`` that
-deploys through Stackport's real path and remembers what to remove. On the way out it
-destroys every environment it made, sweeps anything left under the ``bench`` stack prefix
-(or made by the plain-SDK side), stops its Caddy and drops its database, also after a
-failure, Ctrl-C or SIGTERM.
+``stackport(versions, edge)`` is a context manager that starts an edge router of its own on
+free loopback ports (``edge="haproxy"``: scripts/haproxy.sh, the product's default router;
+``"caddy"``: scripts/caddy.sh) and points Stackport's edge settings at it, sets up Django
+against a database of its own (created, migrated and dropped at the end), loads the
+catalog, builds/verifies/publishes the catalog versions the benchmark needs (each step
+cached by recipe hash; verification reruns in the fresh database, ~5 s a version) and
+registers the local engine. It yields a ``Bench`` that deploys through Stackport's real
+path and remembers what to remove. On the way out it destroys every environment it made,
+sweeps anything left under the ``bench`` stack prefix (or made by the plain-SDK side),
+stops its router and drops its database, also after a failure, Ctrl-C or SIGTERM.
 
 Progress goes to stderr; each script prints its measurements on stdout, the ratio last.
 """
@@ -30,7 +31,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import requests
 
@@ -100,13 +101,26 @@ class BenchError(Exception):
     pass
 
 
-# --- Caddy -----------------------------------------------------------------------------------------
+# --- the edge routers --------------------------------------------------------------------------------
+# Both kinds answer on ``edge_url`` (``edge_addr``: host:port), give the environment
+# variables that point Stackport's settings at them (``settings()``) and ``stop()``.
 @dataclass
 class Caddy:
     admin_url: str
     edge_url: str
     edge_addr: str
     pid: int
+    router: ClassVar[str] = "stacks.runtime.edges.caddy"
+
+    def settings(self) -> dict[str, str]:
+        return {
+            "STACKPORT_EDGE_ROUTER": self.router,
+            "STACKPORT_EDGE_ADMIN_URL": self.admin_url,
+            "STACKPORT_EDGE_LISTEN": self.edge_addr,
+        }
+
+    def stop(self) -> None:
+        stop_caddy(self)
 
 
 def start_caddy(state: Path) -> Caddy:
@@ -141,6 +155,76 @@ def stop_caddy(caddy: Caddy) -> None:
         time.sleep(0.1)
     if Path(f"/proc/{caddy.pid}").exists():
         os.kill(caddy.pid, signal.SIGKILL)
+
+
+HAPROXY_SCRIPT = REPO / "scripts" / "haproxy.sh"
+HAPROXY_BACKENDS = 8  # routes at once; a bench has a few environments
+HAPROXY_SLOTS = 20  # a portal route's upstream slots
+
+
+@dataclass
+class HAProxy:
+    """An HAProxy edge of scripts/haproxy.sh in ``directory``; ``script_env`` is what the
+    script was started with (``stop`` needs the same)."""
+
+    directory: Path
+    edge_url: str
+    edge_addr: str
+    https_addr: str
+    script_env: dict[str, str]
+    router: ClassVar[str] = "stacks.runtime.edges.haproxy"
+
+    def settings(self) -> dict[str, str]:
+        return {
+            "STACKPORT_EDGE_ROUTER": self.router,
+            "STACKPORT_HAPROXY_DIR": str(self.directory),
+            "STACKPORT_EDGE_LISTEN": self.edge_addr,
+        }
+
+    def stop(self) -> None:
+        """Stop this HAProxy (``scripts/haproxy.sh stop``: by its pid file) and remove its folder."""
+        subprocess.run(  # noqa: S603 - our own script, fixed arguments
+            [str(HAPROXY_SCRIPT), "stop"], env=self.script_env, capture_output=True, timeout=60, check=False
+        )
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+
+def start_haproxy(directory: Path) -> HAProxy:
+    """scripts/haproxy.sh in ``directory`` (short: its unix socket path must stay under 107
+    bytes), listening for HTTP and HTTPS on free loopback ports. On failure it is stopped,
+    its folder removed, and BenchError raised."""
+    edge = f"127.0.0.1:{unused_loopback_port()}"
+    https = f"127.0.0.1:{unused_loopback_port()}"
+    env = {
+        **os.environ,
+        "STACKPORT_HAPROXY_DIR": str(directory),
+        "STACKPORT_HAPROXY_LISTEN": edge,
+        "STACKPORT_HAPROXY_HTTPS_LISTEN": https,
+        "STACKPORT_HAPROXY_LOG": str(directory / "haproxy.log"),
+        "STACKPORT_HAPROXY_BACKENDS": str(HAPROXY_BACKENDS),
+        "STACKPORT_HAPROXY_SLOTS": str(HAPROXY_SLOTS),
+    }
+    haproxy = HAProxy(directory, f"http://{edge}", edge, https, env)
+    result = subprocess.run(  # noqa: S603 - our own script, fixed arguments
+        [str(HAPROXY_SCRIPT)], env=env, capture_output=True, text=True, timeout=300
+    )
+    if result.returncode != 0:
+        haproxy.stop()
+        raise BenchError(f"scripts/haproxy.sh failed:\n{result.stdout}\n{result.stderr}")
+    return haproxy
+
+
+EDGES = ("haproxy", "caddy")
+
+
+def start_edge(kind: str, state: Path) -> Caddy | HAProxy:
+    """The edge router ``kind`` (one of EDGES): Caddy with its state in ``state``; HAProxy in
+    a short folder of its own (removed by its ``stop``)."""
+    if kind == "caddy":
+        return start_caddy(state)
+    if kind == "haproxy":
+        return start_haproxy(Path(tempfile.mkdtemp(prefix="sp-bench-haproxy-")))
+    raise BenchError(f"unknown edge {kind!r} (one of {', '.join(EDGES)})")
 
 
 # --- database --------------------------------------------------------------------------------------
@@ -220,10 +304,17 @@ def publish(versions: list[tuple[str, str]]) -> None:
 class Bench:
     """What a benchmark works with; remembers what to remove."""
 
-    caddy: Caddy
+    edge: Caddy | HAProxy
     organization: Any
     environments: list[Any] = field(default_factory=list)
     cleanups: list[Callable[[], None]] = field(default_factory=list)
+
+    @property
+    def caddy(self) -> Caddy:
+        """The edge, for benchmarks that use Caddy's admin API themselves."""
+        if not isinstance(self.edge, Caddy):
+            raise BenchError("this benchmark needs the Caddy edge")
+        return self.edge
 
     def docker(self) -> Any:
         import docker
@@ -279,7 +370,7 @@ class Bench:
         self.run(lifecycle.destroy(environment=env, actor=None, confirmation=env.project.name))
 
     def edge_get(self, env: Any, path: str = "/") -> requests.Response:
-        return fetch(f"{self.caddy.edge_url}{path}", env.hostname)
+        return fetch(f"{self.edge.edge_url}{path}", env.hostname)
 
 
 def step_durations(operation: Any) -> dict[str, float]:
@@ -339,23 +430,24 @@ def _raise_interrupt(signum: int, frame: Any) -> None:
 
 
 @contextmanager
-def stackport(versions: list[tuple[str, str]]) -> Iterator[Bench]:
-    """A Stackport of the benchmark's own (see the module docstring)."""
+def stackport(versions: list[tuple[str, str]], edge: str = "caddy") -> Iterator[Bench]:
+    """A Stackport of the benchmark's own on the edge router ``edge`` ("haproxy" or "caddy";
+    see the module docstring)."""
     signal.signal(signal.SIGTERM, _raise_interrupt)
     for key, value in DEFAULT_ENV.items():
         os.environ.setdefault(key, value)
     os.environ["STACKPORT_STACK_PREFIX"] = PREFIX
     tmp = Path(tempfile.mkdtemp(prefix="stackport-bench-"))
     os.environ["STACKPORT_VAR_DIR"] = str(tmp / "var")
-    caddy = start_caddy(tmp / "caddy")
-    note(f"caddy: admin {caddy.admin_url}, edge {caddy.edge_url} (pid {caddy.pid})")
-    # The settings module reads these at start; the operations read the settings at use.
-    os.environ["STACKPORT_EDGE_ADMIN_URL"] = caddy.admin_url
-    os.environ["STACKPORT_EDGE_LISTEN"] = caddy.edge_addr
-    os.environ["STACKPORT_EDGE_PUBLIC_PORT"] = caddy.edge_addr.rsplit(":", 1)[1]
+    router: Caddy | HAProxy | None = None
     database_made = False
     bench: Bench | None = None
     try:
+        router = start_edge(edge, tmp / "caddy")
+        note(f"{edge}: edge {router.edge_url} ({router.router})")
+        # The settings module reads these at start; the operations read the settings at use.
+        os.environ.update(router.settings())
+        os.environ["STACKPORT_EDGE_PUBLIC_PORT"] = router.edge_addr.rsplit(":", 1)[1]
         if str(REPO) not in sys.path:
             sys.path.insert(0, str(REPO))
         import django
@@ -365,7 +457,8 @@ def stackport(versions: list[tuple[str, str]]) -> Iterator[Bench]:
         from django.core.management import call_command
 
         assert settings.STACKPORT_STACK_PREFIX == PREFIX
-        assert settings.STACKPORT_EDGE_ADMIN_URL == caddy.admin_url
+        assert settings.STACKPORT_EDGE_ROUTER == router.router
+        assert settings.STACKPORT_EDGE_LISTEN == router.edge_addr
         sweep()
         started = time.monotonic()
         create_database()
@@ -377,7 +470,7 @@ def stackport(versions: list[tuple[str, str]]) -> Iterator[Bench]:
         from stacks.runtime.hosts import ensure_local_hosts
 
         ensure_local_hosts(DOCKER_URL)
-        bench = Bench(caddy=caddy, organization=Organization.objects.create(name="Benchmarks"))
+        bench = Bench(edge=router, organization=Organization.objects.create(name="Benchmarks"))
         yield bench
     finally:
         note("cleaning up")
@@ -392,7 +485,8 @@ def stackport(versions: list[tuple[str, str]]) -> Iterator[Bench]:
             sweep()
         except Exception as exc:  # noqa: BLE001
             note(f"sweep failed: {exc}")
-        stop_caddy(caddy)
+        if router is not None:
+            router.stop()
         if database_made:
             try:
                 drop_database()

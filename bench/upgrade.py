@@ -1,6 +1,8 @@
 """B-2: blue/green upgrade of a static site's web component (nginx 1.22 -> 1.26) under steady
 GET and POST load through the edge: failed requests, and p99 latency during the upgrade
-against p99 in an equal window right before it, in the same run.
+against p99 in an equal window right before it, in the same run. The edge is the product's
+default router, HAProxy (``--edge haproxy``: a blue/green swap drains the old replica on the
+edge before it stops), or Caddy (``--edge caddy``), each a router of the bench's own.
 
 The load runs in a process of its own (so the operation in this one does not share its
 GIL): ``--threads`` keep-alive connections, paced to ``--rate`` requests a second in all.
@@ -12,7 +14,8 @@ window is lifecycle.upgrade + run_operation; the "before" window is the same len
 where the upgrade starts (the first seconds of load are a warm-up, not counted).
 
     DJANGO_ENV=test DATABASE_URL=postgres://postgres:postgres@127.0.0.1:5432/stackport_bench \\
-        .venv/bin/python bench/upgrade.py [--runs 3] [--rate 200] [--threads 4] [--before 20]
+        .venv/bin/python bench/upgrade.py [--edge haproxy|caddy] [--runs 3] [--rate 200] [--threads 4] \\
+        [--before 20] [--timeline]
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from _setup import (
+    EDGES,
     STACK_LABEL,
     Bench,
     BenchError,
@@ -139,7 +143,7 @@ def upgrade_run(bench: Bench, run: int, args: argparse.Namespace) -> tuple[float
 
     env = bench.create(f"Upgrade {run}", components=STATIC, current=("nginx", "1.22"))
     bench.run(env.operations.get())
-    wait_for_page(f"{bench.caddy.edge_url}/", env.hostname, PAGE_TEXT)
+    wait_for_page(f"{bench.edge.edge_url}/", env.hostname, PAGE_TEXT)
     posts = round(args.threads * args.post_share)
     context = multiprocessing.get_context("spawn")
     stop = context.Event()
@@ -147,7 +151,7 @@ def upgrade_run(bench: Bench, run: int, args: argparse.Namespace) -> tuple[float
         out = handle.name
     child = context.Process(
         target=load,
-        args=(bench.caddy.edge_addr, env.hostname, args.rate, args.threads, posts, stop, out),
+        args=(bench.edge.edge_addr, env.hostname, args.rate, args.threads, posts, stop, out),
     )
     child.start()
     try:
@@ -195,6 +199,9 @@ def upgrade_run(bench: Bench, run: int, args: argparse.Namespace) -> tuple[float
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--edge", choices=EDGES, default="haproxy", help="the edge router (default haproxy, the product's)"
+    )
     parser.add_argument("--runs", type=int, default=3, help="upgrades, each on a fresh stack (default 3)")
     parser.add_argument("--rate", type=float, default=200, help="requests a second in all (default 200)")
     parser.add_argument("--threads", type=int, default=4, help="connections (default 4)")
@@ -210,10 +217,10 @@ def main() -> None:
     args = parser.parse_args()
     ratios: list[float] = []
     failed = 0
-    with stackport(VERSIONS) as bench:
+    with stackport(VERSIONS, edge=args.edge) as bench:
         print(
-            f"nginx 1.22 -> 1.26 under {args.rate:.0f} requests/s on {args.threads} connections via the edge "
-            f"({round(args.threads * args.post_share)} of them POST)"
+            f"nginx 1.22 -> 1.26 under {args.rate:.0f} requests/s on {args.threads} connections via the "
+            f"{args.edge} edge ({round(args.threads * args.post_share)} of them POST)"
         )
         print(f"before: {machine()}")
         for run in range(args.runs):

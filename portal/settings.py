@@ -337,8 +337,13 @@ STACKPORT_REGISTRY_PASSWORD = env.str("STACKPORT_REGISTRY_PASSWORD", default="")
 STACKPORT_BACKENDS = {
     "docker": env.str("STACKPORT_DOCKER_BACKEND", default="stacks.backends.docker.DockerBackend"),
 }
-# The edge router (Caddy) admin API on loopback, its listen address and the apps domain
-# under which every environment gets a default host name (env-<id>.<domain>).
+# The edge router (stacks.runtime.edges): the dotted path of the function that makes its
+# client. HAProxy ("stacks.runtime.edges.haproxy", the default: run by scripts/haproxy.sh in
+# STACKPORT_HAPROXY_DIR, on this machine) or Caddy ("stacks.runtime.edges.caddy", its admin
+# API at STACKPORT_EDGE_ADMIN_URL). Then its listen address and the apps domain under which
+# every environment gets a default host name (env-<id>.<domain>).
+STACKPORT_EDGE_ROUTER = env.str("STACKPORT_EDGE_ROUTER", default="stacks.runtime.edges.haproxy")
+STACKPORT_HAPROXY_DIR = env.str("STACKPORT_HAPROXY_DIR", default="/var/lib/stackport/haproxy")
 STACKPORT_EDGE_ADMIN_URL = env.str("STACKPORT_EDGE_ADMIN_URL", default="http://127.0.0.1:2019")
 STACKPORT_EDGE_LISTEN = env.str("STACKPORT_EDGE_LISTEN", default="127.0.0.1:8080")
 STACKPORT_APPS_DOMAIN = env.str("STACKPORT_APPS_DOMAIN", default="apps.localhost")

@@ -8,8 +8,8 @@
 # backends (r0, r1, ...) of STACKPORT_HAPROXY_SLOTS server slots each, all in maintenance,
 # and a frontend that picks a backend through host and path-prefix maps, on HTTP and on HTTPS
 # (certificates from $DIR/certs/crt-list by SNI name, a self-signed default made here once;
-# ALPN h2 and http/1.1), with HTTP-01 tokens, redirects to HTTPS and HSTS by host from maps
-# too. Routes and certificates are then
+# ALPN h2 and http/1.1), with HTTP-01 tokens, domain-claim tokens, redirects to HTTPS and
+# HSTS by host from maps too. Routes and certificates are then
 # set only through the runtime API on $DIR/admin.sock by stacks/backends/haproxy.py, which
 # mirrors every change to the map files and the server-state file: a restart (this script
 # after a stop, or after a crash) comes back with every route. No route change reloads.
@@ -144,7 +144,7 @@ if [[ $ACTION == stop ]]; then
   exit 0
 fi
 
-for map in routes hosts prefixes health checkhost prefix strip acme redirect hsts pages; do
+for map in routes hosts prefixes health checkhost prefix strip acme redirect hsts pages claims; do
   [[ -f $MAPS/$map.map ]] || : >"$MAPS/$map.map"
 done
 # The default certificate (a client without SNI, or a name with no certificate of its own):
@@ -259,6 +259,9 @@ defaults
 frontend edge
     bind $LISTEN
     bind $HTTPS_LISTEN ssl crt-list $CERTS/crt-list alpn h2,http/1.1
+    # The challenge paths, matched ignoring case like the Caddy edge's path matchers.
+    acl acme_path path_beg -i /.well-known/acme-challenge/
+    acl claim_path path_beg -i /.well-known/stackport-challenge/
     # HTTP-01 challenges (ACME), on any host, before anything else: token -> key authorization.
     http-request set-var(txn.acme) path,field(4,/),map($MAPS/acme.map) if { path_reg ^/[.]well-known/acme-challenge/[-_A-Za-z0-9]+\$ }
     http-request return status 200 content-type text/plain lf-string "%[var(txn.acme)]" if { var(txn.acme) -m found }
@@ -268,9 +271,16 @@ frontend edge
     http-request set-header X-Forwarded-Proto https if { ssl_fc }
     http-request set-header X-Forwarded-Host %[req.hdr(host)]
     http-request set-var(txn.host) req.hdr(host),field(1,:),lower
-    # Per host: HTTP -> HTTPS (308, to the map's origin: "https://host[:port]"), and HSTS
-    # (the map's header value) on HTTPS answers.
-    http-request set-var(txn.redirect) var(txn.host),map($MAPS/redirect.map) unless { ssl_fc }
+    # Domain claims (the HTTP proof of control of a name, not ACME), on HTTP and HTTPS, before
+    # redirects and HSTS: a pending host's token on that host only (keys "host" + the path in
+    # lowercase, values the token as issued); anything else under the path is a 404.
+    http-request set-var-fmt(txn.claimkey) "%[var(txn.host)]%[path,lower]" if claim_path
+    http-request set-var(txn.claim) var(txn.claimkey),map($MAPS/claims.map) if claim_path
+    http-request return status 200 content-type "text/plain; charset=utf-8" lf-string "%[var(txn.claim)]" if { var(txn.claim) -m found }
+    http-request return status 404 content-type "text/plain; charset=utf-8" lf-string "No such challenge here\n" if claim_path
+    # Per host: HTTP -> HTTPS (308, to the map's origin: "https://host[:port]"; never ACME's
+    # path), and HSTS (the map's header value) on HTTPS answers.
+    http-request set-var(txn.redirect) var(txn.host),map($MAPS/redirect.map) unless { ssl_fc } || acme_path
     http-request redirect code 308 location %[var(txn.redirect)]%[pathq] if { var(txn.redirect) -m found }
     http-request set-var(txn.hsts) var(txn.host),map($MAPS/hsts.map) if { ssl_fc }
     http-after-response set-header Strict-Transport-Security %[var(txn.hsts)] if { var(txn.hsts) -m found }

@@ -60,8 +60,8 @@ if [ -z "${STACKPORT_ACME_DIRECTORY+set}" ]; then
   export STACKPORT_DOMAIN_HTTP_PORT=${STACKPORT_DOMAIN_HTTP_PORT:-8080}
   export STACKPORT_DOMAIN_HTTP_ALLOW_LOOPBACK=${STACKPORT_DOMAIN_HTTP_ALLOW_LOOPBACK:-on}
   export STACKPORT_EDGE_PUBLIC_ADDRESSES=${STACKPORT_EDGE_PUBLIC_ADDRESSES:-127.0.0.1}
-  # The demo links (*.apps.localhost) stay on plain HTTP: only Caddy's local CA can certify
-  # them, and a redirect to a certificate the browser does not trust breaks every sales demo.
+  # The demo links (*.apps.localhost) stay on plain HTTP: their certificates come from Pebble,
+  # which no browser trusts, and a redirect to such a certificate breaks every sales demo.
   export STACKPORT_EDGE_REDIRECT_LOCALHOST_NAMES=${STACKPORT_EDGE_REDIRECT_LOCALHOST_NAMES:-off}
 fi
 
@@ -77,8 +77,8 @@ cat <<MSG
   Demo login:            demo@stackport.localhost  /  stackport-demo
   Admin (staff):         http://127.0.0.1:8000/admin/  (admin@stackport.localhost, same password)
   Demo stacks:           http://<environment>.apps.localhost:8080/ (listed above; not
-                         redirected), and over HTTPS on :8443 (certificates from Pebble and
-                         Caddy's local CA: your browser warns, neither CA is trusted)
+                         redirected), and over HTTPS on :8443 (certificates the portal orders
+                         from Pebble: your browser warns, that CA is not trusted)
   E-mails (verification links, invitations) are printed here.
   Ctrl-C to stop.
 

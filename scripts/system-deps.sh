@@ -3,10 +3,9 @@
 #   scripts/system-deps.sh run    what `make run` needs
 #   scripts/system-deps.sh test   what `make test` needs (adds PostgreSQL, Redis, Chromium)
 set -euo pipefail
-want=(python3 python3-venv python3-dev nodejs npm docker.io nftables debootstrap docker-registry apache2-utils libpango-1.0-0 libpangoft2-1.0-0 fonts-dejavu-core restic pebble dnsmasq-base openssl)
+want=(python3 python3-venv python3-dev nodejs npm docker.io nftables debootstrap docker-registry apache2-utils libpango-1.0-0 libpangoft2-1.0-0 fonts-dejavu-core restic pebble dnsmasq-base openssl haproxy)
 if [ "${1:-run}" = test ]; then
-  # haproxy: the edge's next data plane (tests/stacks/test_haproxy_edge.py), run by scripts/haproxy.sh.
-  want+=(postgresql redis-server chromium busybox-static openssh-server haproxy)
+  want+=(postgresql redis-server chromium busybox-static openssh-server)
 fi
 missing=()
 for pkg in "${want[@]}"; do

@@ -631,7 +631,8 @@ class Domain(models.Model):
 class EdgeCertificate(models.Model):
     """What the edge serves over HTTPS for one routed host name (a customer's verified domain or
     an environment's name under the apps domain), as last probed by
-    ``stacks.runtime.certificates``; the edge (Caddy) obtains and renews the certificate."""
+    ``stacks.runtime.certificates``. Caddy obtains and renews the certificate itself; for
+    HAProxy the portal orders it (``ordered_at``: its last order, kept to space retries)."""
 
     class Status(models.TextChoices):
         PENDING = "pending", "Being issued"
@@ -644,6 +645,7 @@ class EdgeCertificate(models.Model):
     not_after = models.DateTimeField(null=True, blank=True)
     error = models.CharField(max_length=300, blank=True)
     checked_at = models.DateTimeField(null=True, blank=True)
+    ordered_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(default=timezone.now, editable=False)
 
     class Meta:

@@ -14,11 +14,18 @@ resolved lazily (``stacks.backends.get_backend``), like Django's e-mail backends
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO, Protocol, Self
 
 from django.utils.module_loading import import_string
+
+if TYPE_CHECKING:
+    from stacks.backends.edge import Route
+    from stacks.backends.edge_tls import CertificateInfo
+
+
+Drain = Callable[[list[str]], None]
 
 
 class BackendError(Exception):
@@ -232,8 +239,13 @@ class ResourceSample:
 class Backend:
     """Base class of every backend. Subclasses implement each method; all are idempotent."""
 
-    def apply(self, spec: StackSpec, state: dict[str, Any], log: Any = print) -> dict[str, Any]:
-        """Converge the engine to ``spec``; return the new opaque state. Safe to repeat."""
+    def apply(
+        self, spec: StackSpec, state: dict[str, Any], log: Any = print, drain: Drain | None = None
+    ) -> dict[str, Any]:
+        """Converge the engine to ``spec``; return the new opaque state. Safe to repeat.
+        ``drain`` is called with the edge upstream addresses (``upstreams``) of the public
+        replicas about to stop, before they stop, and returns once the edge sends them
+        nothing and their requests in flight are answered."""
         raise NotImplementedError
 
     def observe(self, spec: StackSpec, state: dict[str, Any]) -> Observed:
@@ -372,6 +384,48 @@ class Backend:
         touching none of its data (PostgreSQL: ``pg_restore --list`` of the same version).
         ``BackendError`` (permanent, with the tool's words) when they cannot read it."""
         raise NotImplementedError
+
+
+class EdgeRouting(Protocol):
+    """What the portal asks of the edge router, whichever it is (``STACKPORT_EDGE_ROUTER``,
+    ``stacks.runtime.edges``): Caddy's client ``stacks.backends.edge.EdgeRouter`` and
+    HAProxy's ``stacks.backends.haproxy.HAProxyRouter``. Every change is idempotent (False:
+    nothing to change); failures are ``EdgeError`` with a ``permanent`` flag."""
+
+    timeout: float
+
+    def __enter__(self) -> Self: ...
+    def __exit__(self, *exc: object) -> None: ...
+    def close(self) -> None: ...
+    def routes(self) -> dict[str, Any]: ...
+    def route_config(self, route: Route) -> Any: ...
+    def set_route(
+        self,
+        route_id: str,
+        hosts: list[str],
+        upstreams: list[str],
+        path_prefix: str | None = None,
+        health_path: str = ...,
+        *,
+        strip_prefix: bool = False,
+        page: str | None = None,
+    ) -> bool: ...
+    def set_routes(self, routes: Iterable[Route] = (), remove: Iterable[str] = ()) -> bool: ...
+    def remove_route(self, route_id: str) -> bool: ...
+    def drain(self, route_id: str, upstreams: Iterable[str]) -> bool: ...
+    def wait_drained(
+        self, route_id: str, upstreams: Iterable[str], timeout: float = ..., interval: float = ...
+    ) -> bool: ...
+    def ensure_https(self) -> bool: ...
+    def set_platform_routes(
+        self,
+        *,
+        challenges: dict[str, str] | None = None,
+        hsts_hosts: Iterable[str] = (),
+        redirect_hosts: Iterable[str] = (),
+    ) -> bool: ...
+    def served_certificate(self, host: str) -> CertificateInfo | None: ...
+    def get_over_https(self, host: str, path: str = "/") -> tuple[int, str]: ...
 
 
 def get_backend(path: str, **options: Any) -> Backend:

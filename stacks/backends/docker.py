@@ -35,6 +35,7 @@ from stacks.backends.base import (
     BackendError,
     BuildJob,
     ComponentSpec,
+    Drain,
     EngineTLS,
     HostFacts,
     HostRecord,
@@ -245,11 +246,15 @@ class DockerBackend(HostPlacement, Backend):
         return self._clients[host]
 
     # --- apply ---------------------------------------------------------------------------------
-    def apply(self, spec: StackSpec, state: dict[str, Any], log: Any = print) -> dict[str, Any]:
+    def apply(
+        self, spec: StackSpec, state: dict[str, Any], log: Any = print, drain: Drain | None = None
+    ) -> dict[str, Any]:
         """Converge to ``spec``. A stateless component whose spec changed goes blue/green:
         the new replicas start in the other colour's slots, and the old ones are removed
-        only once every new one is healthy; if one is not, the new ones are removed, the
-        old keep serving and BackendError says why. Stateful components are replaced in
+        only once every new one is healthy (public ones after ``drain`` of their upstream
+        addresses returned: the edge sends them nothing new and their requests finished);
+        if one is not, the new ones are removed, the old keep serving and BackendError says
+        why. Stateful components are replaced in
         place (their volumes move to the new container). Tiers start in order (data
         services, then internal services, then the public one), each healthy first."""
         if not KEY_RE.match(spec.key):
@@ -316,6 +321,10 @@ class DockerBackend(HostPlacement, Backend):
                 for container in internal:
                     self._unpublish(spec.key, container, log)
                 time.sleep(max(self.edge_pickup, self.dns_drain if internal else 0))
+                leaving = self._public_upstreams(spec, new_state, retire)
+                if drain is not None and leaving:
+                    log(f"draining {len(leaving)} public replica(s) on the edge")
+                    drain(leaving)
                 for container in retire:
                     log(f"draining and removing {container.name}")
                     self._stop_container(container)
@@ -326,6 +335,18 @@ class DockerBackend(HostPlacement, Backend):
             used = {self.host_of(spec, new_state, c, i) for c in spec.components for i in range(c.replicas)}
             new_state["hosts"] = sorted(used - {home})
         return new_state
+
+    def _public_upstreams(self, spec: StackSpec, state: dict[str, Any], containers: list[Any]) -> list[str]:
+        """The edge's upstream addresses (``upstreams``) of those of ``containers`` that are
+        replicas of the public component."""
+        public = {comp.name: comp for comp in spec.components if comp.public_port}
+        found = []
+        for container in containers:
+            comp = public.get(container.labels.get(COMPONENT, ""))
+            color, index = container.labels.get(COLOR), int(container.labels.get(INDEX, -1))
+            if comp is not None and color in COLORS and 0 <= index < MAX_REPLICAS:
+                found.append(f"{self.slot_address(spec, state, comp, color, index)}:{comp.public_port}")
+        return found
 
     def _existing(self, key: str) -> list[tuple[str, Any]]:
         """Every container of the stack on every host: one list call per host."""

@@ -27,7 +27,6 @@ import json
 import random
 import re
 import time
-import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from types import TracebackType
@@ -46,6 +45,8 @@ from stacks.backends.edge_tls import (
     CertificateInfo,
     TlsSettings,
     https_config,
+    https_get,
+    local_address,
     platform_routes,
     probe_certificate,
 )
@@ -619,40 +620,40 @@ class EdgeRouter:
         if self.tls is None:
             raise EdgeError("the edge serves no HTTPS", permanent=True)
         host = normalize_host(host)
-        ip, _, port = self._https_address().rpartition(":")
-        pool = urllib3.HTTPSConnectionPool(
-            ip.strip("[]"),
-            int(port),
-            server_hostname=host,
-            cert_reqs="CERT_NONE",
-            assert_hostname=False,
-            retries=False,
-            timeout=self.timeout,
-        )
         try:
-            with warnings.catch_warnings():  # unverified on purpose (see above)
-                warnings.simplefilter("ignore", urllib3.exceptions.InsecureRequestWarning)
-                response = pool.request(
-                    "GET", path, headers={"Host": host}, redirect=False, preload_content=False
-                )
-            body = response.read(64 * 1024)
-            response.release_conn()
+            return https_get(self._https_address(), host, path, self.timeout)
         except urllib3.exceptions.HTTPError as exc:
             raise EdgeError(f"GET https://{host}{path} through the edge: {exc}", permanent=False) from exc
-        finally:
-            pool.close()
-        return response.status, body.decode("utf-8", "replace")
 
     def _https_address(self) -> str:
         """Where to reach the HTTPS listener from this machine."""
         assert self.tls is not None
-        address = self.tls.https_listen[0]
-        bind, _, port = address.rpartition(":")
-        if bind in ("", "0.0.0.0"):  # noqa: S104 (connecting to this machine, not binding)
-            return f"127.0.0.1:{port}"
-        if bind == "[::]":
-            return f"[::1]:{port}"
-        return address
+        return local_address(self.tls.https_listen[0])
+
+    @staticmethod
+    def route_config(route: Route) -> dict[str, Any]:
+        """What ``routes()[route.route_id]`` holds once ``route`` is set (Caddy's JSON, the
+        module's ``route_config``; a permanent ``EdgeError`` when invalid), so a caller compares
+        ``routes().get(id) == router.route_config(route)`` the same way with either router."""
+        return route_config(route)
+
+    def drain(self, route_id: str, upstreams: Iterable[str]) -> bool:
+        """Drains nothing and returns False: Caddy cannot stop sending new requests to some
+        slots of a route without a config write (a reload), so a blue/green swap on this
+        router goes on without it. The arguments are validated like
+        ``HAProxyRouter.drain``'s, so callers need not know which router they have."""
+        validate_route_id(route_id)
+        if isinstance(upstreams, str):
+            raise EdgeError(f"route {route_id}: upstreams must be a list", permanent=True)
+        for upstream in upstreams:
+            normalize_upstream(upstream)
+        return False
+
+    def wait_drained(
+        self, route_id: str, upstreams: Iterable[str], timeout: float = 30.0, interval: float = 0.1
+    ) -> bool:
+        """True at once: nothing was drained (see ``drain``), so there is nothing to wait for."""
+        return True
 
     def remove_route(self, route_id: str) -> bool:
         """Delete the route ``route_id``. Returns False when there was none (not an error)."""

@@ -17,6 +17,9 @@ Three *platform routes*, ahead of every customer route, complete it (``platform_
 - ``stackport_hsts``: ``Strict-Transport-Security`` on HTTPS answers of the hosts that opted in.
 - ``stackport_https_redirect``: plain HTTP requests to hosts that have a certificate get a
   308 to the same URL over HTTPS (not ACME's or our own challenge paths).
+
+The HAProxy edge (``stacks.backends.haproxy``) serves the same through maps of its static
+config; both routers read what their HTTPS listener serves with the functions at the end.
 """
 
 from __future__ import annotations
@@ -24,11 +27,13 @@ from __future__ import annotations
 import re
 import socket
 import ssl
+import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+import urllib3  # a dependency of requests
 from cryptography import x509
 from cryptography.x509.oid import ExtensionOID, NameOID
 
@@ -43,6 +48,7 @@ TOKEN_RE = re.compile(r"[A-Za-z0-9_-]{16,64}")
 HSTS_VALUE = "max-age=31536000"
 NO_CHALLENGE_BODY = "No such challenge here\n"
 PROBE_TIMEOUT = 5.0
+HTTPS_GET_MAX_BODY = 64 * 1024
 
 
 @dataclass(frozen=True)
@@ -231,7 +237,11 @@ def probe_certificate(address: str, host: str, timeout: float = PROBE_TIMEOUT) -
             return None
     if not der:
         return None
-    cert = x509.load_der_x509_certificate(der)
+    return certificate_info(x509.load_der_x509_certificate(der))
+
+
+def certificate_info(cert: x509.Certificate) -> CertificateInfo:
+    """What ``CertificateInfo`` tells of ``cert``: its DNS names, issuer and validity."""
     try:
         san = cert.extensions.get_extension_for_oid(ExtensionOID.SUBJECT_ALTERNATIVE_NAME).value
         names = tuple(san.get_values_for_type(x509.DNSName))  # type: ignore[attr-defined]
@@ -244,3 +254,42 @@ def probe_certificate(address: str, host: str, timeout: float = PROBE_TIMEOUT) -
         not_before=cert.not_valid_before_utc,
         not_after=cert.not_valid_after_utc,
     )
+
+
+def local_address(listen: str) -> str:
+    """Where this machine reaches a listener bound to ``listen`` (``host:port``): a wildcard
+    bind (``:port``, ``0.0.0.0``, ``[::]``) is reached on loopback."""
+    bind, _, port = listen.rpartition(":")
+    if bind in ("", "0.0.0.0"):  # noqa: S104 (connecting to this machine, not binding)
+        return f"127.0.0.1:{port}"
+    if bind == "[::]":
+        return f"[::1]:{port}"
+    return listen
+
+
+def https_get(address: str, host: str, path: str, timeout: float) -> tuple[int, str]:
+    """GET ``path`` of ``host`` from the HTTPS listener at ``address`` (``ip:port``; SNI and
+    Host ``host``, no redirect followed): the status and up to ``HTTPS_GET_MAX_BODY`` bytes of
+    the body. The certificate is not verified (this checks the site, not the certificate).
+    Raises ``urllib3.exceptions.HTTPError`` when nothing answers."""
+    ip, _, port = address.rpartition(":")
+    pool = urllib3.HTTPSConnectionPool(
+        ip.strip("[]"),
+        int(port),
+        server_hostname=host,
+        cert_reqs="CERT_NONE",
+        assert_hostname=False,
+        retries=False,
+        timeout=timeout,
+    )
+    try:
+        with warnings.catch_warnings():  # unverified on purpose (see above)
+            warnings.simplefilter("ignore", urllib3.exceptions.InsecureRequestWarning)
+            response = pool.request(
+                "GET", path, headers={"Host": host}, redirect=False, preload_content=False
+            )
+        body = response.read(HTTPS_GET_MAX_BODY)
+        response.release_conn()
+    finally:
+        pool.close()
+    return response.status, body.decode("utf-8", "replace")

@@ -20,12 +20,14 @@ default certificate made at the first start, then a line per host name added her
 and http/1.1). ``set_certificate``/``remove_certificate`` install and delete a host's
 certificate with ``new``/``set``/``commit ssl cert``, ``add``/``del ssl crt-list`` and
 ``del ssl cert`` (open connections keep theirs, new ones get the new one, no reload) and
-write the PEM file and the crt-list the next start loads. Three more maps: HTTP-01 tokens
+write the PEM file and the crt-list the next start loads. Four more maps: HTTP-01 tokens
 (``/.well-known/acme-challenge/<token>`` answered with the key authorization by
 ``http-request return``, on every host, before any redirect), the hosts redirected from HTTP
-to HTTPS (308) and the hosts with HSTS (``set_challenge``, ``remove_challenge``,
-``set_host_policies``). ``drain`` puts slots in HAProxy's DRAIN state for a blue/green swap
-(no new requests, the ones in flight finish, ``wait_drained``) before their containers stop.
+to HTTPS (308, never ACME's path) and the hosts with HSTS (``set_challenge``,
+``remove_challenge``, ``set_host_policies``), and the domain claims' tokens, each answered at
+``/.well-known/stackport-challenge/<token>`` on its own host only (``set_platform_routes``).
+``drain`` puts slots in HAProxy's DRAIN state for a blue/green swap (no new requests, the ones
+in flight finish, ``wait_drained``) before their containers stop.
 
 Behaviour matches the Caddy edge (``stacks.backends.edge``) for proxy routes: active HTTP
 checks every second on the route's health path, a request that finds its slot's container
@@ -34,7 +36,7 @@ also after), ``strip_prefix`` with ``X-Forwarded-Prefix``, and a request for a r
 slot (a deploy's first replica not up yet, all of them being replaced) held until one is up,
 polled every 100 ms for up to 5 s, then a 503 (a Lua action of the config, run only in a
 backend where ``nbsrv lt 1``: the normal path runs no Lua). Difference: ``routes()`` gives
-``Route`` values, not Caddy's JSON.
+``Route`` values, not Caddy's JSON (``route_config`` gives what to compare them with).
 
 Maintenance pages (``page=``: a stopped or suspended site answers 503 with ``Retry-After``,
 ``Cache-Control: no-store`` and the HTML page, like the Caddy edge; at most
@@ -51,8 +53,13 @@ going back to proxying keeps its page until a slot passed its first check (at mo
 files no route names are deleted after the maps are mirrored.
 
 Certificates are ordered by ``stacks.backends.acme_client`` (HTTP-01 through
-``set_challenge``, installed with ``set_certificate``). Not yet (the Caddy edge stays the
-default): switching the callers. The
+``set_challenge``, installed with ``set_certificate``). The router offers the portal's
+interface of the Caddy client, with the same meaning, so a setting picks either:
+``routes``, ``set_route``, ``set_routes``, ``remove_route``, ``route_config`` (what
+``routes()`` holds for a route), ``drain``/``wait_drained``, ``close``, ``timeout``, and for
+HTTPS ``ensure_https`` (nothing to do: the listener is in the static config),
+``set_platform_routes``, ``served_certificate`` (None for a name served the default
+certificate) and ``get_over_https``, through the listener at ``https_address``. The
 arguments are validated and normalized by the Caddy client's functions, and every failure is
 an ``EdgeError`` whose ``permanent`` flag tells a caller whether a retry can help. This
 client must run on the router's machine: it takes a file lock in the router's folder for
@@ -76,6 +83,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Self
 
+import urllib3  # a dependency of requests
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
@@ -89,13 +97,24 @@ from stacks.backends.edge import (
     validate_health_path,
     validate_route_id,
 )
+from stacks.backends.edge_tls import (
+    CHALLENGE_PATH,
+    PROBE_TIMEOUT,
+    CertificateInfo,
+    certificate_info,
+    https_get,
+    local_address,
+    probe_certificate,
+)
+from stacks.backends.edge_tls import TOKEN_RE as CLAIM_TOKEN_RE
 
 # The maps of scripts/haproxy.sh: route id -> backend; host -> backend; "host/prefix/" ->
 # backend; and, by backend: health-check path, Host header of the checks, path prefix (as
 # given: the prefixes map's keys are lowercase), prefix to strip (only routes that strip).
 # Then the HTTPS ones: HTTP-01 token -> key authorization; host -> HTTPS origin its HTTP
 # requests are redirected to; host -> Strict-Transport-Security value. Then backend -> the id
-# of the maintenance page its route answers (the page is pages/<id>.html).
+# of the maintenance page its route answers (the page is pages/<id>.html). Then the domain
+# claims: "host/.well-known/stackport-challenge/<token, lowercase>" -> the token.
 MAPS = (
     "routes",
     "hosts",
@@ -108,6 +127,7 @@ MAPS = (
     "redirect",
     "hsts",
     "pages",
+    "claims",
 )
 PAGE_ID_RE = re.compile(r"[0-9a-f]{64}")
 # How long a route leaving its maintenance page waits for a slot to pass its first check
@@ -117,6 +137,8 @@ TOKEN_RE = re.compile(r"[A-Za-z0-9_-]{1,256}")
 KEY_AUTHORIZATION_RE = re.compile(r"[A-Za-z0-9_-]{1,256}\.[A-Za-z0-9_-]{1,256}")
 HSTS_VALUE = "max-age=31536000"
 DEFAULT_CERTIFICATE = "default.pem"
+# Where the HTTPS listener is reached: host:port, [ip6]:port, or :port (loopback).
+ADDRESS_RE = re.compile(r"(?:[A-Za-z0-9.-]*|\[[0-9A-Fa-f:.]+\]):[0-9]{1,5}")
 BACKEND_RE = re.compile(r"r[0-9]{1,4}")
 DEFAULT_HEALTH_PATH = "/healthz"
 # srv_admin_state bits: in maintenance by the runtime API or the config ("disabled");
@@ -155,7 +177,10 @@ class State:
         return Route(
             route_id,
             sorted(hosts),
-            sorted(slot.address for slot in self.slots.get(backend, []) if slot.enabled),
+            # A draining slot is not part of the route (a set_route keeping it puts it back).
+            sorted(
+                slot.address for slot in self.slots.get(backend, []) if slot.enabled and not slot.draining
+            ),
             self.maps["prefix"].get(backend),
             self.maps["health"].get(backend, DEFAULT_HEALTH_PATH),
             strip_prefix=backend in self.maps["strip"],
@@ -244,13 +269,27 @@ def join_address(ip: str, port: str) -> str:
 class HAProxyRouter:
     """Talks to the runtime API of one HAProxy started by ``scripts/haproxy.sh`` with its
     folder ``directory`` (``STACKPORT_HAPROXY_DIR``), e.g.
-    ``HAProxyRouter("/var/lib/stackport/haproxy")``. ``timeout`` (seconds) applies to each
-    runtime command; ``public_https_port`` is the port redirects to HTTPS name (443: none).
-    Holds no connection; a context manager like ``EdgeRouter``."""
+    ``HAProxyRouter("/var/lib/stackport/haproxy", https_address="127.0.0.1:8443")``.
+    ``timeout`` (seconds) applies to each runtime command; ``public_https_port`` is the port
+    redirects to HTTPS name (443: none); ``https_address`` (``host:port``) is where this
+    machine reaches the HTTPS listener (``STACKPORT_HAPROXY_HTTPS_LISTEN``; a wildcard bind
+    means loopback), None when the portal uses no HTTPS (like ``EdgeRouter`` with
+    ``tls=None``: no certificate is read, no redirect set). Holds no connection; a context
+    manager like ``EdgeRouter``."""
 
     def __init__(
-        self, directory: str | os.PathLike[str], *, timeout: float = 10.0, public_https_port: int = 443
+        self,
+        directory: str | os.PathLike[str],
+        *,
+        timeout: float = 10.0,
+        public_https_port: int = 443,
+        https_address: str | None = None,
     ) -> None:
+        if https_address is not None and (
+            not isinstance(https_address, str) or not ADDRESS_RE.fullmatch(https_address)
+        ):
+            raise EdgeError(f"invalid HTTPS address {https_address!r} (expected host:port)", permanent=True)
+        self.https_address = None if https_address is None else local_address(https_address)
         self.directory = Path(directory)
         self.socket_path = self.directory / "admin.sock"
         self.maps_dir = self.directory / "maps"
@@ -347,22 +386,32 @@ class HAProxyRouter:
         found = {route_id: state.route(route_id) for route_id in sorted(state.maps["routes"])}
         return {route_id: route for route_id, route in found.items() if route is not None}
 
+    @staticmethod
+    def route_config(route: Route) -> Route:
+        """What ``routes()[route.route_id]`` holds once ``route`` is set: ``route`` validated
+        and normalized (a permanent ``EdgeError`` when invalid), so a caller compares
+        ``routes().get(id) == router.route_config(route)`` the same way with either router."""
+        return normalized_route(route)
+
     def drain(self, route_id: str, upstreams: Iterable[str]) -> bool:
         """Put the slots of ``route_id`` serving ``upstreams`` in HAProxy's DRAIN state
         (``set server <b>/<s> state drain``): they get no new request, the requests they
-        have finish, and they stay routed (checked, listed by ``routes()``) until a
-        ``set_route`` without them takes them out. Validated first (an upstream the route
-        does not have, or no route ``route_id``, is a permanent ``EdgeError``); a slot
-        draining already is left alone. Returns True when a slot changed.
+        have finish; they stay checked, and ``routes()`` leaves them out of the route. The
+        next ``set_route`` decides: without them it takes them out, with them it puts them
+        back in rotation (they get requests again once their check passes). Validated first
+        (an upstream the route does not have, or no route ``route_id``, is a permanent
+        ``EdgeError``); a slot draining already is left alone. Returns True when a slot
+        changed.
 
-        How the backend uses it when the portal switches to this router, for a blue/green
-        swap: ``set_route`` with both colours (the new slots get traffic once their first
-        check passes), ``drain(route_id, old colour)``, ``wait_drained(route_id, old
-        colour)``, stop the old containers, then ``set_route`` with the new colour only. A
-        stopping upstream (gunicorn closes its listener on SIGTERM) then never gets a
-        request it cannot answer: with Caddy, which cannot drain without a config write, a
-        POST written to a backlogged connection of the old container got a 502 (about one
-        in 2,000 during a swap)."""
+        How the portal uses it in a blue/green swap (``operations.drainer``): the route
+        lists both colours' slots for good (each gets traffic once its check passes); once
+        the new colour is up, ``drain(route_id, old colour)``, ``wait_drained(route_id, old
+        colour)``, stop the old containers, then ``set_route`` of the same route puts the
+        old slots back in rotation, where their failing checks keep traffic away until the
+        next swap starts containers there. A stopping upstream (gunicorn closes its listener
+        on SIGTERM) then never gets a request it cannot answer: with Caddy, which cannot
+        drain without a config write, a POST written to a backlogged connection of the old
+        container got a 502 (about one in 2,000 during a swap)."""
         validate_route_id(route_id)
         if isinstance(upstreams, str):
             raise EdgeError(f"route {route_id}: upstreams must be a list", permanent=True)
@@ -518,15 +567,94 @@ class HAProxyRouter:
         self, *, redirect_hosts: Iterable[str] = (), hsts_hosts: Iterable[str] = ()
     ) -> bool:
         """Replace the hosts whose HTTP requests are redirected to HTTPS (308, the same
-        path and query; HTTP-01 tokens are still answered over HTTP) and the hosts whose
-        HTTPS answers carry ``Strict-Transport-Security: max-age=31536000`` (opt-in), like
-        ``EdgeRouter.set_platform_routes``. Returns True when anything changed."""
+        path and query; ACME's and the domain claims' paths are not redirected) and the
+        hosts whose HTTPS answers carry ``Strict-Transport-Security: max-age=31536000``
+        (opt-in), like ``EdgeRouter.set_platform_routes``. Returns True when anything
+        changed."""
+        return self._change_maps(self._policy_maps(redirect_hosts, hsts_hosts), replace=True)
+
+    def _policy_maps(
+        self, redirect_hosts: Iterable[str], hsts_hosts: Iterable[str]
+    ) -> dict[str, dict[str, str | None]]:
+        """The redirect and HSTS maps for these host names (validated: a permanent
+        ``EdgeError``)."""
         if isinstance(redirect_hosts, str) or isinstance(hsts_hosts, str):
             raise EdgeError("redirect_hosts and hsts_hosts must be lists of host names", permanent=True)
         port = "" if self.public_https_port == 443 else f":{self.public_https_port}"
         redirect = {host: f"https://{host}{port}" for host in map(normalize_host, redirect_hosts)}
         hsts = dict.fromkeys(map(normalize_host, hsts_hosts), HSTS_VALUE)
-        return self._change_maps({"redirect": {**redirect}, "hsts": {**hsts}}, replace=True)
+        return {"redirect": {**redirect}, "hsts": {**hsts}}
+
+    # --- the portal's interface (EdgeRouter's HTTPS methods) ---------------------------------------
+    def ensure_https(self) -> bool:
+        """Nothing to do, so False: unlike Caddy's (written by ``EdgeRouter.ensure_https``),
+        this router's HTTPS listener is in the static config ``scripts/haproxy.sh`` renders,
+        and certificates come through ``set_certificate``, not a setting of the router."""
+        return False
+
+    def set_platform_routes(
+        self,
+        *,
+        challenges: dict[str, str] | None = None,
+        hsts_hosts: Iterable[str] = (),
+        redirect_hosts: Iterable[str] = (),
+    ) -> bool:
+        """What ``EdgeRouter.set_platform_routes`` does, with maps: ``challenges`` maps a
+        pending host name to its domain claim's token (``stacks.runtime.domains``; not ACME),
+        answered on that host only at ``/.well-known/stackport-challenge/<token>`` (200, the
+        token, text/plain; the path matched ignoring case, like Caddy; any other path below it
+        answers 404), on HTTP and HTTPS, never redirected; ``hsts_hosts`` get HSTS over
+        HTTPS; ``redirect_hosts`` are sent from HTTP to HTTPS (only with ``https_address``,
+        like Caddy's with ``tls``). The whole set is replaced; validated first (a permanent
+        ``EdgeError``, nothing sent). Returns True when anything changed."""
+        claims: dict[str, str | None] = {}
+        for host, token in (challenges or {}).items():
+            if not isinstance(token, str) or not CLAIM_TOKEN_RE.fullmatch(token):
+                raise EdgeError(f"invalid challenge token for {host!r}", permanent=True)
+            claims[f"{normalize_host(host)}{CHALLENGE_PATH}{token.lower()}"] = token
+        if self.https_address is None:
+            redirect_hosts = ()
+        return self._change_maps(
+            {"claims": claims, **self._policy_maps(redirect_hosts, hsts_hosts)}, replace=True
+        )
+
+    def served_certificate(self, host: str) -> CertificateInfo | None:
+        """The certificate the HTTPS listener serves for ``host`` (SNI); None when the host
+        has none of its own (the listener answers the default certificate then) or there is
+        no ``https_address``. Raises a transient ``EdgeError`` when the listener does not
+        answer."""
+        if self.https_address is None:
+            return None
+        host = normalize_host(host)
+        try:
+            info = probe_certificate(self.https_address, host, timeout=min(self.timeout, PROBE_TIMEOUT))
+        except OSError as exc:
+            raise EdgeError(
+                f"the edge's HTTPS listener {self.https_address} does not answer: {exc}", permanent=False
+            ) from exc
+        return None if info is None or info == self._default_certificate() else info
+
+    def get_over_https(self, host: str, path: str = "/") -> tuple[int, str]:
+        """GET ``path`` of ``host`` through the HTTPS listener, like
+        ``EdgeRouter.get_over_https`` (``edge_tls.https_get``): the status and the start of the
+        body, the certificate not verified. A permanent ``EdgeError`` without
+        ``https_address``, a transient one when nothing answers."""
+        if self.https_address is None:
+            raise EdgeError("the edge serves no HTTPS", permanent=True)
+        host = normalize_host(host)
+        try:
+            return https_get(self.https_address, host, path, self.timeout)
+        except urllib3.exceptions.HTTPError as exc:
+            raise EdgeError(f"GET https://{host}{path} through the edge: {exc}", permanent=False) from exc
+
+    def _default_certificate(self) -> CertificateInfo:
+        """The certificate the listener serves a name without one of its own (made by
+        ``scripts/haproxy.sh`` at its first start)."""
+        path = self.certs_dir / DEFAULT_CERTIFICATE
+        try:
+            return certificate_info(x509.load_pem_x509_certificate(path.read_bytes()))
+        except (OSError, ValueError) as exc:
+            raise EdgeError(f"cannot read the default certificate {path}: {exc}", permanent=False) from exc
 
     def _change_maps(self, changes: dict[str, dict[str, str | None]], *, replace: bool = False) -> bool:
         """Set (or, for None, delete) map entries, then mirror the maps; with ``replace``,
@@ -744,6 +872,12 @@ class HAProxyRouter:
             self._silent(f"set server {server} state ready")
             self._silent(f"set server {server} health down")
             slot.address, slot.enabled, slot.draining = address, True, False
+        for slot in slots:
+            # Drained (a blue/green swap) and wanted again: back in rotation, where it gets
+            # requests once its check passes (a slot whose container stopped does not).
+            if slot.enabled and slot.draining and slot.address in wanted:
+                self._silent(f"set server {backend}/{slot.name} state ready")
+                slot.draining = False
         self._disable_unwanted(backend, slots, wanted)
 
     def _disable_unwanted(self, backend: str, slots: list[Slot], wanted: set[str]) -> None:

@@ -51,6 +51,7 @@ from stacks.backends.base import (
     BackendError,
     BuildJob,
     ComponentSpec,
+    Drain,
     HostFacts,
     HostRecord,
     Observed,
@@ -348,7 +349,9 @@ class MemoryBackend(HostPlacement, Backend):
         stack.networks[host] = state["subnet"] = str(chosen)
 
     # --- apply ----------------------------------------------------------------------------------
-    def apply(self, spec: StackSpec, state: dict[str, Any], log: Any = print) -> dict[str, Any]:
+    def apply(
+        self, spec: StackSpec, state: dict[str, Any], log: Any = print, drain: Drain | None = None
+    ) -> dict[str, Any]:
         """Converge to ``spec`` at once: missing replicas made, stopped ones started, changed
         ones replaced (stateless ones in the other colour), extra ones removed."""
         self._enter("apply", spec.key)
@@ -367,7 +370,7 @@ class MemoryBackend(HostPlacement, Backend):
                     log(f"removing {name} (component removed)")
                     del stack.containers[name]
             for comp in spec.components:
-                self._converge_component(stack, spec, new_state, comp, log)
+                self._converge_component(stack, spec, new_state, comp, log, drain)
             for host in {c.host for c in stack.containers.values()} - {home}:
                 self._ensure_network(stack, host, spec, new_state)
             spread = sorted({c.host for c in stack.containers.values()} - {home})
@@ -377,7 +380,13 @@ class MemoryBackend(HostPlacement, Backend):
             return dict(new_state)
 
     def _converge_component(
-        self, stack: MemoryStack, spec: StackSpec, state: dict[str, Any], comp: ComponentSpec, log: Any
+        self,
+        stack: MemoryStack,
+        spec: StackSpec,
+        state: dict[str, Any],
+        comp: ComponentSpec,
+        log: Any,
+        drain: Drain | None = None,
     ) -> None:
         replicas = comp.replicas if spec.running else 0
         mine = sorted(  # what the engines of these hosts hold: another host's are not seen
@@ -423,6 +432,9 @@ class MemoryBackend(HostPlacement, Backend):
                 log(f"replacing {container.name} (its spec changed)")
             else:
                 log(f"draining and removing {container.name}")
+                if drain is not None and comp.public_port:
+                    address = self.slot_address(spec, state, comp, container.color, container.index)
+                    drain([f"{address}:{comp.public_port}"])
             del stack.containers[container.name]
         for index in range(replicas):
             if index in by_index:

@@ -1,8 +1,13 @@
 """HTTPS for every routed name: what the edge must be told, and what it serves.
 
-The edge (Caddy, ``stacks.backends.edge_tls``) obtains and renews the certificates itself, from
-``STACKPORT_ACME_DIRECTORY``, for every host name its routes carry: each live environment's
-name under the apps domain and its verified custom domains. This module
+Every host name the routes carry gets a certificate from ``STACKPORT_ACME_DIRECTORY``: each
+live environment's name under the apps domain and its verified custom domains. Caddy
+(``stacks.backends.edge_tls``) obtains and renews them itself. For HAProxy the portal orders
+them (``order_due``, in the same pass): a name without a certificate of its own on the router,
+or whose certificate ends within ``RENEW_BEFORE``, is ordered through
+``stacks.backends.acme_client`` (HTTP-01 answered by the router) and installed without a
+reload; a failed order is tried again after ``ORDER_RETRY``, its reason kept on the row. This
+module also
 
 - tells the edge what the database knows (``sync_edge``): automatic HTTPS on, the tokens of
   pending domain claims (the HTTP proof of control), the hosts that opted into HSTS, and the
@@ -30,11 +35,15 @@ import dns.exception
 import dns.resolver
 import structlog
 from django.conf import settings
-from django.db.models import Q
+from django.core.cache import cache
+from django.db.models import F, Q
 from django.utils import timezone
 
 from projects.models import Environment, EnvironmentStatus
-from stacks.backends.edge import EdgeError, EdgeRouter
+from stacks.backends import acme_client
+from stacks.backends.base import EdgeRouting
+from stacks.backends.edge import EdgeError
+from stacks.backends.haproxy import HAProxyRouter
 from stacks.models import Domain, DomainClaim, EdgeCertificate
 from stacks.runtime import domains, operations
 
@@ -47,6 +56,11 @@ CHECK_BATCH = 200
 CHALLENGE_DAYS = 7  # pending claims older than this get no HTTP challenge on the edge
 CHALLENGE_LIMIT = 2000
 LOG_TAIL_BYTES = 512 * 1024
+RENEW_BEFORE = timedelta(days=30)  # the portal renews HAProxy's certificates this long before the end
+ORDER_RETRY = timedelta(minutes=10)  # a failed order is tried again after this
+ORDER_BATCH = 3  # orders per pass: each takes seconds (the CA validates over HTTP)
+ORDER_LOCK = "stackport:certificates:ordering"
+ORDER_TIMEOUT = 90.0
 
 DNS_NOT_HERE = (
     "DNS does not point here: {host} {detail}. Point its A/AAAA (or CNAME) record at this "
@@ -115,11 +129,12 @@ def redirected(names: set[str]) -> set[str]:
     return {name for name in names if name != "localhost" and not name.endswith(".localhost")}
 
 
-def sync_edge(router: EdgeRouter | None = None) -> bool:
+def sync_edge(router: EdgeRouting | None = None) -> bool:
     """Automatic HTTPS on (when an ACME directory is set) and the platform routes as the database
     has them; writes only what differs. True when the edge's config changed."""
     own = router is None
-    router = router or operations.edge()
+    if router is None:
+        router = operations.edge()
     try:
         changed = router.ensure_https()
         active = active_hostnames()
@@ -180,6 +195,9 @@ def check_certificates() -> dict[str, int]:
         | Q(not_after__lt=now + EXPIRY_WARNING)
     ).order_by("checked_at", "pk")[:CHECK_BATCH]
     with operations.edge() as router:
+        if isinstance(router, HAProxyRouter):
+            report["unserved"] = unserve_unrouted(router, wanted)
+            report["ordered"] = order_due(router, wanted)
         for cert in rows:
             try:
                 probe(router, cert, now)
@@ -199,8 +217,71 @@ def check_certificates() -> dict[str, int]:
     return report
 
 
-def probe(router: EdgeRouter, cert: EdgeCertificate, now: datetime) -> None:
+def unserve_unrouted(router: HAProxyRouter, wanted: set[str]) -> int:
+    """Remove from ``router`` the certificates of names no longer routed (a removed domain, a
+    destroyed environment): HAProxy keeps what the portal installed until told. Returns how
+    many went."""
+    removed = 0
+    try:
+        for host in sorted(set(router.certificates()) - wanted):
+            removed += router.remove_certificate(host)
+    except EdgeError as exc:
+        log.warning("certificates_edge_unreachable", error=exc.message)
+    return removed
+
+
+def order_due(router: HAProxyRouter, wanted: set[str]) -> int:
+    """Order a certificate for each of the routed names ``wanted`` that has none of its own on
+    ``router`` or whose one ends within ``RENEW_BEFORE`` (at most ``ORDER_BATCH``, the
+    longest-waiting first; none ordered within ``ORDER_RETRY``), and serve it. One pass at a
+    time (a lock): an order is never sent twice at once. A failed order's reason, in our
+    words, goes on the name's row. Returns the number of certificates installed."""
+    if not cache.add(ORDER_LOCK, timezone.now().isoformat(), timeout=int(ORDER_TIMEOUT * (ORDER_BATCH + 1))):
+        return 0
+    installed = 0
+    try:
+        now = timezone.now()
+        waiting = EdgeCertificate.objects.filter(hostname__in=wanted).filter(
+            Q(ordered_at__isnull=True) | Q(ordered_at__lt=now - ORDER_RETRY)
+        )
+        tried = 0
+        for cert in waiting.order_by(F("ordered_at").asc(nulls_first=True), "pk"):
+            if tried >= ORDER_BATCH:
+                break
+            try:
+                if not router.needs_renewal(cert.hostname, days=RENEW_BEFORE.days):
+                    continue
+            except EdgeError as exc:
+                log.warning("certificates_edge_unreachable", error=exc.message)
+                break
+            tried += 1
+            EdgeCertificate.objects.filter(pk=cert.pk).update(ordered_at=timezone.now())
+            try:
+                acme_client.issue_and_install(
+                    router,
+                    [cert.hostname],
+                    directory_url=settings.STACKPORT_ACME_DIRECTORY,
+                    ca_bundle=settings.STACKPORT_ACME_CA_ROOT or None,
+                    email=settings.STACKPORT_ACME_EMAIL or None,
+                    timeout=ORDER_TIMEOUT,
+                )
+            except EdgeError as exc:
+                reason = explain(cert.hostname, exc.message)[:300]
+                log.info("certificate_order_failed", host=cert.hostname, error=exc.message)
+                EdgeCertificate.objects.filter(pk=cert.pk).update(error=reason)
+                continue
+            installed += 1
+            # Probed at once (the pass's probe follows): its state shows the new certificate.
+            EdgeCertificate.objects.filter(pk=cert.pk).update(checked_at=None, error="")
+            log.info("certificate_installed", host=cert.hostname)
+    finally:
+        cache.delete(ORDER_LOCK)
+    return installed
+
+
+def probe(router: EdgeRouting, cert: EdgeCertificate, now: datetime) -> None:
     """Record what the edge serves for ``cert.hostname`` now."""
+    cert.refresh_from_db(fields=["error", "ordered_at"])  # an order of this pass may have set them
     info = router.served_certificate(cert.hostname)
     cert.checked_at = now
     if info is not None and info.covers(cert.hostname) and info.not_after > now:
@@ -210,21 +291,25 @@ def probe(router: EdgeRouter, cert: EdgeCertificate, now: datetime) -> None:
             info.not_after,
             "",
         )
+    elif isinstance(router, HAProxyRouter) and cert.error:
+        # The portal's order failed (HAProxy): the CA's answer is known now, no grace needed.
+        cert.status = EdgeCertificate.Status.FAILED
     elif now - cert.created_at < ISSUE_GRACE:
         cert.status, cert.error = EdgeCertificate.Status.PENDING, ""
-    else:
+    else:  # why, found now (DNS, Caddy's log)
         cert.status, cert.error = EdgeCertificate.Status.FAILED, explain(cert.hostname)[:300]
     cert.save(update_fields=["status", "issuer", "not_after", "error", "checked_at"])
 
 
 # --- why not ------------------------------------------------------------------------------------------
-def explain(host: str) -> str:
+def explain(host: str, error: str | None = None) -> str:
     """Why ``host`` has no certificate, in our words: its DNS first (does it point at the edge?),
-    then the certificate authority's last answer in the edge's log."""
+    then the certificate authority's answer: ``error`` (the portal's order), else the last one
+    in the edge's log (Caddy's)."""
     detail = dns_detail(host)
     if detail:
         return DNS_NOT_HERE.format(host=host, detail=detail)
-    return translate(last_acme_error(host))
+    return translate(last_acme_error(host) if error is None else error)
 
 
 def dns_detail(host: str) -> str:

@@ -38,9 +38,8 @@ from projects.crypto import decrypt
 from projects.models import Environment, EnvironmentStatus
 from projects.services import ServiceError, deploy_key_of, record_audit_event, record_ssh_host_keys
 from stacks import tasks
-from stacks.backends.base import Backend, BackendError, HostRecord, StackSpec, get_backend
-from stacks.backends.edge import NOT_FOUND_BODY, EdgeError, EdgeRouter, Route
-from stacks.backends.edge_tls import TlsSettings
+from stacks.backends.base import Backend, BackendError, Drain, EdgeRouting, HostRecord, StackSpec, get_backend
+from stacks.backends.edge import NOT_FOUND_BODY, EdgeError, Route
 from stacks.catalog.samples import SampleError, sample_archive
 from stacks.models import (
     DockerHost,
@@ -53,7 +52,7 @@ from stacks.models import (
     StackComponent,
     home_host,
 )
-from stacks.runtime import backups, builds, content_store, hosts
+from stacks.runtime import backups, builds, content_store, edges, hosts
 from stacks.runtime.content import ContentError, fetch_git
 from stacks.runtime.spec import SpecError, build_spec, set_component_rows, variables_fingerprint
 
@@ -64,6 +63,7 @@ LOG_MAX_CHARS = 200_000
 RESUME_ALLOWANCE = 3  # claims beyond the retry cap (killed workers) before an operation gives up
 DATABASE_WAIT_SECONDS = 60  # a database that went away mid-operation (a restart): waited for this long
 EDGE_RESYNC_SECONDS = 5  # the site check writes the routes again at most this often (a restarted edge)
+DRAIN_TIMEOUT = 30.0  # seconds a stopping replica's requests in flight are waited for
 
 
 class OperationFailed(Exception):
@@ -138,23 +138,32 @@ def component_logs(environment: Environment, component: str, tail: int) -> list[
         raise BackendError("The host running this stack does not answer.", permanent=False) from exc
 
 
-def edge() -> EdgeRouter:
-    return EdgeRouter(
-        settings.STACKPORT_EDGE_ADMIN_URL, listen=[settings.STACKPORT_EDGE_LISTEN], tls=tls_settings()
-    )
+def edge() -> EdgeRouting:
+    """A client of the configured edge router (``stacks.runtime.edges``)."""
+    return edges.edge()
 
 
-def tls_settings() -> TlsSettings | None:
-    """How the edge gets certificates (docs/domains.md); None: plain HTTP only."""
-    if not settings.STACKPORT_ACME_DIRECTORY:
-        return None
-    return TlsSettings(
-        directory=settings.STACKPORT_ACME_DIRECTORY,
-        https_listen=[settings.STACKPORT_EDGE_HTTPS_LISTEN],
-        public_https_port=settings.STACKPORT_EDGE_HTTPS_PUBLIC_PORT,
-        ca_root=settings.STACKPORT_ACME_CA_ROOT,
-        email=settings.STACKPORT_ACME_EMAIL,
-    )
+def drainer(environment: Environment, rec: Recorder) -> Drain:
+    """What a backend calls before public replicas of ``environment`` stop (``Backend.apply``):
+    the edge drains their upstream addresses on every route of the environment (no new
+    request; HAProxy, a no-op on Caddy) and this waits, at most ``DRAIN_TIMEOUT`` seconds,
+    for the requests they serve to finish. An edge that does not answer does not hold the
+    operation up: the replicas stop anyway (the edge's retries cover what it can)."""
+
+    def drain(upstreams: list[str]) -> None:
+        try:
+            with edge() as router:
+                present = router.routes()
+                ids = [route_id for route_id in route_ids(environment) if route_id in present]
+                for route_id in ids:
+                    router.drain(route_id, upstreams)
+                for route_id in ids:
+                    if not router.wait_drained(route_id, upstreams, timeout=DRAIN_TIMEOUT):
+                        rec.line(f"requests still running after {DRAIN_TIMEOUT} s: stopping anyway")
+        except (EdgeError, OSError) as exc:
+            rec.line(f"the edge could not drain the old replicas: {getattr(exc, 'message', exc)}")
+
+    return drain
 
 
 def routed_domains(environment: Environment) -> QuerySet[Domain]:
@@ -482,7 +491,8 @@ def settle_after_failure(op: Operation, environment: Environment, rec: Recorder,
         try:
             spec = build_spec(environment, applied)
             backend = backend_for(environment)
-            save_state(environment, backend, backend.apply(spec, environment.backend_state, rec.line))
+            drain = drainer(environment, rec)
+            save_state(environment, backend, backend.apply(spec, environment.backend_state, rec.line, drain))
             sync_routes(environment, backend, spec)
         except (BackendError, EdgeError, SpecError, OSError) as again:
             rec.line(f"putting it back failed too: {getattr(again, 'message', again)}")
@@ -606,7 +616,8 @@ def _converge(op: Operation, environment: Environment, rec: Recorder) -> None:
         rec.step("Copy the data to the new version", lambda: _migrate(op, environment, backend, spec, rec))
 
     def apply() -> None:
-        save_state(environment, backend, backend.apply(spec, environment.backend_state, rec.line))
+        drain = drainer(environment, rec)
+        save_state(environment, backend, backend.apply(spec, environment.backend_state, rec.line, drain))
 
     rec.step("Start the containers" if running else "Stop the containers", apply)
     rec.step("Route traffic", lambda: sync_routes(environment, backend, spec))

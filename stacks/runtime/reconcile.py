@@ -29,6 +29,7 @@ constraint is the lock. One pass:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -44,7 +45,7 @@ from django.utils import timezone
 from projects.models import Environment, EnvironmentStatus
 from projects.services import ServiceError
 from stacks.backends.base import Backend, BackendError, HostRecord, ReplicaState, StackSpec, get_backend
-from stacks.backends.edge import EdgeError, Route, route_config
+from stacks.backends.edge import EdgeError, Route
 from stacks.models import (
     ACTIVE_OPERATION_STATUSES,
     ComponentVersion,
@@ -330,8 +331,9 @@ class Pass:
     listing: Listing
     busy: set[int]
     report: dict[str, int]
-    _routes: dict[str, dict[str, Any]] | None = None
+    _routes: dict[str, Any] | None = None
     _routes_read: bool = False
+    config_of: Callable[[Route], Any] | None = None  # the edge's form of a route (route_config)
     # Routes that differ from the edge's, of every environment, written at the end of the
     # pass in one config write (one reload, not one per environment).
     route_writes: list[Route] = field(default_factory=list)
@@ -339,18 +341,22 @@ class Pass:
     routes_differ: int = 0
     reinstalled: dict[str, datetime] = field(default_factory=dict)  # host name -> reinstalled_at
 
-    def routes(self) -> dict[str, dict[str, Any]] | None:
+    def routes(self) -> dict[str, Any] | None:
         """The edge's routes, read once per pass; None when the edge does not answer."""
         if not self._routes_read:
             self._routes_read = True
-            self._routes = edge_routes()
+            read = edge_routes()
+            if read is not None:
+                self._routes, self.config_of = read
         return self._routes
 
 
-def edge_routes() -> dict[str, dict[str, Any]] | None:
+def edge_routes() -> tuple[dict[str, Any], Callable[[Route], Any]] | None:
+    """The edge's routes by id, and its form of a route (``route_config``: what ``routes()``
+    holds for it); None when the edge does not answer."""
     try:
         with operations.edge() as router:
-            return router.routes()
+            return router.routes(), router.route_config
     except (EdgeError, OSError) as exc:
         log.warning("reconcile_edge_unreadable", error=getattr(exc, "message", str(exc)))
         return None
@@ -563,7 +569,8 @@ def _sync_route(env: Environment, spec: StackSpec, run: Pass) -> None:
     upstreams = backend.upstreams(spec, env.backend_state)
     running = spec.running and env.project.suspended_at is None
     writes, removals = operations.route_changes(env, upstreams, routes, running=running)
-    if _routes_match(writes, removals, routes):
+    assert run.config_of is not None  # set with the routes
+    if _routes_match(writes, removals, routes, run.config_of):
         return
     run.route_writes += writes
     run.route_removals += removals
@@ -592,10 +599,13 @@ def write_routes(routes: list[Route], remove: list[str]) -> bool:
         return router.set_routes(routes, remove=remove)
 
 
-def _routes_match(writes: list[Route], removals: list[str], routes: dict[str, dict[str, Any]]) -> bool:
-    """The edge holds exactly the routes ``writes`` (validated here: an invalid one fails
-    this environment, not the pass's whole write) and none of ``removals``."""
-    return not removals and all(routes.get(route.route_id) == route_config(route) for route in writes)
+def _routes_match(
+    writes: list[Route], removals: list[str], routes: dict[str, Any], config_of: Callable[[Route], Any]
+) -> bool:
+    """The edge holds exactly the routes ``writes`` (validated here, by the router's
+    ``route_config``: an invalid one fails this environment, not the pass's whole write) and
+    none of ``removals``."""
+    return not removals and all(routes.get(route.route_id) == config_of(route) for route in writes)
 
 
 # --- a host that is down ---------------------------------------------------------------------------

@@ -25,7 +25,7 @@ from tests.browser.conftest import CHROMIUM, chromium_args
 from tests.conftest import verified
 from tests.stacks import conftest as stacks_conftest
 from tests.stacks import test_lifecycle
-from tests.stacks.conftest import Caddy, wait_until
+from tests.stacks.conftest import CADDY_ROUTER, Caddy, wait_until
 from tests.stacks.test_lifecycle import deploy
 from tests.stacks.test_wordpress_media import png
 
@@ -54,6 +54,7 @@ def edge(settings: Any, caddy: Caddy, catalog: None) -> Caddy:
     """test_lifecycle's ``stackport``, with the edge's own port as the public port: the port a
     browser puts in the Host header is the one the stacks (WordPress's address) are given."""
     ensure_local_hosts("unix:///var/run/docker.sock")
+    settings.STACKPORT_EDGE_ROUTER = CADDY_ROUTER
     settings.STACKPORT_EDGE_ADMIN_URL = caddy.admin_url
     settings.STACKPORT_EDGE_LISTEN = caddy.edge_addr
     settings.STACKPORT_EDGE_PUBLIC_PORT = int(caddy.edge_addr.rsplit(":", 1)[1])

@@ -20,7 +20,7 @@ from stacks.models import Operation, OperationKind, OperationStatus
 from tests.factories import UserFactory
 
 # The stacks tests' engine fixtures (a Caddy of our own, the published catalog).
-from tests.stacks.conftest import caddy, catalog, published_catalog  # noqa: F401
+from tests.stacks.conftest import CADDY_ROUTER, caddy, catalog, published_catalog  # noqa: F401
 
 
 def sales_user(**fields: Any) -> User:
@@ -137,6 +137,7 @@ def test_a_demo_serves_through_the_edge_and_leaves_nothing_after_expiry(
     from stacks.runtime.hosts import ensure_local_hosts
     from stacks.runtime.operations import edge, route_ids, run_operation
 
+    settings.STACKPORT_EDGE_ROUTER = CADDY_ROUTER
     settings.STACKPORT_EDGE_ADMIN_URL = caddy.admin_url
     settings.STACKPORT_EDGE_LISTEN = caddy.edge_addr
     ensure_local_hosts("unix:///var/run/docker.sock")

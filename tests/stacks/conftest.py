@@ -52,6 +52,11 @@ def git_server(tmp_path: Path) -> Iterator[GitServer]:
         yield running
 
 
+# Engine tests that run the portal on a Caddy of their own (the ``caddy`` fixture) select
+# Caddy's client: the product's default edge router is HAProxy (stacks.runtime.edges).
+CADDY_ROUTER = "stacks.runtime.edges.caddy"
+
+
 @dataclass
 class Caddy:
     admin_url: str

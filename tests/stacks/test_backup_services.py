@@ -332,9 +332,10 @@ def test_a_queued_restore_handed_to_the_operation_runner_runs_as_a_restore(
 def test_the_reconcile_pass_fails_backups_whose_worker_died(
     env: Environment, team: Team, queued: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    from stacks.backends.edge import route_config
     from stacks.runtime import reconcile
 
-    monkeypatch.setattr(reconcile, "edge_routes", lambda: {})
+    monkeypatch.setattr(reconcile, "edge_routes", lambda: ({}, route_config))
     monkeypatch.setattr(reconcile, "write_routes", lambda routes, remove: True)
     rows = backups.request_backup(environment=env, actor=team.developer)
     Backup.objects.filter(pk=rows[0].pk).update(

@@ -29,6 +29,7 @@ from stacks.runtime import disk, lifecycle
 from stacks.runtime.operations import backend_for
 from stacks.runtime.spec import build_spec
 from tests.conftest import Team, add_memory_host, client_for
+from tests.stacks.conftest import CADDY_ROUTER
 
 GIB = 1024**3
 DB_ROWS = [{"name": "db", "component": "postgresql", "version": "15", "size": "small", "replicas": 1}]
@@ -202,6 +203,7 @@ def test_a_volume_filled_past_its_size_says_no_space_and_nothing_else_fills(
     from stacks.runtime.hosts import ensure_local_hosts
     from stacks.runtime.operations import run_operation
 
+    settings.STACKPORT_EDGE_ROUTER = CADDY_ROUTER
     settings.STACKPORT_EDGE_ADMIN_URL = caddy.admin_url
     settings.STACKPORT_EDGE_LISTEN = caddy.edge_addr
     ensure_local_hosts("unix:///var/run/docker.sock")
@@ -283,6 +285,7 @@ def test_a_bigger_plan_grows_the_volume_online(
     from stacks.runtime.hosts import ensure_local_hosts
     from stacks.runtime.operations import run_operation
 
+    settings.STACKPORT_EDGE_ROUTER = CADDY_ROUTER
     settings.STACKPORT_EDGE_ADMIN_URL = caddy.admin_url
     settings.STACKPORT_EDGE_LISTEN = caddy.edge_addr
     ensure_local_hosts("unix:///var/run/docker.sock")

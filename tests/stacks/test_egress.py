@@ -26,7 +26,7 @@ from billing.quotas import plan_for
 from projects.models import Environment
 from stacks.runtime import lifecycle
 from stacks.runtime.hosts import register_host
-from tests.stacks.conftest import Caddy
+from tests.stacks.conftest import CADDY_ROUTER, Caddy
 from tests.stacks.test_lifecycle import (  # noqa: F401 (fixtures)
     STATIC,
     cleanup,
@@ -163,6 +163,7 @@ def address_of(container: Any) -> tuple[str, str]:
 # --- netns hosts (routed fabric) -------------------------------------------------------------------
 @pytest.fixture
 def on_netns_hosts(settings: Any, caddy: Caddy, catalog: None, netns_hosts: list[dict[str, str]]) -> Caddy:  # noqa: F811
+    settings.STACKPORT_EDGE_ROUTER = CADDY_ROUTER
     settings.STACKPORT_EDGE_ADMIN_URL = caddy.admin_url
     settings.STACKPORT_EDGE_LISTEN = caddy.edge_addr
     for host in netns_hosts:

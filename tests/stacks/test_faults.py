@@ -40,7 +40,7 @@ from stacks.runtime.operations import run_operation
 from stacks.tasks import run_operation_task
 from tests.portal.test_celery import _database_url
 from tests.stacks import test_lifecycle
-from tests.stacks.conftest import REPO_ROOT, Caddy, fetch, unused_loopback_port, wait_until
+from tests.stacks.conftest import CADDY_ROUTER, REPO_ROOT, Caddy, fetch, unused_loopback_port, wait_until
 from tests.stacks.test_lifecycle import STATIC, containers, get, run
 from tests.stacks.test_operations import zip_archive
 
@@ -98,6 +98,7 @@ def run_and_kill(op: Operation, step: str, caddy: Caddy) -> int:
         **os.environ,
         "DATABASE_URL": _database_url(),
         "STACKPORT_STACK_PREFIX": settings.STACKPORT_STACK_PREFIX,
+        "STACKPORT_EDGE_ROUTER": CADDY_ROUTER,
         "STACKPORT_EDGE_ADMIN_URL": caddy.admin_url,
         "STACKPORT_EDGE_LISTEN": caddy.edge_addr,
         "STACKPORT_VAR_DIR": str(settings.VAR_DIR),
@@ -277,6 +278,7 @@ def run_with_fault(op: Operation, step: str, command: list[str], caddy: Caddy, *
         **os.environ,
         "DATABASE_URL": _database_url(),
         "STACKPORT_STACK_PREFIX": settings.STACKPORT_STACK_PREFIX,
+        "STACKPORT_EDGE_ROUTER": CADDY_ROUTER,
         "STACKPORT_EDGE_ADMIN_URL": caddy.admin_url,
         "STACKPORT_EDGE_LISTEN": caddy.edge_addr,
         "STACKPORT_VAR_DIR": str(settings.VAR_DIR),
@@ -466,6 +468,7 @@ def test_redis_restarted_while_an_upgrade_runs_in_a_real_worker(
             "CELERY_BROKER_URL": f"{redis}/1",
             "CELERY_RESULT_BACKEND": f"{redis}/2",
             "STACKPORT_STACK_PREFIX": settings.STACKPORT_STACK_PREFIX,
+            "STACKPORT_EDGE_ROUTER": CADDY_ROUTER,
             "STACKPORT_EDGE_ADMIN_URL": stackport.admin_url,
             "STACKPORT_EDGE_LISTEN": stackport.edge_addr,
             "STACKPORT_VAR_DIR": str(settings.VAR_DIR),
@@ -547,6 +550,7 @@ def test_caddy_restarted_empty_in_the_middle_of_an_upgrade_routes_again_and_fini
     site check finds the edge's not-found page, writes the routes again, and the upgrade
     ends on release 2, answering through the restarted edge."""
     caddy, restart = own_caddy
+    settings.STACKPORT_EDGE_ROUTER = CADDY_ROUTER
     settings.STACKPORT_EDGE_ADMIN_URL, settings.STACKPORT_EDGE_LISTEN = caddy.admin_url, caddy.edge_addr
     env, op = deployed_then_upgrade(team, cleanup, "Caddy restart")
     out = run_with_fault(op, "Route traffic", restart, caddy)

@@ -44,6 +44,7 @@ def queued(monkeypatch: pytest.MonkeyPatch) -> list[tuple[Any, ...]]:
 @pytest.fixture
 def no_edge(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """No router here: operations and the reconciler write routes to a list instead."""
+    from stacks.backends.edge import route_config
     from stacks.runtime import operations
     from stacks.runtime import reconcile as reconcile_module
 
@@ -61,7 +62,7 @@ def no_edge(monkeypatch: pytest.MonkeyPatch) -> list[str]:
         return True
 
     monkeypatch.setattr(reconcile_module, "write_routes", record_bulk)
-    monkeypatch.setattr(reconcile_module, "edge_routes", lambda: {})
+    monkeypatch.setattr(reconcile_module, "edge_routes", lambda: ({}, route_config))  # Caddy's form
     return written
 
 
@@ -349,7 +350,7 @@ def test_orphans_and_stale_copies_are_removed_from_the_host_they_are_on(
 def test_a_lost_route_is_written_again_and_a_good_one_is_left_alone(
     world: dict[str, Any], monkeypatch: pytest.MonkeyPatch, no_edge: list[str]
 ) -> None:
-    from stacks.backends.edge import proxy_route
+    from stacks.backends.edge import proxy_route, route_config
     from stacks.runtime import reconcile as reconcile_module
     from stacks.runtime.operations import backend_for
     from stacks.runtime.spec import build_spec
@@ -360,7 +361,7 @@ def test_a_lost_route_is_written_again_and_a_good_one_is_left_alone(
 
     upstreams = backend_for(env).upstreams(build_spec(env, env.current_release), env.backend_state)
     route = proxy_route(env.key, [env.hostname], upstreams, None, "/healthz")
-    monkeypatch.setattr(reconcile_module, "edge_routes", lambda: {env.key: route})
+    monkeypatch.setattr(reconcile_module, "edge_routes", lambda: ({env.key: route}, route_config))
     no_edge.clear()
     assert reconcile()["routes_fixed"] == 0 and no_edge == []
 

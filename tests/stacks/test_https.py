@@ -28,7 +28,7 @@ from stacks.runtime.hosts import ensure_local_hosts
 from stacks.tasks import sync_edge_task, sync_routes_task
 from tests.conftest import Team, client_for
 from tests.stacks import test_domains, test_lifecycle
-from tests.stacks.conftest import REPO_ROOT, fetch, unused_loopback_port, wait_until
+from tests.stacks.conftest import CADDY_ROUTER, REPO_ROOT, fetch, unused_loopback_port, wait_until
 from tests.stacks.test_domains import DnsServer
 from tests.stacks.test_lifecycle import deploy, run
 from tests.stacks.test_project_pages import page
@@ -120,6 +120,7 @@ def https_edge(tmp_path: Path, settings: Any, dns_server: DnsServer) -> Iterator
         wait_until(directory_answers, 30, "pebble's directory")
         root = tmp_path / "pebble-root.pem"
         root.write_text(fetch("GET", f"https://{management}/roots/0", verify=str(ca_root)).text)
+        settings.STACKPORT_EDGE_ROUTER = CADDY_ROUTER
         settings.STACKPORT_EDGE_ADMIN_URL = f"http://{admin}"
         settings.STACKPORT_EDGE_LISTEN = http_addr
         settings.STACKPORT_EDGE_HTTPS_LISTEN = https_addr

@@ -24,13 +24,14 @@ from stacks.models import ComponentVersion, Operation, OperationStatus, VersionS
 from stacks.runtime import lifecycle
 from stacks.runtime.hosts import ensure_local_hosts
 from stacks.runtime.operations import run_operation
-from tests.stacks.conftest import Caddy
+from tests.stacks.conftest import CADDY_ROUTER, Caddy
 
 pytestmark = [pytest.mark.slow, pytest.mark.engine, pytest.mark.django_db, pytest.mark.timeout(900)]
 
 
 @pytest.fixture
 def stackport(settings: Any, caddy: Caddy, catalog: None) -> Caddy:
+    settings.STACKPORT_EDGE_ROUTER = CADDY_ROUTER
     settings.STACKPORT_EDGE_ADMIN_URL = caddy.admin_url
     settings.STACKPORT_EDGE_LISTEN = caddy.edge_addr
     ensure_local_hosts("unix:///var/run/docker.sock")

@@ -14,7 +14,7 @@ import pytest
 from projects.models import Environment
 from stacks.runtime import lifecycle
 from stacks.runtime.hosts import register_host
-from tests.stacks.conftest import REPO_ROOT, Caddy
+from tests.stacks.conftest import CADDY_ROUTER, REPO_ROOT, Caddy
 from tests.stacks.test_lifecycle import deploy, get, run
 
 pytestmark = [pytest.mark.slow, pytest.mark.engine, pytest.mark.django_db, pytest.mark.timeout(900)]
@@ -38,6 +38,7 @@ def netns_hosts(engine: None) -> list[dict[str, str]]:
 
 @pytest.fixture
 def two_hosts(settings: Any, caddy: Caddy, catalog: None, netns_hosts: list[dict[str, str]]) -> Caddy:
+    settings.STACKPORT_EDGE_ROUTER = CADDY_ROUTER
     settings.STACKPORT_EDGE_ADMIN_URL = caddy.admin_url
     settings.STACKPORT_EDGE_LISTEN = caddy.edge_addr
     for host in netns_hosts:

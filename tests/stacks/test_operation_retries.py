@@ -19,6 +19,7 @@ from stacks.runtime import lifecycle
 from stacks.runtime.operations import run_operation
 from stacks.runtime.reconcile import resume_lost_operations
 from tests.conftest import Team, add_memory_host
+from tests.stacks.conftest import CADDY_ROUTER
 
 pytestmark = pytest.mark.django_db
 
@@ -144,6 +145,7 @@ def test_the_edges_own_not_found_page_is_not_a_healthy_site(
     from stacks.runtime import operations
     from stacks.runtime.spec import build_spec
 
+    settings.STACKPORT_EDGE_ROUTER = CADDY_ROUTER
     settings.STACKPORT_EDGE_ADMIN_URL, settings.STACKPORT_EDGE_LISTEN = caddy.admin_url, caddy.edge_addr
     operations.edge().ensure_server()  # the edge server with its catch-all, no route for this stack
     monkeypatch.setattr(operations, "CHECK_SITE_SECONDS", 2)

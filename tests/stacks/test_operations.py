@@ -35,7 +35,7 @@ from stacks.runtime.reconcile import reconcile
 from tests.conftest import verified
 from tests.portal.test_celery import _database_url
 from tests.stacks import test_lifecycle
-from tests.stacks.conftest import REPO_ROOT, Caddy, fetch, unused_loopback_port, wait_until
+from tests.stacks.conftest import CADDY_ROUTER, REPO_ROOT, Caddy, fetch, unused_loopback_port, wait_until
 from tests.stacks.gitserver import GitServer
 from tests.stacks.test_content import commit, git
 from tests.stacks.test_lifecycle import STATIC, containers, deploy, get, run
@@ -358,6 +358,7 @@ def workers(
         **os.environ,
         "DATABASE_URL": _database_url(),
         "STACKPORT_STACK_PREFIX": settings.STACKPORT_STACK_PREFIX,
+        "STACKPORT_EDGE_ROUTER": CADDY_ROUTER,
         "STACKPORT_EDGE_ADMIN_URL": stackport.admin_url,
         "STACKPORT_EDGE_LISTEN": stackport.edge_addr,
         "STACKPORT_OPERATION_STALE_SECONDS": str(STALE_SECONDS),

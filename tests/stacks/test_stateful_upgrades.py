@@ -25,7 +25,7 @@ from stacks.runtime import lifecycle
 from stacks.runtime.hosts import ensure_local_hosts
 from stacks.runtime.operations import run_operation
 from tests.stacks import test_lifecycle
-from tests.stacks.conftest import Caddy
+from tests.stacks.conftest import CADDY_ROUTER, Caddy
 
 STATEFUL = ("postgresql", "mariadb", "redis", "rabbitmq")
 
@@ -38,6 +38,7 @@ def on_engine(test: Callable[..., None]) -> Callable[..., None]:
 
 @pytest.fixture
 def stackport(settings: Any, caddy: Caddy, catalog: None) -> Caddy:
+    settings.STACKPORT_EDGE_ROUTER = CADDY_ROUTER
     settings.STACKPORT_EDGE_ADMIN_URL = caddy.admin_url
     settings.STACKPORT_EDGE_LISTEN = caddy.edge_addr
     ensure_local_hosts("unix:///var/run/docker.sock")

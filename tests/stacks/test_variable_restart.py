@@ -48,11 +48,13 @@ def application(environ, start_response):
 
 @dataclass
 class KeepAliveLoad:
-    """One client on one keep-alive session sending GETs through the edge back to back; every
-    answer's body is kept (with its time), every failure too (status >= 500 or an error)."""
+    """One client on one keep-alive session sending GETs (or ``method`` requests, a POST with a
+    4 KB body) through the edge back to back; every answer's body is kept (with its time),
+    every failure too (status >= 500 or an error)."""
 
     caddy: Caddy
     env: Environment
+    method: str = "GET"
     answers: list[tuple[float, str]] = field(default_factory=list)
     failures: list[tuple[float, str]] = field(default_factory=list)
     stop: threading.Event = field(default_factory=threading.Event)
@@ -64,8 +66,12 @@ class KeepAliveLoad:
             while not self.stop.is_set() and time.monotonic() < deadline:
                 at = time.monotonic()
                 try:
-                    r = session.get(
-                        f"{self.caddy.edge_url}/", headers={"Host": self.env.hostname}, timeout=10
+                    r = session.request(
+                        self.method,
+                        f"{self.caddy.edge_url}/",
+                        headers={"Host": self.env.hostname},
+                        data=b"x" * 4096 if self.method == "POST" else None,
+                        timeout=10,
                     )
                     if r.status_code >= 500 or not r.text.startswith("greeting "):
                         self.failures.append((at, f"{r.status_code} {r.text[:120]}"))
