@@ -4,15 +4,14 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('stacks', '0016_verifiedname'),
+        ("stacks", "0016_verifiedname"),
     ]
 
     operations = [
         migrations.AddField(
-            model_name='edgecertificate',
-            name='ordered_at',
+            model_name="edgecertificate",
+            name="ordered_at",
             field=models.DateTimeField(blank=True, null=True),
         ),
     ]
