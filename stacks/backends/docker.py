@@ -435,6 +435,10 @@ class DockerBackend(HostPlacement, Backend):
                 self._remove_container(container)
                 continue
             if container.labels.get(COLOR) != color or index >= replicas:
+                if comp.public_port:  # the edge drains it first, like a swap's old colour
+                    log(f"retiring {container.name} (scaled down)")
+                    retire.append(container)
+                    continue
                 log(f"removing {container.name} (scaled down)")
                 self._stop_container(container)
                 self._remove_container(container)

@@ -422,6 +422,9 @@ class MemoryBackend(HostPlacement, Backend):
         for container in current:
             if container.color != color or container.index >= replicas:
                 log(f"removing {container.name} (scaled down)")
+                if drain is not None and comp.public_port:
+                    address = self.slot_address(spec, state, comp, container.color, container.index)
+                    drain([f"{address}:{comp.public_port}"])
                 del stack.containers[container.name]
             elif container.host != self.host_of(spec, state, comp, container.index):
                 stale.append(container)  # placement moved (hosts changed)

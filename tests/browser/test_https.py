@@ -1,7 +1,9 @@
 """HTTPS for a customer's domain in Chromium, on the real engine (docs/domains.md): the customer
 adds the domain on the environment page, sees the TXT record, checks it once the test's DNS
 server serves it, sees the certificate Pebble issued, and opens the site over plain HTTP, which
-the edge sends on to HTTPS. The edge, Pebble and the DNS server are tests/stacks/test_https.py's."""
+the edge sends on to HTTPS. The edge (HAProxy, the default, whose certificate the test's runs of
+the certificate pass order as Celery beat's would, and Caddy), Pebble and the DNS server are
+tests/stacks/test_https.py's."""
 
 from __future__ import annotations
 
@@ -55,7 +57,7 @@ def test_a_customer_adds_a_domain_and_opens_it_over_https(
     settings.STACKPORT_BASE_URL = live_server.url
     ensure_local_hosts("unix:///var/run/docker.sock")
     environment = deploy(team, cleanup, template="static-site")
-    dns_server.start(addresses={HOST: "127.0.0.1"})
+    dns_server.start(addresses={HOST: "127.0.0.1", **https_edge.apps_records})
     sign_in_as(page, live_server.url, team.developer)
 
     page.goto(f"{live_server.url}/environments/{environment.pk}/")
@@ -67,7 +69,9 @@ def test_a_customer_adds_a_domain_and_opens_it_over_https(
     expect(domains).to_contain_text(claim.record_name)
     expect(domains).to_contain_text(claim.token)
 
-    dns_server.start(txt={claim.record_name: claim.token}, addresses={HOST: "127.0.0.1"})
+    dns_server.start(
+        txt={claim.record_name: claim.token}, addresses={HOST: "127.0.0.1", **https_edge.apps_records}
+    )
     page.click(f"button[aria-label='Check {HOST} now']")
     expect(page.locator("body")).to_contain_text(f"{HOST} is verified")
     wait_until(lambda: is_active(HOST), 120, f"a certificate for {HOST}")

@@ -56,8 +56,8 @@ def edge(monkeypatch: pytest.MonkeyPatch, env: Environment) -> type[RecordingEdg
     return RecordingEdge
 
 
-def public_addresses(environment: Environment, color: str) -> list[str]:
-    """The edge upstreams (slot addresses) of the environment's public replicas of ``color``."""
+def public_addresses(environment: Environment, color: str | None = None) -> list[str]:
+    """The edge upstreams (slot addresses) of the environment's public replicas (of ``color``)."""
     stack = MemoryBackend.stack(environment.key)
     assert stack.spec is not None
     backend = operations.backend_for(environment)
@@ -66,7 +66,7 @@ def public_addresses(environment: Environment, color: str) -> list[str]:
         f"{backend.slot_address(stack.spec, stack.state, public[c.component], c.color, c.index)}"
         f":{public[c.component].public_port}"
         for c in stack.containers.values()
-        if c.component in public and c.color == color
+        if c.component in public and color in (None, c.color)
     )
 
 
@@ -94,3 +94,20 @@ def test_an_edge_that_cannot_drain_does_not_hold_the_upgrade_up(
     assert run_pending(env) == OperationStatus.SUCCEEDED
     op = env.operations.latest("created_at")
     assert "the edge could not drain the old replicas: the edge does not answer" in op.log
+
+
+def test_a_scale_down_drains_the_replicas_that_go(
+    team: Team, env: Environment, edge: type[RecordingEdge]
+) -> None:
+    public = next(sc for sc in env.components.all() if sc.public)
+    lifecycle.scale(environment=env, actor=team.developer, component=public.name, replicas=2)
+    assert run_pending(env) == OperationStatus.SUCCEEDED
+    both = public_addresses(env)
+    assert len(both) == 2
+    edge.calls.clear()
+    lifecycle.scale(environment=env, actor=team.developer, component=public.name, replicas=1)
+    assert run_pending(env) == OperationStatus.SUCCEEDED
+    (kept,) = public_addresses(env)
+    # Every replica that went was drained first (none that stays).
+    drained = [address for kind, _, ups in edge.calls if kind == "drain" for address in ups]
+    assert sorted(drained) == sorted(set(both) - {kept}), edge.calls

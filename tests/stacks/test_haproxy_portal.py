@@ -1,7 +1,8 @@
 """The portal on the HAProxy edge (``STACKPORT_EDGE_ROUTER = "stacks.runtime.edges.haproxy"``),
-on the real engine: the operations route through its runtime API, a blue/green redeploy drains
-the old replicas before they stop (no GET and no POST fails), and the certificate pass orders
-each routed name's certificate from Pebble, serves it and redirects HTTP to HTTPS.
+on the real engine: the operations route through its runtime API, a blue/green redeploy and a
+scale-down drain the replicas that go before they stop (no GET and no POST fails), and the
+certificate pass orders each routed name's certificate from Pebble, serves it and redirects
+HTTP to HTTPS.
 
 The HAProxy is the one of tests/stacks/test_haproxy_edge.py (scripts/haproxy.sh), with a pool
 as wide as the portal's routes (both colours of ``MAX_REPLICAS`` replicas); Pebble and its
@@ -95,6 +96,19 @@ def test_a_redeploy_drains_the_old_replicas_and_no_get_or_post_fails(
         f"\n{len(gets.answers)} GETs and {len(posts.answers)} POSTs in {finished - started:.1f} s of "
         "redeploy (+ 3 s around it), 0 failed"
     )
+
+    # Scaled down under load: the replicas that go are drained first too (the new count is a
+    # new spec: a blue/green replacement).
+    gets, posts = KeepAliveLoad(stackport, env), KeepAliveLoad(stackport, env, method="POST")  # type: ignore[arg-type]
+    with gets, posts:
+        op = run(lifecycle.scale(environment=env, actor=team.developer, component="app", replicas=1))
+    assert "public replica(s) on the edge" in op.log, op.log[-3000:]
+    assert gets.failures == [] and posts.failures == [], (
+        gets.failures[:5],
+        posts.failures[:5],
+        op.log[-3000:],
+    )
+    assert len(gets.answers) > 50 and len(posts.answers) > 50
 
 
 def _served_subject(edge: Edge, host: str, root: Path) -> str:
