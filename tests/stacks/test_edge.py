@@ -862,13 +862,18 @@ def test_a_router_restart_under_load_serves_every_route_again(
         assert router.routes() == routes
     assert get(caddy, "restart.example", "/api/x").text == "api /api/x\n"
     assert get(caddy, "www.restart.example", "/x").text == "site /x\n"
+    assert_restart_bounded(gets, posts, restarted)
+
+
+def assert_restart_bounded(gets: Load, posts: Load, restarted: float) -> None:
+    """The loads of a router restart: never an answer without the routes (the 404 of a router
+    that forgot them), only connections refused or broken while no router ran, at most
+    RESTART_MAX_FAILED of them, and both loads served by the site after the restart."""
     errors = [error for _, error in gets.errors + posts.errors]
     print(
         f"\nrouter restart: {gets.ok + posts.ok + len(errors)} requests, {len(errors)} failed "
         f"(bound {RESTART_MAX_FAILED}){gets.error_summary()}{posts.error_summary()}"
     )
-    # Never an answer without the routes (the 404 of a router that forgot them), only
-    # connections refused or broken while no Caddy ran.
     assert [error for error in errors if not error.startswith("ConnectionError")] == []
     assert len(errors) <= RESTART_MAX_FAILED
     assert gets.count_since("site", restarted) > 100

@@ -10,11 +10,8 @@ dnsmasq are those of tests/stacks/test_haproxy_acme.py."""
 
 from __future__ import annotations
 
-import socket
-import ssl
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -28,7 +25,7 @@ from stacks.runtime.operations import sync_routes_for
 from tests.conftest import verified
 from tests.stacks import test_haproxy_acme, test_lifecycle
 from tests.stacks.conftest import fetch
-from tests.stacks.test_haproxy_acme import Pebble
+from tests.stacks.test_haproxy_acme import Pebble, _verified_handshake
 from tests.stacks.test_haproxy_edge import Edge, running_edge
 from tests.stacks.test_lifecycle import deploy, run
 from tests.stacks.test_operations import zip_archive
@@ -111,16 +108,6 @@ def test_a_redeploy_drains_the_old_replicas_and_no_get_or_post_fails(
     assert len(gets.answers) > 50 and len(posts.answers) > 50
 
 
-def _served_subject(edge: Edge, host: str, root: Path) -> str:
-    """The names of the certificate served for ``host``, verified against ``root``."""
-    context = ssl.create_default_context(cafile=str(root))
-    with (
-        socket.create_connection((edge.host, edge.https_port), timeout=10) as raw,
-        context.wrap_socket(raw, server_hostname=host) as tls,
-    ):
-        return str(tls.getpeercert()["subjectAltName"])
-
-
 def test_the_portal_orders_serves_and_redirects_certificates_of_routed_names(
     team: Any, stackport: Edge, pebble: Pebble, settings: Any, cleanup: list[Environment]
 ) -> None:
@@ -136,7 +123,7 @@ def test_the_portal_orders_serves_and_redirects_certificates_of_routed_names(
         cert = EdgeCertificate.objects.get(hostname=host)
         assert cert.status == EdgeCertificate.Status.ACTIVE, (cert.status, cert.error)
         assert "Pebble" in cert.issuer and cert.ordered_at is not None
-        assert host in _served_subject(stackport, host, pebble.issuing_root)
+        assert host in _verified_handshake(stackport, host, pebble.issuing_root)
     # Served over HTTPS, and plain HTTP goes there (the pass wrote the redirects).
     response = fetch(
         "GET", f"http://{stackport.host}:{stackport.port}/", headers={"Host": SHOP}, allow_redirects=False

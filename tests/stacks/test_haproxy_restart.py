@@ -18,7 +18,7 @@ from stacks.backends.edge import Route
 from stacks.backends.haproxy import HAProxyRouter
 from tests.stacks import test_edge, test_haproxy_edge
 from tests.stacks.conftest import caddy, wait_until  # noqa: F401 - under_load's fixture
-from tests.stacks.test_edge import RESTART_ERROR_PAUSE, RESTART_MAX_FAILED, StartLoad, Upstream
+from tests.stacks.test_edge import RESTART_ERROR_PAUSE, StartLoad, Upstream, assert_restart_bounded
 from tests.stacks.test_haproxy_edge import Edge
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
@@ -55,12 +55,4 @@ def test_haproxy_killed_under_load_serves_every_route_again(
     assert router.routes() == routes
     assert edge.get("restart.example", "/api/x") == (200, "api /api/x\n")
     assert edge.get("www.restart.example", "/x") == (200, "site /x\n")
-    errors = [error for _, error in gets.errors + posts.errors]
-    print(
-        f"\nrouter restart: {gets.ok + posts.ok + len(errors)} requests, {len(errors)} failed "
-        f"(bound {RESTART_MAX_FAILED}){gets.error_summary()}{posts.error_summary()}"
-    )
-    assert [error for error in errors if not error.startswith("ConnectionError")] == []
-    assert len(errors) <= RESTART_MAX_FAILED
-    assert gets.count_since("site", restarted) > 100
-    assert posts.count_since("site", restarted) > 100
+    assert_restart_bounded(gets, posts, restarted)
