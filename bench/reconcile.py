@@ -329,8 +329,7 @@ def main() -> int:
     var = tempfile.mkdtemp(prefix="bench-reconcile-")
     os.environ.setdefault("STACKPORT_VAR_DIR", var)
     caddy = start_caddy(Path(var) / "caddy")
-    os.environ["STACKPORT_EDGE_ADMIN_URL"] = caddy.admin_url
-    os.environ["STACKPORT_EDGE_LISTEN"] = caddy.edge_addr
+    os.environ.update(caddy.settings())  # its router, admin address and listen address
     if str(REPO) not in sys.path:
         sys.path.insert(0, str(REPO))
     import django

@@ -873,10 +873,12 @@ class HAProxyRouter:
             self._silent(f"set server {server} health down")
             slot.address, slot.enabled, slot.draining = address, True, False
         for slot in slots:
-            # Drained (a blue/green swap) and wanted again: back in rotation, where it gets
-            # requests once its check passes (a slot whose container stopped does not).
+            # Drained (a blue/green swap) and wanted again: back in rotation, held down until
+            # a check passes, like a new slot (its container has usually stopped: marked up
+            # until two checks fail, it would get requests that wait out the connect time-out).
             if slot.enabled and slot.draining and slot.address in wanted:
                 self._silent(f"set server {backend}/{slot.name} state ready")
+                self._silent(f"set server {backend}/{slot.name} health down")
                 slot.draining = False
         self._disable_unwanted(backend, slots, wanted)
 
