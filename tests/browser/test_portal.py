@@ -24,10 +24,13 @@ from projects.models import Environment, EnvironmentStatus
 from stacks.models import ComponentVersion, Operation, OperationStatus, VersionStatus
 from stacks.runtime.hosts import ensure_local_hosts
 from tests.browser.test_onboarding import _sign_up
-from tests.stacks.conftest import (
+from tests.stacks.conftest import (  # noqa: F401 - fixtures
     CADDY_ROUTER,
     Caddy,
+    caddy,
+    catalog,
     fetch,
+    published_catalog,
     wait_until,
 )
 
@@ -71,7 +74,7 @@ def worker(monkeypatch: pytest.MonkeyPatch) -> Iterator[Worker]:
 
 
 @pytest.fixture
-def site(live_server: Any, settings: Any, caddy: Caddy, catalog: None) -> str:
+def site(live_server: Any, settings: Any, caddy: Caddy, catalog: None) -> str:  # noqa: F811
     settings.STACKPORT_BASE_URL = live_server.url
     settings.CELERY_TASK_ALWAYS_EAGER = True  # e-mail; operations go to the worker thread
     settings.STACKPORT_EDGE_ROUTER = CADDY_ROUTER
@@ -96,7 +99,7 @@ def cleanup() -> Iterator[list[Environment]]:
             print(f"cleanup of {env.key} failed: {exc}")
 
 
-def through_edge(caddy: Caddy, host: str, path: str = "/") -> Any:
+def through_edge(caddy: Caddy, host: str, path: str = "/") -> Any:  # noqa: F811
     return fetch("GET", f"{caddy.edge_url}{path}", headers={"Host": host}, allow_redirects=False)
 
 
@@ -131,7 +134,7 @@ def dns_server(tmp_path: Any, settings: Any) -> Iterator[Any]:
 def test_a_wordpress_project_from_sign_up_to_destroy(
     page: Any,
     site: str,
-    caddy: Caddy,
+    caddy: Caddy,  # noqa: F811
     worker: Worker,
     cleanup: list[Environment],
     mailoutbox: list[Any],
