@@ -296,8 +296,9 @@ def probe(router: EdgeRouting, cert: EdgeCertificate, now: datetime) -> None:
         cert.status = EdgeCertificate.Status.FAILED
     elif now - cert.created_at < ISSUE_GRACE:
         cert.status, cert.error = EdgeCertificate.Status.PENDING, ""
-    else:  # why, found now (DNS, Caddy's log)
-        cert.status, cert.error = EdgeCertificate.Status.FAILED, explain(cert.hostname)[:300]
+    else:  # why, found now (DNS; Caddy's log, which HAProxy has not)
+        caddy_log = None if not isinstance(router, HAProxyRouter) else ""
+        cert.status, cert.error = EdgeCertificate.Status.FAILED, explain(cert.hostname, caddy_log)[:300]
     cert.save(update_fields=["status", "issuer", "not_after", "error", "checked_at"])
 
 

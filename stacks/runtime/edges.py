@@ -7,7 +7,7 @@ below, or an operator's own with the same methods, ``stacks.backends.base.EdgeRo
 - ``haproxy``: ``stacks.backends.haproxy.HAProxyRouter`` on the runtime API of the HAProxy
   that ``scripts/haproxy.sh`` runs in ``STACKPORT_HAPROXY_DIR``; route changes never reload
   it, a blue/green swap drains the old slots, and the portal orders and renews the
-  certificates (``stacks.runtime.certificates.issue_due``).
+  certificates (``stacks.runtime.certificates.order_due``).
 
 docs/decisions.md says why HAProxy is the data plane (B-8, B-11); Caddy stays selectable.
 """
