@@ -193,7 +193,7 @@ def check_certificates() -> dict[str, int]:
         | Q(checked_at__isnull=True)
         | Q(checked_at__lt=now - RECHECK_ACTIVE)
         | Q(not_after__lt=now + EXPIRY_WARNING)
-    ).order_by("checked_at", "pk")[:CHECK_BATCH]
+    ).order_by("checked_at", "pk")[:CHECK_BATCH]  # read below, after this pass's orders
     with operations.edge() as router:
         if isinstance(router, HAProxyRouter):
             report["unserved"] = unserve_unrouted(router, wanted)
@@ -281,7 +281,6 @@ def order_due(router: HAProxyRouter, wanted: set[str]) -> int:
 
 def probe(router: EdgeRouting, cert: EdgeCertificate, now: datetime) -> None:
     """Record what the edge serves for ``cert.hostname`` now."""
-    cert.refresh_from_db(fields=["error", "ordered_at"])  # an order of this pass may have set them
     info = router.served_certificate(cert.hostname)
     cert.checked_at = now
     if info is not None and info.covers(cert.hostname) and info.not_after > now:
