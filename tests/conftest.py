@@ -32,6 +32,7 @@ SHARED_GROUPS = {
     "test_host_restore.py": "netns-hosts",
     "test_stateful_move.py": "netns-hosts",
     "test_registry_tls.py": "netns-hosts",
+    "test_haproxy_move.py": "netns-hosts",
     "test_operations.py": "broker",
     "test_celery.py": "broker",
 }

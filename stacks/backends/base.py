@@ -25,7 +25,9 @@ if TYPE_CHECKING:
     from stacks.backends.edge_tls import CertificateInfo
 
 
-Drain = Callable[[list[str]], None]
+# A backend calls it with the edge upstream addresses of the public replicas about to stop
+# and of those that serve on (``Backend.apply``).
+Drain = Callable[[list[str], list[str]], None]
 
 
 class BackendError(Exception):
@@ -244,8 +246,10 @@ class Backend:
     ) -> dict[str, Any]:
         """Converge the engine to ``spec``; return the new opaque state. Safe to repeat.
         ``drain`` is called with the edge upstream addresses (``upstreams``) of the public
-        replicas about to stop, before they stop, and returns once the edge sends them
-        nothing and their requests in flight are answered."""
+        replicas about to stop, before they stop, and of those that serve on, and returns
+        once the edge sends the first nothing and their requests in flight are answered
+        (when it did not route the second yet, a move's replicas on another host, it does
+        so first)."""
         raise NotImplementedError
 
     def observe(self, spec: StackSpec, state: dict[str, Any]) -> Observed:
@@ -399,6 +403,7 @@ class EdgeRouting(Protocol):
     def close(self) -> None: ...
     def routes(self) -> dict[str, Any]: ...
     def route_config(self, route: Route) -> Any: ...
+    def route_upstreams(self, route: Any) -> list[str]: ...
     def set_route(
         self,
         route_id: str,

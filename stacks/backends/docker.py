@@ -323,8 +323,14 @@ class DockerBackend(HostPlacement, Backend):
                 time.sleep(max(self.edge_pickup, self.dns_drain if internal else 0))
                 leaving = self._public_upstreams(spec, new_state, retire)
                 if drain is not None and leaving:
+                    serving = [  # the public replicas of the colour each runs in now
+                        f"{self.slot_address(spec, new_state, c, targets[c.name], i)}:{c.public_port}"
+                        for c in spec.components
+                        if c.public_port
+                        for i in range(c.replicas)
+                    ]
                     log(f"draining {len(leaving)} public replica(s) on the edge")
-                    drain(leaving)
+                    drain(leaving, serving)
                 for container in retire:
                     log(f"draining and removing {container.name}")
                     self._stop_container(container)
@@ -345,7 +351,11 @@ class DockerBackend(HostPlacement, Backend):
             comp = public.get(container.labels.get(COMPONENT, ""))
             color, index = container.labels.get(COLOR), int(container.labels.get(INDEX, -1))
             if comp is not None and color in COLORS and 0 <= index < MAX_REPLICAS:
-                found.append(f"{self.slot_address(spec, state, comp, color, index)}:{comp.public_port}")
+                # Its own address (a replica moving off a host has the old host's), else its slot.
+                networks = (container.attrs.get("NetworkSettings") or {}).get("Networks") or {}
+                address = (networks.get(f"sp-{spec.key}") or {}).get("IPAddress")
+                address = address or self.slot_address(spec, state, comp, color, index)
+                found.append(f"{address}:{comp.public_port}")
         return found
 
     def _existing(self, key: str) -> list[tuple[str, Any]]:
@@ -443,7 +453,12 @@ class DockerBackend(HostPlacement, Backend):
                 self._stop_container(container)
                 self._remove_container(container)
             elif host != self.host_of(spec, state, comp, index):
-                stale.append((host, container))  # placement moved (hosts changed)
+                if comp.stateful:
+                    stale.append((host, container))  # placement moved (hosts changed)
+                else:  # it serves until its successor on the other host is healthy
+                    there = self.host_of(spec, state, comp, index)
+                    log(f"retiring {container.name} on {host} (moving to {there})")
+                    retire.append(container)
             else:
                 by_index[index] = (host, container)
         for _host, container in stale:

@@ -637,6 +637,18 @@ class EdgeRouter:
         ``routes().get(id) == router.route_config(route)`` the same way with either router."""
         return route_config(route)
 
+    @staticmethod
+    def route_upstreams(route: Any) -> list[str]:
+        """The upstream addresses of a route as ``routes()`` gives it ([] for a page)."""
+        handlers = route.get("handle", []) if isinstance(route, dict) else []
+        return [
+            str(upstream.get("dial"))
+            for handler in handlers
+            if isinstance(handler, dict) and handler.get("handler") == "reverse_proxy"
+            for upstream in handler.get("upstreams", [])
+            if isinstance(upstream, dict)
+        ]
+
     def drain(self, route_id: str, upstreams: Iterable[str]) -> bool:
         """Drains nothing and returns False: Caddy cannot stop sending new requests to some
         slots of a route without a config write (a reload), so a blue/green swap on this

@@ -393,6 +393,11 @@ class HAProxyRouter:
         ``routes().get(id) == router.route_config(route)`` the same way with either router."""
         return normalized_route(route)
 
+    @staticmethod
+    def route_upstreams(route: Route) -> list[str]:
+        """The upstream addresses of a route as ``routes()`` gives it."""
+        return list(route.upstreams)
+
     def drain(self, route_id: str, upstreams: Iterable[str]) -> bool:
         """Put the slots of ``route_id`` serving ``upstreams`` in HAProxy's DRAIN state
         (``set server <b>/<s> state drain``): they get no new request, the requests they

@@ -424,7 +424,7 @@ class MemoryBackend(HostPlacement, Backend):
                 log(f"removing {container.name} (scaled down)")
                 if drain is not None and comp.public_port:
                     address = self.slot_address(spec, state, comp, container.color, container.index)
-                    drain([f"{address}:{comp.public_port}"])
+                    drain([f"{address}:{comp.public_port}"], [])
                 del stack.containers[container.name]
             elif container.host != self.host_of(spec, state, comp, container.index):
                 stale.append(container)  # placement moved (hosts changed)
@@ -437,7 +437,7 @@ class MemoryBackend(HostPlacement, Backend):
                 log(f"draining and removing {container.name}")
                 if drain is not None and comp.public_port:
                     address = self.slot_address(spec, state, comp, container.color, container.index)
-                    drain([f"{address}:{comp.public_port}"])
+                    drain([f"{address}:{comp.public_port}"], [])
             del stack.containers[container.name]
         for index in range(replicas):
             if index in by_index:

@@ -14,6 +14,7 @@ import contextlib
 import copy
 import dataclasses
 import threading
+import time
 from collections.abc import Callable, Iterable
 from datetime import datetime, timedelta
 from typing import Any
@@ -64,6 +65,7 @@ RESUME_ALLOWANCE = 3  # claims beyond the retry cap (killed workers) before an o
 DATABASE_WAIT_SECONDS = 60  # a database that went away mid-operation (a restart): waited for this long
 EDGE_RESYNC_SECONDS = 5  # the site check writes the routes again at most this often (a restarted edge)
 DRAIN_TIMEOUT = 30.0  # seconds a stopping replica's requests in flight are waited for
+ROUTE_PICKUP = 2.5  # seconds: more than two of the edge's 1 s active health checks of new slots
 
 
 class OperationFailed(Exception):
@@ -143,22 +145,36 @@ def edge() -> EdgeRouting:
     return edges.edge()
 
 
-def drainer(environment: Environment, rec: Recorder) -> Drain:
+def drainer(
+    environment: Environment, rec: Recorder, backend: Backend | None = None, spec: StackSpec | None = None
+) -> Drain:
     """What a backend calls before public replicas of ``environment`` stop (``Backend.apply``):
     the edge drains their upstream addresses on every route of the environment (no new
     request; HAProxy, a no-op on Caddy) and this waits, at most ``DRAIN_TIMEOUT`` seconds,
     for the requests they serve to finish. An edge that does not answer does not hold the
-    operation up: the replicas stop anyway (the edge's retries cover what it can)."""
+    operation up: the replicas stop anyway (the edge's retries cover what it can).
 
-    def drain(upstreams: list[str]) -> None:
+    The replicas that serve on are routed first when a route lacks them (with ``backend``
+    and ``spec``): a move's new replicas run on another host, at addresses the edge does not
+    route yet. The routes then list the replicas that serve on and those that go, and this
+    waits ``ROUTE_PICKUP`` seconds for the edge's checks to find the new ones; the
+    operation's "Route traffic" step writes the full routes after. A blue/green swap's new
+    replicas are routed already (both colours' slots): nothing is written."""
+
+    def drain(leaving: list[str], serving: list[str]) -> None:
         try:
             with edge() as router:
                 present = router.routes()
                 ids = [route_id for route_id in route_ids(environment) if route_id in present]
+                unrouted = [i for i in ids if not set(serving) <= set(router.route_upstreams(present[i]))]
+                if unrouted and serving and backend is not None and spec is not None:
+                    rec.line(f"routing {len(serving)} new public replica(s) on the edge first")
+                    sync_routes(environment, backend, spec, upstreams=sorted({*serving, *leaving}))
+                    time.sleep(ROUTE_PICKUP)
                 for route_id in ids:
-                    router.drain(route_id, upstreams)
+                    router.drain(route_id, leaving)
                 for route_id in ids:
-                    if not router.wait_drained(route_id, upstreams, timeout=DRAIN_TIMEOUT):
+                    if not router.wait_drained(route_id, leaving, timeout=DRAIN_TIMEOUT):
                         rec.line(f"requests still running after {DRAIN_TIMEOUT} s: stopping anyway")
         except (EdgeError, OSError) as exc:
             rec.line(f"the edge could not drain the old replicas: {getattr(exc, 'message', exc)}")
@@ -220,11 +236,15 @@ def route_changes(
     return routes, sorted(stray)
 
 
-def sync_routes(environment: Environment, backend: Backend, spec: StackSpec) -> bool:
+def sync_routes(
+    environment: Environment, backend: Backend, spec: StackSpec, upstreams: list[str] | None = None
+) -> bool:
     """The environment's routes on the edge (``route_changes``): proxied while ``spec``
     runs, the stopped page otherwise. Writes only what changed
-    (a route at a time: one domain change is one route; the reconciler writes in bulk)."""
-    upstreams = backend.upstreams(spec, environment.backend_state)
+    (a route at a time: one domain change is one route; the reconciler writes in bulk).
+    ``upstreams``: these instead of the backend's (a move's, while it swaps hosts)."""
+    if upstreams is None:
+        upstreams = backend.upstreams(spec, environment.backend_state)
     changed = False
     with edge() as router:
         changed = router.ensure_https()  # a write only the first time (docs/domains.md)
@@ -491,7 +511,7 @@ def settle_after_failure(op: Operation, environment: Environment, rec: Recorder,
         try:
             spec = build_spec(environment, applied)
             backend = backend_for(environment)
-            drain = drainer(environment, rec)
+            drain = drainer(environment, rec, backend, spec)
             save_state(environment, backend, backend.apply(spec, environment.backend_state, rec.line, drain))
             sync_routes(environment, backend, spec)
         except (BackendError, EdgeError, SpecError, OSError) as again:
@@ -616,7 +636,7 @@ def _converge(op: Operation, environment: Environment, rec: Recorder) -> None:
         rec.step("Copy the data to the new version", lambda: _migrate(op, environment, backend, spec, rec))
 
     def apply() -> None:
-        drain = drainer(environment, rec)
+        drain = drainer(environment, rec, backend, spec)
         save_state(environment, backend, backend.apply(spec, environment.backend_state, rec.line, drain))
 
     rec.step("Start the containers" if running else "Stop the containers", apply)

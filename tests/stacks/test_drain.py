@@ -39,6 +39,10 @@ class RecordingEdge:
             raise self.fail
         return dict(self.present)
 
+    @staticmethod
+    def route_upstreams(route: Any) -> list[str]:
+        return list(route.get("upstreams", []))
+
     def drain(self, route_id: str, upstreams: list[str]) -> bool:
         self.calls.append(("drain", route_id, sorted(upstreams)))
         return True
