@@ -27,15 +27,15 @@ from stacks.models import Operation, OperationStatus
 from tests.browser.test_onboarding import _sign_up
 from tests.browser.test_portal import OPERATION_SECONDS, Worker, cleanup, settle, site, worker
 from tests.stacks.conftest import (  # noqa: F401 - fixtures
-    Caddy,
-    caddy,
     catalog,
     git_server,
+    haproxy,
     published_catalog,
 )
 from tests.stacks.gitserver import GitServer
 from tests.stacks.test_builds import APPS, FLASK_APP, PROCFILE, REQUIREMENTS
 from tests.stacks.test_content import commit, git
+from tests.stacks.test_haproxy_edge import Edge
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.engine, pytest.mark.timeout(2400)]
 __all__ = ["cleanup", "site", "worker"]  # fixtures, from test_portal
@@ -103,7 +103,7 @@ def visit(page: Any, environment: Environment) -> str:
 def test_flask_and_express_apps_from_git_are_built_and_a_broken_lock_keeps_the_old_release(
     page: Any,
     site: str,
-    caddy: Caddy,  # noqa: F811
+    haproxy: Edge,  # noqa: F811
     worker: Worker,
     cleanup: list[Environment],
     mailoutbox: list[Any],

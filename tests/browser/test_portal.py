@@ -25,14 +25,14 @@ from stacks.models import ComponentVersion, Operation, OperationStatus, VersionS
 from stacks.runtime.hosts import ensure_local_hosts
 from tests.browser.test_onboarding import _sign_up
 from tests.stacks.conftest import (  # noqa: F401 - fixtures
-    CADDY_ROUTER,
-    Caddy,
-    caddy,
     catalog,
     fetch,
+    haproxy,
     published_catalog,
+    use_haproxy,
     wait_until,
 )
+from tests.stacks.test_haproxy_edge import Edge
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.engine, pytest.mark.timeout(1800)]
 OPERATION_SECONDS = 420_000  # Playwright counts milliseconds
@@ -74,13 +74,10 @@ def worker(monkeypatch: pytest.MonkeyPatch) -> Iterator[Worker]:
 
 
 @pytest.fixture
-def site(live_server: Any, settings: Any, caddy: Caddy, catalog: None) -> str:  # noqa: F811
+def site(live_server: Any, settings: Any, haproxy: Edge, catalog: None) -> str:  # noqa: F811
     settings.STACKPORT_BASE_URL = live_server.url
     settings.CELERY_TASK_ALWAYS_EAGER = True  # e-mail; operations go to the worker thread
-    settings.STACKPORT_EDGE_ROUTER = CADDY_ROUTER
-    settings.STACKPORT_EDGE_ADMIN_URL = caddy.admin_url
-    settings.STACKPORT_EDGE_LISTEN = caddy.edge_addr
-    settings.STACKPORT_EDGE_PUBLIC_PORT = int(caddy.edge_addr.rsplit(":", 1)[1])
+    use_haproxy(settings, haproxy)  # the product's edge router, as `make run` runs it
     ensure_local_hosts("unix:///var/run/docker.sock")
     return str(live_server.url)
 
@@ -99,8 +96,8 @@ def cleanup() -> Iterator[list[Environment]]:
             print(f"cleanup of {env.key} failed: {exc}")
 
 
-def through_edge(caddy: Caddy, host: str, path: str = "/") -> Any:  # noqa: F811
-    return fetch("GET", f"{caddy.edge_url}{path}", headers={"Host": host}, allow_redirects=False)
+def through_edge(edge: Edge, host: str, path: str = "/") -> Any:
+    return fetch("GET", f"{edge.edge_url}{path}", headers={"Host": host}, allow_redirects=False)
 
 
 def settle(page: Any, environment: Environment, worker: Worker) -> Operation:
@@ -134,7 +131,7 @@ def dns_server(tmp_path: Any, settings: Any) -> Iterator[Any]:
 def test_a_wordpress_project_from_sign_up_to_destroy(
     page: Any,
     site: str,
-    caddy: Caddy,  # noqa: F811
+    haproxy: Edge,  # noqa: F811
     worker: Worker,
     cleanup: list[Environment],
     mailoutbox: list[Any],
@@ -183,7 +180,7 @@ def test_a_wordpress_project_from_sign_up_to_destroy(
     assert "&lt;" not in page.inner_text("h1") and name in page.inner_text("h1")
 
     # 3. The site answers through the edge, in the browser too.
-    response = through_edge(caddy, environment.hostname, "/wp-admin/install.php")
+    response = through_edge(haproxy, environment.hostname, "/wp-admin/install.php")
     assert response.status_code == 200 and "WordPress" in response.text
     browsed = page.context.new_page()
     browsed.goto(f"{environment.public_url}/wp-admin/install.php")
@@ -199,12 +196,12 @@ def test_a_wordpress_project_from_sign_up_to_destroy(
     record = page.locator(".domain-record")
     expect(record).to_contain_text(f"_stackport-challenge.{domain}")
     token = record.locator("code").nth(2).inner_text()
-    assert through_edge(caddy, domain, "/wp-admin/install.php").status_code == 404  # pending: not routed
+    assert through_edge(haproxy, domain, "/wp-admin/install.php").status_code == 404  # pending: not routed
     dns_server.start({f"_stackport-challenge.{domain}": token})
     page.click(f"button[aria-label='Check {domain} now']")
     page.wait_for_selector(f"text={domain} is verified")
     wait_until(
-        lambda: through_edge(caddy, domain, "/wp-admin/install.php").status_code == 200,
+        lambda: through_edge(haproxy, domain, "/wp-admin/install.php").status_code == 200,
         60,
         "the domain's route",
     )
@@ -224,7 +221,7 @@ def test_a_wordpress_project_from_sign_up_to_destroy(
     page.locator("#component-php").get_by_role("button", name="Upgrade to 8.4").click()
     settle(page, environment, worker)
     assert environment.components.get(name="php").version.version == "8.4"
-    assert through_edge(caddy, environment.hostname, "/wp-admin/install.php").status_code == 200
+    assert through_edge(haproxy, environment.hostname, "/wp-admin/install.php").status_code == 200
 
     # 7. Roll back to the release before the upgrade (PHP 8.2, two web replicas).
     before_upgrade = environment.releases.get(note="scale web").number
@@ -235,7 +232,7 @@ def test_a_wordpress_project_from_sign_up_to_destroy(
     environment.refresh_from_db()
     assert environment.current_release.number == before_upgrade
     assert environment.components.get(name="php").version.version == "8.2"
-    assert through_edge(caddy, environment.hostname, "/wp-admin/install.php").status_code == 200
+    assert through_edge(haproxy, environment.hostname, "/wp-admin/install.php").status_code == 200
 
     # 8. Destroy, after typing the project's name.
     page.fill("#id_confirmation", "not the name")
@@ -247,7 +244,7 @@ def test_a_wordpress_project_from_sign_up_to_destroy(
     page.wait_for_selector("#env-status:has-text('Destroyed')", timeout=60_000)
     environment.refresh_from_db()
     assert environment.status == EnvironmentStatus.DESTROYED
-    assert through_edge(caddy, environment.hostname).status_code == 404
+    assert through_edge(haproxy, environment.hostname).status_code == 404
 
     assert not worker.errors, worker.errors
     assert not [e for e in console_errors if "Content Security Policy" in e or "Refused" in e], console_errors

@@ -2,7 +2,7 @@
 
 Each test deploys a template on the real engine through the service layer (as
 tests/stacks/test_lifecycle.py does), then opens its pages in Chromium through the test's own
-Caddy edge: the browser resolves the apps domain (and the custom domain) to loopback and goes to
+HAProxy edge (the product's router, as `make run` runs it): the browser resolves the apps domain (and the custom domain) to loopback and goes to
 the edge's port, which is also the public port the stack is told about, so the Host header and
 the addresses the apps print match what a visitor sees.
 """
@@ -25,7 +25,8 @@ from tests.browser.conftest import CHROMIUM, chromium_args
 from tests.conftest import verified
 from tests.stacks import conftest as stacks_conftest
 from tests.stacks import test_lifecycle
-from tests.stacks.conftest import CADDY_ROUTER, Caddy, wait_until
+from tests.stacks.conftest import use_haproxy, wait_until
+from tests.stacks.test_haproxy_edge import Edge
 from tests.stacks.test_lifecycle import deploy
 from tests.stacks.test_wordpress_media import png
 
@@ -38,8 +39,8 @@ pytestmark = [
 ]
 
 # Fixtures of the engine tests this file builds on.
-caddy, catalog, published_catalog = (
-    stacks_conftest.caddy,
+haproxy, catalog, published_catalog = (
+    stacks_conftest.haproxy,
     stacks_conftest.catalog,
     stacks_conftest.published_catalog,
 )
@@ -50,19 +51,15 @@ PASSWORD = "a-long-Passw0rd-for-tests"
 
 
 @pytest.fixture
-def edge(settings: Any, caddy: Caddy, catalog: None) -> Caddy:
+def edge(settings: Any, haproxy: Edge, catalog: None) -> Edge:
     """test_lifecycle's ``stackport``, with the edge's own port as the public port: the port a
     browser puts in the Host header is the one the stacks (WordPress's address) are given."""
     ensure_local_hosts("unix:///var/run/docker.sock")
-    settings.STACKPORT_EDGE_ROUTER = CADDY_ROUTER
-    settings.STACKPORT_EDGE_ADMIN_URL = caddy.admin_url
-    settings.STACKPORT_EDGE_LISTEN = caddy.edge_addr
-    settings.STACKPORT_EDGE_PUBLIC_PORT = int(caddy.edge_addr.rsplit(":", 1)[1])
-    return caddy
+    return use_haproxy(settings, haproxy)  # the product's edge router, as `make run` runs it
 
 
 @pytest.fixture
-def visitor(playwright: Any, edge: Caddy) -> Iterator[Any]:
+def visitor(playwright: Any, edge: Edge) -> Iterator[Any]:
     """A Chromium page that resolves the apps domain and the custom domain to the edge's host."""
     browser = playwright.chromium.launch(
         executable_path=CHROMIUM, args=chromium_args(f"*.{django_settings.STACKPORT_APPS_DOMAIN}", DOMAIN)
@@ -94,7 +91,7 @@ def reload_until(page: Any, condition: Callable[[], bool], what: str, timeout: f
 
 
 def test_lamp_page_reads_its_database(
-    team: Any, edge: Caddy, cleanup: list[Environment], visitor: Any
+    team: Any, edge: Edge, cleanup: list[Environment], visitor: Any
 ) -> None:
     env = deploy(team, cleanup, name="Lamp", template="lamp")
     response = visitor.goto(env.public_url + "/")
@@ -107,7 +104,7 @@ def test_lamp_page_reads_its_database(
 
 
 def test_queue_sample_runs_a_job_submitted_from_the_page(
-    team: Any, edge: Caddy, cleanup: list[Environment], visitor: Any
+    team: Any, edge: Edge, cleanup: list[Environment], visitor: Any
 ) -> None:
     env = deploy(team, cleanup, name="Queue", template="python-queue")
     visitor.goto(env.public_url + "/")
@@ -128,7 +125,7 @@ def test_queue_sample_runs_a_job_submitted_from_the_page(
     )
 
 
-def test_node_app_counts_in_redis(team: Any, edge: Caddy, cleanup: list[Environment], visitor: Any) -> None:
+def test_node_app_counts_in_redis(team: Any, edge: Edge, cleanup: list[Environment], visitor: Any) -> None:
     env = deploy(team, cleanup, name="Node", template="nodejs")
     visitor.goto(env.public_url + "/")
     expect(visitor.locator("h1")).to_have_text("Hello from Node.js on Stackport")
@@ -140,7 +137,7 @@ def test_node_app_counts_in_redis(team: Any, edge: Caddy, cleanup: list[Environm
 
 
 def test_python_web_app_uses_its_database_and_cache(
-    team: Any, edge: Caddy, cleanup: list[Environment], visitor: Any
+    team: Any, edge: Edge, cleanup: list[Environment], visitor: Any
 ) -> None:
     env = deploy(team, cleanup, name="Python", template="python-web")
     visitor.goto(env.public_url + "/")
@@ -153,7 +150,7 @@ def test_python_web_app_uses_its_database_and_cache(
 
 
 def test_wordpress_is_installed_a_post_with_an_image_is_published_and_read_on_both_addresses(
-    team: Any, edge: Caddy, cleanup: list[Environment], visitor: Any, tmp_path: Any
+    team: Any, edge: Edge, cleanup: list[Environment], visitor: Any, tmp_path: Any
 ) -> None:
     env = deploy(team, cleanup, name="Blog", template="wordpress")
     site = env.public_url

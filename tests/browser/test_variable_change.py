@@ -5,13 +5,10 @@ public Python replicas, the page marks it pending and offers "Redeploy to apply"
 starts the redeploy (a rolling, blue/green replacement), the page follows it live until it
 has ended and no longer marks anything pending. Meanwhile a probe sends keep-alive GETs
 through the real edge to the environment's host name without pause: none may fail, and the
-new value reaches the app (it prints it), in the visitor's browser too.
-
-POSTs are not in the probe: a POST that reaches an old replica in the instant gunicorn stops
-(its listener closes with the request in the backlog) gets a 502, about 1 in 2,000 during a
-swap, because the edge cannot take a slot out of rotation before its container stops (the
-Caddy edge has no drain without a config write; the HAProxy edge's runtime API has one:
-docs/decisions.md). That gap is the edge issue's, and is listed there.
+new value reaches the app (it prints it), in the visitor's browser too. A second probe sends
+POSTs: the portal runs on the HAProxy edge (the product's default), which drains the old
+replicas before they stop, so no POST fails either (on the Caddy edge, which cannot drain
+without a config write, about 1 POST in 2,000 got a 502 in such a swap).
 
 Operations run for real in the worker thread of tests/browser/test_portal.py."""
 
@@ -31,11 +28,11 @@ from tests.browser.test_git_builds import visit
 from tests.browser.test_portal import Worker, cleanup, settle, site, worker
 from tests.conftest import Team
 from tests.stacks.conftest import (  # noqa: F401 - fixtures
-    Caddy,
-    caddy,
     catalog,
+    haproxy,
     published_catalog,
 )
+from tests.stacks.test_haproxy_edge import Edge
 from tests.stacks.test_lifecycle import create, get
 from tests.stacks.test_operations import zip_archive
 from tests.stacks.test_variable_restart import APP, PYTHON, KeepAliveLoad
@@ -57,7 +54,7 @@ def save_variable(page: Any, name: str, value: str) -> None:
 def test_a_variable_changed_on_the_page_is_applied_with_one_click_without_a_failed_request(
     page: Any,
     site: str,
-    caddy: Caddy,  # noqa: F811
+    haproxy: Edge,  # noqa: F811
     worker: Worker,
     cleanup: list[Environment],
     team: Team,
@@ -87,7 +84,7 @@ def test_a_variable_changed_on_the_page_is_applied_with_one_click_without_a_fail
     settle(page, env, worker)
     expect(page.locator("#variables-pending")).to_have_count(0)
     env.refresh_from_db()
-    assert get(caddy, env).text.startswith("greeting hello from ")
+    assert get(haproxy, env).text.startswith("greeting hello from ")
 
     # The change: saved, marked pending, with the button that applies it.
     save_variable(page, "GREETING", "bonjour")
@@ -95,11 +92,12 @@ def test_a_variable_changed_on_the_page_is_applied_with_one_click_without_a_fail
     pending = page.locator("#variables-pending")
     expect(pending).to_contain_text("Variables changed since the last deploy")
     assert lifecycle.pending_variables(env)
-    assert get(caddy, env).text.startswith("greeting hello from ")  # not applied yet
+    assert get(haproxy, env).text.startswith("greeting hello from ")  # not applied yet
 
     # One click applies it while the probe sends requests; the page follows the operation.
-    probe = KeepAliveLoad(caddy, env)
-    with probe:
+    probe = KeepAliveLoad(haproxy, env)  # type: ignore[arg-type]
+    posts = KeepAliveLoad(haproxy, env, method="POST")  # type: ignore[arg-type]
+    with probe, posts:
         started = time.monotonic()
         before = env.operations.order_by("-id").first()
         pending.get_by_role("button", name="Redeploy to apply").click()
@@ -120,6 +118,11 @@ def test_a_variable_changed_on_the_page_is_applied_with_one_click_without_a_fail
         f"{len(probe.failures)} of {len(probe.answers) + len(probe.failures)} requests failed: "
         f"{[text for _at, text in probe.failures[:10]]}\n{op.log[-3000:]}"
     )
+    assert posts.failures == [], (
+        f"{len(posts.failures)} of {len(posts.answers) + len(posts.failures)} POSTs failed: "
+        f"{[text for _at, text in posts.failures[:10]]}\n{op.log[-3000:]}"
+    )
+    assert len(posts.answers) > 50, len(posts.answers)
     earlier = [text for at, text in probe.answers if at < started]
     later = [text for at, text in probe.answers if at > finished]
     assert earlier and all(text.startswith("greeting hello ") for text in earlier), earlier[:5]

@@ -1,4 +1,4 @@
-"""Shared fixtures of the stacks tests: a Caddy of our own, the published catalog."""
+"""Shared fixtures of the stacks tests: an HAProxy and a Caddy of our own, the published catalog."""
 
 from __future__ import annotations
 
@@ -98,6 +98,28 @@ def caddy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Caddy]:
         wait_until(lambda: not Path(f"/proc/{pid}").exists(), 10, "caddy to exit")
     except AssertionError:
         os.kill(pid, signal.SIGKILL)
+
+
+@pytest.fixture(scope="session")
+def haproxy() -> Iterator[Any]:
+    """The product's edge router, an HAProxy of our own (scripts/haproxy.sh, on free loopback
+    ports, a pool as wide as `make run`'s), for the engine and browser tests that run the
+    portal the way `make run` does; stopped and removed at the end."""
+    from tests.stacks.test_haproxy_edge import running_edge
+
+    with running_edge(backends=100, slots=20) as running:
+        yield running
+
+
+def use_haproxy(settings: Any, edge: Any) -> Any:
+    """Point the portal's settings at ``edge`` (the ``haproxy`` fixture)."""
+    settings.STACKPORT_EDGE_ROUTER = "stacks.runtime.edges.haproxy"
+    settings.STACKPORT_HAPROXY_DIR = str(edge.directory)
+    settings.STACKPORT_EDGE_LISTEN = f"{edge.host}:{edge.port}"
+    settings.STACKPORT_EDGE_PUBLIC_PORT = edge.port
+    settings.STACKPORT_EDGE_HTTPS_LISTEN = f"{edge.host}:{edge.https_port}"
+    settings.STACKPORT_EDGE_HTTPS_PUBLIC_PORT = edge.https_port
+    return edge
 
 
 @pytest.fixture(scope="session")
