@@ -1,4 +1,4 @@
-"""The issue's check, through the JSON API with a token, on the real engine and a real Caddy:
+"""The issue's check, through the JSON API with a token, on the real engine and a real edge (HAProxy):
 WordPress from its template, a domain, scale, a PHP upgrade, rollback and destroy."""
 
 from __future__ import annotations
@@ -17,11 +17,11 @@ from stacks.runtime.operations import run_operation, sync_routes_for
 from tests.conftest import Team, verified
 from tests.stacks import conftest as stacks_fixtures
 from tests.stacks import test_lifecycle as lifecycle_fixtures
-from tests.stacks.conftest import Caddy
+from tests.stacks.test_haproxy_edge import Edge
 from tests.stacks.test_lifecycle import containers
 
-# The stacks tests' fixtures (a Caddy of our own, the published catalog, cleanup), reused.
-caddy = stacks_fixtures.caddy
+# The stacks tests' fixtures (an HAProxy of our own, the published catalog, cleanup), reused.
+haproxy = stacks_fixtures.haproxy
 published_catalog = stacks_fixtures.published_catalog
 catalog = stacks_fixtures.catalog
 stackport = lifecycle_fixtures.stackport
@@ -56,7 +56,7 @@ class Api:
         return done
 
 
-def fetch(edge: Caddy, host: str, path: str = "/") -> requests.Response:
+def fetch(edge: Edge, host: str, path: str = "/") -> requests.Response:
     with requests.Session() as session:
         session.trust_env = False
         return session.get(f"{edge.edge_url}{path}", headers={"Host": host}, timeout=20)
@@ -71,7 +71,7 @@ def running(client: docker.DockerClient, env: Environment, component: str) -> li
 
 
 def test_wordpress_through_the_api_from_create_to_destroy(
-    team: Team, stackport: Caddy, cleanup: list[Environment], engine_client: docker.DockerClient
+    team: Team, stackport: Edge, cleanup: list[Environment], engine_client: docker.DockerClient
 ) -> None:
     _token, secret = services.create_api_token(user=team.admin, name="issue check", organization=team.org)
     api = Api(secret)

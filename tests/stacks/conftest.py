@@ -122,6 +122,19 @@ def use_haproxy(settings: Any, edge: Any) -> Any:
     return edge
 
 
+def forget_routes(environment: Any) -> None:
+    """Remove the environment's routes from the edge the settings name (a test's cleanup,
+    after its containers went: the session's router keeps room for the next tests)."""
+    from stacks.runtime.edges import edge
+
+    try:
+        with edge() as router:
+            mine = [r for r in router.routes() if r == environment.key or r.startswith(f"{environment.key}-")]
+            router.set_routes((), mine)
+    except Exception as exc:  # noqa: BLE001 - best effort
+        print(f"removing the routes of {environment.key} failed: {exc}")
+
+
 @pytest.fixture(scope="session")
 def published_catalog(
     engine: None, django_db_setup: Any, django_db_blocker: Any

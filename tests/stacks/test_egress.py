@@ -25,7 +25,6 @@ from billing.models import Plan
 from billing.quotas import plan_for
 from projects.models import Environment
 from stacks.runtime import lifecycle
-from stacks.runtime.hosts import register_host
 from tests.stacks.conftest import CADDY_ROUTER, Caddy
 from tests.stacks.test_lifecycle import (  # noqa: F401 (fixtures)
     STATIC,
@@ -36,7 +35,7 @@ from tests.stacks.test_lifecycle import (  # noqa: F401 (fixtures)
     run,
     stackport,
 )
-from tests.stacks.test_multihost import netns_hosts  # noqa: F401 (fixture)
+from tests.stacks.test_multihost import netns_hosts, register_netns_hosts  # noqa: F401 (fixture)
 
 pytestmark = [pytest.mark.slow, pytest.mark.engine, pytest.mark.django_db, pytest.mark.timeout(1200)]
 
@@ -166,14 +165,7 @@ def on_netns_hosts(settings: Any, caddy: Caddy, catalog: None, netns_hosts: list
     settings.STACKPORT_EDGE_ROUTER = CADDY_ROUTER
     settings.STACKPORT_EDGE_ADMIN_URL = caddy.admin_url
     settings.STACKPORT_EDGE_LISTEN = caddy.edge_addr
-    for host in netns_hosts:
-        register_host(
-            name=host["name"],
-            url=host["url"],
-            region="eu-west",
-            kernel_line="6.12",
-            address_pool=host["pool"],
-        )
+    register_netns_hosts(netns_hosts)
     return caddy
 
 

@@ -46,7 +46,13 @@ from tests.stacks.test_operations import zip_archive
 
 pytestmark = [pytest.mark.slow, pytest.mark.engine, pytest.mark.timeout(900)]
 
-stackport = test_lifecycle.stackport
+
+@pytest.fixture
+def stackport(settings: Any, caddy: Caddy, catalog: None) -> Caddy:
+    """These tests run workers of their own against the Caddy edge, or take its admin API away."""
+    return test_lifecycle.on_caddy(settings, caddy)
+
+
 engine_client = test_lifecycle.engine_client
 cleanup = test_lifecycle.cleanup
 

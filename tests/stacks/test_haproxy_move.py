@@ -15,10 +15,10 @@ from projects.models import Environment
 from stacks.backends.docker import COLORS, MAX_REPLICAS
 from stacks.models import DockerHost, placed_hosts
 from stacks.runtime import lifecycle, support
-from stacks.runtime.hosts import register_host
+from tests.stacks.conftest import use_haproxy
 from tests.stacks.test_haproxy_edge import Edge, running_edge
 from tests.stacks.test_lifecycle import deploy, run
-from tests.stacks.test_multihost import cleanup, clients, netns_hosts, on_hosts
+from tests.stacks.test_multihost import cleanup, clients, netns_hosts, on_hosts, register_netns_hosts
 from tests.stacks.test_operations import zip_archive
 from tests.stacks.test_support import staff
 from tests.stacks.test_variable_restart import APP, PYTHON, KeepAliveLoad
@@ -37,19 +37,8 @@ def edge() -> Iterator[Edge]:
 
 @pytest.fixture
 def two_hosts(settings: Any, edge: Edge, catalog: None, netns_hosts: list[dict[str, str]]) -> Edge:
-    settings.STACKPORT_EDGE_ROUTER = "stacks.runtime.edges.haproxy"
-    settings.STACKPORT_HAPROXY_DIR = str(edge.directory)
-    settings.STACKPORT_EDGE_LISTEN = f"{edge.host}:{edge.port}"
-    settings.STACKPORT_EDGE_PUBLIC_PORT = edge.port
-    for host in netns_hosts:
-        register_host(
-            name=host["name"],
-            url=host["url"],
-            region="eu-west",
-            kernel_line="6.12",
-            address_pool=host["pool"],
-        )
-    return edge
+    register_netns_hosts(netns_hosts)
+    return use_haproxy(settings, edge)
 
 
 def test_a_move_to_another_host_under_load_fails_no_get_or_post(

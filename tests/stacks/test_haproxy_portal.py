@@ -24,7 +24,7 @@ from stacks.runtime.hosts import ensure_local_hosts
 from stacks.runtime.operations import sync_routes_for
 from tests.conftest import verified
 from tests.stacks import test_haproxy_acme, test_lifecycle
-from tests.stacks.conftest import fetch
+from tests.stacks.conftest import fetch, use_haproxy
 from tests.stacks.test_haproxy_acme import Pebble, _verified_handshake
 from tests.stacks.test_haproxy_edge import Edge, running_edge
 from tests.stacks.test_lifecycle import deploy, run
@@ -51,12 +51,7 @@ def edge() -> Iterator[Edge]:
 
 @pytest.fixture
 def stackport(settings: Any, edge: Edge, catalog: None) -> Edge:
-    settings.STACKPORT_EDGE_ROUTER = "stacks.runtime.edges.haproxy"
-    settings.STACKPORT_HAPROXY_DIR = str(edge.directory)
-    settings.STACKPORT_EDGE_LISTEN = f"{edge.host}:{edge.port}"
-    settings.STACKPORT_EDGE_PUBLIC_PORT = edge.port
-    settings.STACKPORT_EDGE_HTTPS_LISTEN = f"{edge.host}:{edge.https_port}"
-    settings.STACKPORT_EDGE_HTTPS_PUBLIC_PORT = edge.https_port
+    use_haproxy(settings, edge)
     settings.STACKPORT_APPS_DOMAIN = APPS
     ensure_local_hosts("unix:///var/run/docker.sock")
     return edge

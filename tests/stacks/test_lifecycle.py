@@ -1,7 +1,8 @@
-"""Stacks really run: services -> operations -> the Docker backend and a real Caddy.
+"""Stacks really run: services -> operations -> the Docker backend and a real edge.
 
 Every test deploys on the real engine from the images this session's pipeline published,
-fetches through its own Caddy, and destroys what it made (also when it fails).
+fetches through its own HAProxy (the product's router, ``stackport``; ``on_caddy`` for the
+tests that drive the Caddy router), and destroys what it made (also when it fails).
 """
 
 from __future__ import annotations
@@ -24,13 +25,23 @@ from stacks.models import ComponentVersion, Operation, OperationStatus, VersionS
 from stacks.runtime import lifecycle
 from stacks.runtime.hosts import ensure_local_hosts
 from stacks.runtime.operations import run_operation
-from tests.stacks.conftest import CADDY_ROUTER, Caddy
+from tests.stacks.conftest import CADDY_ROUTER, Caddy, forget_routes, use_haproxy
 
 pytestmark = [pytest.mark.slow, pytest.mark.engine, pytest.mark.django_db, pytest.mark.timeout(900)]
 
 
 @pytest.fixture
-def stackport(settings: Any, caddy: Caddy, catalog: None) -> Caddy:
+def stackport(settings: Any, haproxy: Any, catalog: None) -> Any:
+    """The portal on the local engine and the session's HAProxy edge (``haproxy``), as
+    `make run` runs it; ``edge_url`` is where a test sends its requests."""
+    use_haproxy(settings, haproxy)
+    ensure_local_hosts("unix:///var/run/docker.sock")
+    return haproxy
+
+
+def on_caddy(settings: Any, caddy: Caddy) -> Caddy:
+    """The portal on the session's Caddy edge instead (``STACKPORT_EDGE_ROUTER``): for the
+    tests that run a worker of their own against it or take its admin API away."""
     settings.STACKPORT_EDGE_ROUTER = CADDY_ROUTER
     settings.STACKPORT_EDGE_ADMIN_URL = caddy.admin_url
     settings.STACKPORT_EDGE_LISTEN = caddy.edge_addr
@@ -58,6 +69,7 @@ def cleanup(engine_client: docker.DockerClient) -> Iterator[list[Environment]]:
             backend_for(env).destroy(env.key, env.backend_state)
         except Exception as exc:  # noqa: BLE001 - best effort
             print(f"cleanup of {env.key} failed: {exc}")
+        forget_routes(env)
 
 
 def run(op: Operation) -> Operation:

@@ -36,11 +36,8 @@ def netns_hosts(engine: None) -> list[dict[str, str]]:
     return hosts
 
 
-@pytest.fixture
-def two_hosts(settings: Any, caddy: Caddy, catalog: None, netns_hosts: list[dict[str, str]]) -> Caddy:
-    settings.STACKPORT_EDGE_ROUTER = CADDY_ROUTER
-    settings.STACKPORT_EDGE_ADMIN_URL = caddy.admin_url
-    settings.STACKPORT_EDGE_LISTEN = caddy.edge_addr
+def register_netns_hosts(netns_hosts: list[dict[str, str]]) -> None:
+    """The netns engines as the portal's Docker hosts of region eu-west (routed, a pool each)."""
     for host in netns_hosts:
         register_host(
             name=host["name"],
@@ -49,6 +46,14 @@ def two_hosts(settings: Any, caddy: Caddy, catalog: None, netns_hosts: list[dict
             kernel_line="6.12",
             address_pool=host["pool"],
         )
+
+
+@pytest.fixture
+def two_hosts(settings: Any, caddy: Caddy, catalog: None, netns_hosts: list[dict[str, str]]) -> Caddy:
+    settings.STACKPORT_EDGE_ROUTER = CADDY_ROUTER
+    settings.STACKPORT_EDGE_ADMIN_URL = caddy.admin_url
+    settings.STACKPORT_EDGE_LISTEN = caddy.edge_addr
+    register_netns_hosts(netns_hosts)
     return caddy
 
 

@@ -43,7 +43,14 @@ from tests.stacks.test_lifecycle import STATIC, containers, deploy, get, run
 pytestmark = [pytest.mark.slow, pytest.mark.engine, pytest.mark.django_db, pytest.mark.timeout(900)]
 
 # The real-engine fixtures of test_lifecycle (a Caddy-backed Stackport, an engine client, cleanup).
-stackport = test_lifecycle.stackport
+
+
+@pytest.fixture
+def stackport(settings: Any, caddy: Caddy, catalog: None) -> Caddy:
+    """These tests run workers of their own against the Caddy edge, or take its admin API away."""
+    return test_lifecycle.on_caddy(settings, caddy)
+
+
 engine_client = test_lifecycle.engine_client
 cleanup = test_lifecycle.cleanup
 

@@ -1,5 +1,5 @@
 """What visitors of a site that does not run see, and path-prefix stripping, end to end: real
-Docker engine, real Caddy (the ``caddy`` fixture's own), operations run as the worker would."""
+Docker engine, the real HAProxy edge (the ``haproxy`` fixture), operations run as the worker would."""
 
 from __future__ import annotations
 
