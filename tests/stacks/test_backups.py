@@ -28,7 +28,7 @@ from stacks.runtime.hosts import ensure_local_hosts
 from stacks.runtime.operations import run_operation
 from tests.conftest import client_for
 from tests.stacks import test_lifecycle
-from tests.stacks.conftest import CADDY_ROUTER, Caddy, unused_loopback_port
+from tests.stacks.conftest import Caddy, unused_loopback_port, use_haproxy
 
 pytestmark = [pytest.mark.slow, pytest.mark.engine, pytest.mark.django_db, pytest.mark.timeout(1800)]
 
@@ -91,10 +91,8 @@ def s3(tmp_path: Path, settings: Any) -> Iterator[S3Server]:
 
 
 @pytest.fixture
-def stackport(settings: Any, caddy: Caddy, catalog: None, monkeypatch: pytest.MonkeyPatch) -> Caddy:
-    settings.STACKPORT_EDGE_ROUTER = CADDY_ROUTER
-    settings.STACKPORT_EDGE_ADMIN_URL = caddy.admin_url
-    settings.STACKPORT_EDGE_LISTEN = caddy.edge_addr
+def stackport(settings: Any, haproxy: Any, catalog: None, monkeypatch: pytest.MonkeyPatch) -> Any:
+    use_haproxy(settings, haproxy)  # the product's edge router
     ensure_local_hosts("unix:///var/run/docker.sock")
     from stacks import tasks
 
@@ -103,7 +101,7 @@ def stackport(settings: Any, caddy: Caddy, catalog: None, monkeypatch: pytest.Mo
     monkeypatch.setattr(tasks.run_backup_task, "delay", backups.run_backup)
     monkeypatch.setattr(tasks.restore_task, "delay", backups.run_restore)
     monkeypatch.setattr(tasks.run_operation_task, "delay", run_operation)
-    return caddy
+    return haproxy
 
 
 def running(client: docker.DockerClient, env: Environment, component: str) -> Any:
