@@ -78,6 +78,14 @@ def account_key(path: str | os.PathLike[str]) -> jose.JWKRSA:
     return jose.JWKRSA(key=loaded)
 
 
+class NonceRejected(EdgeError):
+    """The CA refused a request's anti-replay nonce twice in a row (the library retries once):
+    transient by the protocol (RFC 8555, 6.5; Pebble refuses 5 % of them on purpose)."""
+
+
+NONCE_ATTEMPTS = 3  # whole orders tried when the CA keeps refusing nonces
+
+
 def obtain_certificate(
     router: HAProxyRouter,
     hosts: Sequence[str],
@@ -93,7 +101,35 @@ def obtain_certificate(
     against, for a test CA), answering HTTP-01 through ``router``; give up after ``timeout``
     seconds. Signs with the account key of ``account_key_path`` (default: ``acme-account.pem``
     in the router's folder), made there the first time. The tokens are removed from the
-    router whatever happens."""
+    router whatever happens. An order whose nonces the CA keeps refusing is placed again, up
+    to ``NONCE_ATTEMPTS`` times."""
+    for attempt in range(1, NONCE_ATTEMPTS + 1):
+        try:
+            return _obtain_once(
+                router,
+                hosts,
+                directory_url=directory_url,
+                ca_bundle=ca_bundle,
+                email=email,
+                timeout=timeout,
+                account_key_path=account_key_path,
+            )
+        except NonceRejected:
+            if attempt == NONCE_ATTEMPTS:
+                raise
+    raise AssertionError("unreachable")
+
+
+def _obtain_once(
+    router: HAProxyRouter,
+    hosts: Sequence[str],
+    *,
+    directory_url: str,
+    ca_bundle: str | None,
+    email: str | None,
+    timeout: float,
+    account_key_path: str | os.PathLike[str] | None,
+) -> IssuedCertificate:
     if isinstance(hosts, str) or not hosts:
         raise EdgeError("a certificate needs at least one host name", permanent=True)
     names = list(dict.fromkeys(normalize_host(host) for host in hosts))
@@ -142,6 +178,8 @@ def obtain_certificate(
             f"{', '.join(names)}: no certificate within {timeout:.0f} s", permanent=False
         ) from exc
     except messages.Error as exc:
+        if exc.code == "badNonce":
+            raise NonceRejected(f"{', '.join(names)}: the CA refused: {exc}", permanent=False) from exc
         raise EdgeError(f"{', '.join(names)}: the CA refused: {exc}", permanent=True) from exc
     except (errors.Error, requests.RequestException, OSError) as exc:
         raise EdgeError(
