@@ -166,7 +166,7 @@ def drainer(
             with edge() as router:
                 present = router.routes()
                 ids = [route_id for route_id in route_ids(environment) if route_id in present]
-                unrouted = [i for i in ids if not set(serving) <= set(router.route_upstreams(present[i]))]
+                unrouted = any(not set(serving) <= set(router.route_upstreams(present[i])) for i in ids)
                 if unrouted and serving and backend is not None and spec is not None:
                     rec.line(f"routing {len(serving)} new public replica(s) on the edge first")
                     sync_routes(environment, backend, spec, upstreams=sorted({*serving, *leaving}))
