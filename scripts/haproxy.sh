@@ -332,7 +332,11 @@ backend r$n
     http-check expect status 200-299
     # No usable slot (none passed its check yet, all being replaced): wait for one, up to 5 s.
     http-request lua.stackport_wait_slot if { nbsrv lt 1 }
-    server-template s 1-$SLOTS 127.0.0.1:9
+    # A slot's address comes back from the server-state file at a start only for a server
+    # named by a host name ("init-addr last"; one given as an IP keeps the config's IP and
+    # takes only the port); slot.invalid is never looked up: a slot with no saved state
+    # starts at 127.0.0.1:9, in maintenance.
+    server-template s 1-$SLOTS slot.invalid:9 init-addr last,127.0.0.1
 CFG
   done
 } >"$new"

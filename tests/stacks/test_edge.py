@@ -44,7 +44,7 @@ NOT_FOUND_TEXT = NOT_FOUND_BODY.strip()
 # SIGTERM kills it at once: a container stopped the hard way. Shared with
 # tests/stacks/test_haproxy_edge.py.
 UPSTREAM_SERVER = r"""
-import http.server, signal, sys
+import http.server, os, signal, sys
 
 port, name = int(sys.argv[1]), sys.argv[2]
 health = sys.argv[3] if len(sys.argv) > 3 else "/healthz"
@@ -90,7 +90,7 @@ class Server(http.server.ThreadingHTTPServer):
 
 
 signal.signal(signal.SIGUSR1, drain)
-Server(("127.0.0.1", port), Handler).serve_forever()
+Server((os.environ.get("UPSTREAM_IP", "127.0.0.1"), port), Handler).serve_forever()
 """
 
 
@@ -106,16 +106,18 @@ class Upstream:
     name: str
     port: int
     process: subprocess.Popen[bytes] | None = None
+    ip: str = "127.0.0.1"
 
     @property
     def addr(self) -> str:
-        return f"127.0.0.1:{self.port}"
+        return f"{self.ip}:{self.port}"
 
     def start(self) -> None:
         self.process = subprocess.Popen(
             [sys.executable, "-c", UPSTREAM_SERVER, str(self.port), self.name],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
+            env={**os.environ, "UPSTREAM_IP": self.ip},
         )
         wait_until(self.answers, 10, f"upstream {self.name} to listen")
 
@@ -140,8 +142,8 @@ def upstream() -> Iterator[Callable[..., Upstream]]:
     """Make an upstream on a free port (started unless start=False); all stop at the end."""
     made: list[Upstream] = []
 
-    def make(name: str, start: bool = True) -> Upstream:
-        server = Upstream(name=name, port=unused_loopback_port())
+    def make(name: str, start: bool = True, ip: str = "127.0.0.1") -> Upstream:
+        server = Upstream(name=name, port=unused_loopback_port(), ip=ip)
         made.append(server)
         if start:
             server.start()

@@ -119,20 +119,21 @@ def router(edge: Edge) -> Iterator[HAProxyRouter]:
 
 @pytest.fixture
 def upstream() -> Iterator[Callable[..., tuple[str, subprocess.Popen[bytes]]]]:
-    """Start an upstream: ``upstream(name, health="/healthz", host="-", port=None)`` -> (ip:port,
-    process), on a free port unless ``port`` is given."""
+    """Start an upstream: ``upstream(name, health="/healthz", host="-", port=None,
+    ip="127.0.0.1")`` -> (ip:port, process), on a free port unless ``port`` is given."""
     started: list[subprocess.Popen[bytes]] = []
 
     def start(
-        name: str, health: str = "/healthz", host: str = "-", port: int | None = None
+        name: str, health: str = "/healthz", host: str = "-", port: int | None = None, ip: str = "127.0.0.1"
     ) -> tuple[str, subprocess.Popen[bytes]]:
         port = port or unused_loopback_port()
         process = subprocess.Popen(
-            [sys.executable, "-c", UPSTREAM_SERVER, str(port), name, health, host, "prefix"]
+            [sys.executable, "-c", UPSTREAM_SERVER, str(port), name, health, host, "prefix"],
+            env={**os.environ, "UPSTREAM_IP": ip},
         )
         started.append(process)
-        wait_until(lambda: _answers("127.0.0.1", port), 10, f"upstream {name}")
-        return f"127.0.0.1:{port}", process
+        wait_until(lambda: _answers(ip, port), 10, f"upstream {name}")
+        return f"{ip}:{port}", process
 
     yield start
     for process in started:
@@ -423,8 +424,10 @@ def test_invalid_input_is_refused_before_anything_is_sent(router: HAProxyRouter,
 
 
 def test_a_restart_keeps_every_route(edge: Edge, router: HAProxyRouter, upstream) -> None:
-    site, _ = upstream("site")
-    api, _ = upstream("api")
+    # Not on 127.0.0.1, the address of an unused slot: a slot's address must come back from
+    # the saved state, not only its port (the containers' addresses are 10.x).
+    site, _ = upstream("site", ip="127.0.0.2")
+    api, _ = upstream("api", ip="127.0.0.3")
     router.set_routes(
         [
             Route("keep", ["keep.example"], [site], health_path="/healthz"),

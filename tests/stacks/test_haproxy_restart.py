@@ -29,7 +29,9 @@ upstream, under_load = test_edge.upstream, test_edge.under_load
 def test_haproxy_killed_under_load_serves_every_route_again(
     edge: Edge, router: HAProxyRouter, upstream: Callable[..., Upstream], under_load: StartLoad
 ) -> None:
-    site, api = upstream("site"), upstream("api")
+    # Not on 127.0.0.1 (an unused slot's address): the slots' addresses come back from the
+    # saved state, like a container's 10.x one.
+    site, api = upstream("site", ip="127.0.0.2"), upstream("api", ip="127.0.0.3")
     router.set_routes(
         [
             Route("t-restart", ["restart.example", "www.restart.example"], [site.addr]),
