@@ -10,6 +10,8 @@ dnsmasq are those of tests/stacks/test_haproxy_acme.py."""
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -18,13 +20,14 @@ import pytest
 
 from projects.models import Environment
 from stacks.backends.docker import COLORS, MAX_REPLICAS
+from stacks.backends.haproxy import HAProxyRouter
 from stacks.models import EdgeCertificate
 from stacks.runtime import certificates, lifecycle
 from stacks.runtime.hosts import ensure_local_hosts
 from stacks.runtime.operations import sync_routes_for
 from tests.conftest import verified
 from tests.stacks import test_haproxy_acme, test_lifecycle
-from tests.stacks.conftest import fetch, use_haproxy
+from tests.stacks.conftest import fetch, use_haproxy, wait_until
 from tests.stacks.test_haproxy_acme import Pebble, _verified_handshake
 from tests.stacks.test_haproxy_edge import Edge, running_edge
 from tests.stacks.test_lifecycle import deploy, run
@@ -101,6 +104,18 @@ def test_a_redeploy_drains_the_old_replicas_and_no_get_or_post_fails(
         op.log[-3000:],
     )
     assert len(gets.answers) > 50 and len(posts.answers) > 50
+
+    # The edge crashes and is started again: the route is back from the saved server state,
+    # on the container's own address (not only its port), before any reconcile pass.
+    pid = stackport.pid()
+    os.kill(pid, signal.SIGKILL)
+    with HAProxyRouter(stackport.directory) as router:
+        wait_until(lambda: not router.ping(), 10, "haproxy to die")
+    stackport.script()
+    started = time.monotonic()
+    status, text = stackport.get(env.hostname)
+    assert status == 200 and text.startswith("greeting bonjour "), (status, text)
+    assert time.monotonic() - started < 2
 
 
 def test_the_portal_orders_serves_and_redirects_certificates_of_routed_names(
