@@ -14,7 +14,8 @@
 # mirrors every change to the map files and the server-state file: a restart (this script
 # after a stop, or after a crash) comes back with every route. No route change reloads.
 # Idempotent: `start` with a router running this very config does nothing; with another
-# config (other listen address or pool size) it saves the state, stops it and starts again.
+# config (other listen address or pool size) it saves the state and reloads it: a new worker
+# takes the listening sockets, the old one finishes its requests (no connection refused).
 # `stop` saves the server state, then stops it (by its pid).
 set -euo pipefail
 ACTION=${1:-start}
@@ -118,17 +119,54 @@ answers() {
   curl -sS --max-time 2 -o /dev/null "http://$host:${LISTEN##*:}/" 2>/dev/null
 }
 
-# The server state (slot addresses, maintenance, health) as of now, under the lock the
-# Python client takes for its writes, so the file never mixes two moments.
+# The server state (slot addresses, maintenance, health) as of now.
+write_state() {
+  local tmp
+  tmp=$(mktemp "$STATE.XXXXXX")
+  if cli "show servers state" >"$tmp" && head -1 "$tmp" | grep -qx '1'; then
+    mv -f "$tmp" "$STATE"
+  else
+    rm -f "$tmp"
+    return 1
+  fi
+}
+
+# ... under the lock the Python client takes for its writes, so the file never mixes two
+# moments.
 save_state() {
   (
     flock -w 30 8
-    tmp=$(mktemp "$STATE.XXXXXX")
-    if cli "show servers state" >"$tmp" && head -1 "$tmp" | grep -qx '1'; then
-      mv -f "$tmp" "$STATE"
-    else
-      rm -f "$tmp"
-    fi
+    write_state
+  ) 8>"$DIR/state.lock"
+}
+
+worker_pid() {
+  cli "show info" 2>/dev/null | awk '/^Pid:/ {print $2}'
+}
+
+# reload MASTER: load the new config ($new, checked) without dropping a connection: the
+# master (master-worker mode) starts a new worker on SIGUSR2, hands it the listening sockets,
+# and the old worker finishes the requests it has (its keep-alive connections close after
+# their answer). Under the client's lock from the saved state until the new worker answers,
+# so no route change is lost between. Fails (the caller restarts instead) when no new worker
+# answers within 30 s.
+reload() {
+  local master=$1 old
+  old=$(worker_pid)
+  [[ -n $old ]] || return 1
+  (
+    flock -w 30 8
+    write_state || exit 1
+    mv -f "$new" "$CONFIG"
+    kill -USR2 "$master"
+    for _ in $(seq 1 300); do
+      pid=$(worker_pid)
+      if [[ -n $pid && $pid != "$old" ]] && answers; then
+        exit 0
+      fi
+      sleep 0.1
+    done
+    exit 1
   ) 8>"$DIR/state.lock"
 }
 
@@ -341,13 +379,9 @@ CFG
   done
 } >"$new"
 
-if pid=$(running_pid) && answers; then
-  if cmp -s "$new" "$CONFIG"; then
-    rm -f "$new"
-    exit 0
-  fi
-  echo "restarting haproxy (pid $pid) with a new config; the routes are kept"
-  stop
+if pid=$(running_pid) && answers && cmp -s "$new" "$CONFIG"; then
+  rm -f "$new"
+  exit 0
 fi
 if ! "$HAPROXY" -c -q -f "$new" >/dev/null 2>"$new.err"; then
   echo "error: the rendered config is refused:" >&2
@@ -357,6 +391,15 @@ if ! "$HAPROXY" -c -q -f "$new" >/dev/null 2>"$new.err"; then
 fi
 rm -f "$new.err"
 chmod 600 "$new"
+if pid=$(running_pid) && answers; then
+  echo "reloading haproxy (pid $pid) with a new config: $BACKENDS backends of $SLOTS slots; the routes and connections are kept"
+  if reload "$pid"; then
+    exit 0
+  fi
+  echo "the reload did not answer; restarting haproxy (pid $pid), the routes are kept"
+  [[ -f $new ]] || cp "$CONFIG" "$new"
+  stop
+fi
 mv -f "$new" "$CONFIG"
 
 echo "starting haproxy: edge on $LISTEN and $HTTPS_LISTEN (HTTPS), $BACKENDS backends of $SLOTS slots, runtime API on $SOCKET"

@@ -462,9 +462,19 @@ class Load:
     by upstream name, and every failure by kind."""
 
     def __init__(
-        self, edge: Edge, host: str, names: set[str], clients: int = 3, *, https: bool = False
+        self,
+        edge: Edge,
+        host: str,
+        names: set[str],
+        clients: int = 3,
+        *,
+        https: bool = False,
+        closing_ok: bool = False,
     ) -> None:
+        """``closing_ok``: an answer that closes its connection (``Connection: close``, the
+        client opens another) is not a failure; ``closed`` counts them."""
         self.edge, self.host, self.names, self.https = edge, host, names, https
+        self.closing_ok, self.closed = closing_ok, 0
         self.outcomes: Counter[str] = Counter()
         self.lock = threading.Lock()
         self.stopping = threading.Event()
@@ -507,9 +517,15 @@ class Load:
                 text = response.read().decode()
                 name, _, rest = text.partition(" ")
                 ok = response.status == 200 and rest == "/load -\n" and name in self.names
+                closing = ok and response.will_close
                 outcome = (
-                    name if ok and not response.will_close else f"failed: {response.status} {text[:40]!r}"
+                    name
+                    if ok and (self.closing_ok or not closing)
+                    else f"failed: {response.status} {text[:40]!r}"
                 )
+                if closing:
+                    with self.lock:
+                        self.closed += 1
             except (OSError, http.client.HTTPException) as exc:
                 outcome = f"connection error: {type(exc).__name__}"
                 connection.close()
@@ -554,6 +570,36 @@ def test_a_drained_slot_gets_no_new_request_and_can_be_stopped_without_a_failed_
     blue2, _ = upstream("blue2")
     assert router.set_route("swap", ["swap.example"], [green, blue2])
     wait_until(_serves(edge, "swap.example", "blue2"), 10, "the reused slot to get requests")
+
+
+def test_a_bigger_pool_is_loaded_under_load_without_a_failed_request(
+    edge: Edge, router: HAProxyRouter, upstream
+) -> None:
+    site, _ = upstream("site")
+    router.set_route("grow", ["grow.example"], [site])
+    wait_until(_serves(edge, "grow.example", "site"), 10, "the route")
+    router.set_routes([Route(f"fill-{n}", [f"fill{n}.example"], [site]) for n in range(BACKENDS - 1)])
+    with pytest.raises(EdgeError, match="no free backend"):
+        router.set_route("more", ["more.example"], [site])
+    before, master = router.routes(), edge.pid()
+    # The operator raises STACKPORT_HAPROXY_BACKENDS and runs the script again, under load.
+    with Load(edge, "grow.example", {"site"}, closing_ok=True) as load:
+        wait_until(lambda: load.count("site") > 100, 30, "load")
+        edge.env["STACKPORT_HAPROXY_BACKENDS"] = str(BACKENDS * 2)
+        result = edge.script()
+        reloaded = load.count("site")
+        wait_until(lambda: load.count("site") > reloaded + 300, 30, "requests after the reload")
+    assert "reloading haproxy" in result.stdout, result.stdout
+    assert edge.pid() == master  # the same master, a new worker
+    assert router.routes() == before
+    # No request failed and no connection was refused or reset; the old worker's keep-alive
+    # connections were closed after an answer (Connection: close), and the clients reconnected.
+    assert load.failures() == {}
+    print(f"\n{load.count('site')} requests, {load.closed} connections closed after an answer")
+    router.set_route("more", ["more.example"], [site])
+    wait_until(_serves(edge, "more.example", "site"), 10, "a route of the bigger pool")
+    edge.script()  # the same config again: nothing to do
+    assert edge.pid() == master
 
 
 def test_drain_refuses_what_the_route_does_not_have(router: HAProxyRouter) -> None:
