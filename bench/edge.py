@@ -20,7 +20,8 @@ children, over the requests wrk counted). Then, at half the edge's measured capa
 paced by a Lua ``delay``), the p99 latency through the edge and straight to the container.
 
 Last line: ``edge CPU ratio (edge / bare nginx)`` (goal <= 1.5); also printed: throughput
-edge / direct (goal >= 0.8) and the p99 the edge adds at half capacity (goal <= 1 ms).
+edge / direct (goal >= 0.8), the same for the bare nginx and HAProxy (what any proxy reaches
+on this machine at this load), and the p99 the edge adds at half capacity (goal <= 1 ms).
 
     DJANGO_ENV=test DATABASE_URL=postgres://postgres:postgres@127.0.0.1:5432/stackport_bench \\
         .venv/bin/python bench/edge.py [--runs 3] [--duration 10] [--connections 16] [--size large]
@@ -428,6 +429,14 @@ def main() -> None:
     print(f"added p99 at half capacity: {added:.2f} ms (goal <= {GOAL_ADDED_P99_MS})")
     throughput = median(rates["edge"]) / median(rates["direct"])
     print(f"edge throughput ratio (edge / direct): {throughput:.2f} (goal >= {GOAL_THROUGHPUT})")
+    # What a proxy with no routing at all reaches in the same run: on a small machine the
+    # client, the proxy and the container share the CPUs, and this is the ceiling.
+    bare = [
+        f"{name} {median(rates[name]) / median(rates['direct']):.2f}"
+        for name in ("nginx", "haproxy")
+        if name in rates
+    ]
+    print(f"bare proxies' throughput / direct in this run: {', '.join(bare)}")
     if "nginx" not in per_request or not per_request["nginx"]:
         raise BenchError("nginx is not installed (apt-get install nginx-light): no baseline for the ratio")
     caddy = median(per_request["caddy-edge"]) / median(per_request["nginx"])
