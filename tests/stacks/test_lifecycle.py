@@ -25,7 +25,7 @@ from stacks.models import ComponentVersion, Operation, OperationStatus, VersionS
 from stacks.runtime import lifecycle
 from stacks.runtime.hosts import ensure_local_hosts
 from stacks.runtime.operations import run_operation
-from tests.stacks.conftest import CADDY_ROUTER, Caddy, forget_routes, use_haproxy
+from tests.stacks.conftest import CADDY_ROUTER, Caddy, forget_routes, use_haproxy, wait_until
 
 pytestmark = [pytest.mark.slow, pytest.mark.engine, pytest.mark.django_db, pytest.mark.timeout(900)]
 
@@ -301,8 +301,12 @@ def test_scale_up_and_down(
     assert sorted(c.labels["org.stackport.index"] for c in containers(engine_client, env)) == ["0", "1", "2"]
     for _ in range(30):
         assert get(stackport, env).status_code == 200
-    served = [c for c in containers(engine_client, env) if b"GET / " in c.logs()]
-    assert len(served) >= 2, "the edge spreads requests over the replicas"
+    # nginx writes its access log every second (buffered): wait for the lines.
+    wait_until(
+        lambda: len([c for c in containers(engine_client, env) if b"GET / " in c.logs()]) >= 2,
+        10,
+        "access lines of two replicas (the edge spreads requests over the replicas)",
+    )
     run(lifecycle.scale(environment=env, actor=team.developer, component="web", replicas=1, size="medium"))
     (container,) = containers(engine_client, env)
     assert container.attrs["HostConfig"]["Memory"] == 512 * 1024 * 1024

@@ -14,7 +14,7 @@ import pytest
 from projects.models import Environment
 from stacks.runtime import lifecycle
 from stacks.runtime.hosts import register_host
-from tests.stacks.conftest import CADDY_ROUTER, REPO_ROOT, Caddy
+from tests.stacks.conftest import CADDY_ROUTER, REPO_ROOT, Caddy, wait_until
 from tests.stacks.test_lifecycle import deploy, get, run
 
 pytestmark = [pytest.mark.slow, pytest.mark.engine, pytest.mark.django_db, pytest.mark.timeout(900)]
@@ -100,8 +100,10 @@ def test_replicas_spread_over_both_hosts_and_all_get_traffic(
         response = get(two_hosts, env)
         assert response.status_code == 200 and "Hello from Python on Stackport" in response.text
     # Both nginx replicas served pages; the remote one reached the app on the home host.
-    for replicas in web.values():
-        assert b"GET / " in replicas[0].logs()
+    for replicas in web.values():  # nginx writes its access log every second (buffered)
+        wait_until(
+            lambda replicas=replicas: b"GET / " in replicas[0].logs(), 10, "the replica's access lines"
+        )
     run(lifecycle.scale(environment=env, actor=team.developer, component="web", replicas=1))
     assert sum(len(found) for found in on_hosts(clients, env).values()) == 4
     assert get(two_hosts, env).status_code == 200
