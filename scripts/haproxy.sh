@@ -140,8 +140,9 @@ save_state() {
   ) 8>"$DIR/state.lock"
 }
 
+# The worker's pid, or nothing (no answer: a worker is being replaced).
 worker_pid() {
-  cli "show info" 2>/dev/null | awk '/^Pid:/ {print $2}'
+  { cli "show info" 2>/dev/null || true; } | awk '/^Pid:/ {print $2}'
 }
 
 # reload MASTER: load the new config ($new, checked) without dropping a connection: the
