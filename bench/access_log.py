@@ -25,9 +25,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _setup import PLAIN_LABEL, REPO, BenchError, machine, median, note, stackport
+from _setup import PLAIN_LABEL, REPO, BenchError, machine, median, note, stackport, wait_for_page
 
 VERSIONS = [("nginx", "1.26")]
+PAGE_TEXT = "Stackport nginx"  # the image's built-in page
 CONFIG = REPO / "stacks" / "catalog" / "images" / "nginx" / "nginx.conf"
 SHIPPED = re.compile(r"access_log /dev/stdout stackport buffer=\S+ flush=\S+;")
 LOG_COPY = ("dockerd", "containerd-shim", "kworker")
@@ -60,17 +61,12 @@ def start(client: Any, image: str, config: Path, key: str) -> tuple[Any, str]:
     for _ in range(100):
         container.reload()
         address = container.attrs["NetworkSettings"]["IPAddress"]
-        if (
-            address
-            and subprocess.run(  # noqa: S603 - curl with our own arguments
-                ["curl", "-fsS", "-o", "/dev/null", "--max-time", "1", f"http://{address}:8080/healthz"],  # noqa: S607
-                check=False,
-            ).returncode
-            == 0
-        ):
-            return container, f"http://{address}:8080/"
+        if address:
+            url = f"http://{address}:8080/"
+            wait_for_page(url, "localhost", PAGE_TEXT, timeout=30)
+            return container, url
         time.sleep(0.1)
-    raise BenchError(f"{key}: the container did not answer:\n{container.logs(tail=20).decode()}")
+    raise BenchError(f"{key}: the container got no address:\n{container.logs(tail=20).decode()}")
 
 
 def measure(url: str, args: argparse.Namespace) -> float:

@@ -112,10 +112,8 @@ def test_a_redeploy_drains_the_old_replicas_and_no_get_or_post_fails(
     with HAProxyRouter(stackport.directory) as router:
         wait_until(lambda: not router.ping(), 10, "haproxy to die")
     stackport.script()
-    started = time.monotonic()
     status, text = stackport.get(env.hostname)
     assert status == 200 and text.startswith("greeting bonjour "), (status, text)
-    assert time.monotonic() - started < 2
 
 
 def test_the_portal_orders_serves_and_redirects_certificates_of_routed_names(
